@@ -1,0 +1,170 @@
+//! The report to the host: connect over vsock, send `Hello` and `Ready`, wait
+//! for `Ack`. Every failure is one console line and ends the run (the caller
+//! powers off).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+use vmbench_proto::{
+    decode_body, encode_frame, FrameDecoder, GuestMarks, GuestMessage, Hello, HostMessage,
+    HOST_CID, PROTO_VERSION,
+};
+
+use crate::clock::boottime_ns;
+use crate::console;
+use crate::settings::{self, Settings};
+
+/// The whole report; returns once the host has acknowledged it or on failure.
+pub fn run(init_ns: u64) {
+    crate::mounts::mount_all();
+    let mut marks = GuestMarks { init_ns, mounts_done_ns: boottime_ns(), ..GuestMarks::default() };
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
+        console::line(&[("warn", "no_cmdline"), ("error", &e.to_string())]);
+        String::new()
+    });
+    let (settings, problems) = settings::parse(&cmdline);
+    for p in problems {
+        console::line(&[("warn", "bad_setting"), ("key", &p.key), ("value", &p.value)]);
+    }
+
+    let (socket, attempts) = match connect_host(&settings) {
+        Ok(connected) => connected,
+        Err(failure) => {
+            console::line(&[
+                ("error", "host_unreachable"),
+                ("cid", &HOST_CID.to_string()),
+                ("port", &settings.port.to_string()),
+                ("attempts", &failure.attempts.to_string()),
+                ("elapsed_ms", &failure.elapsed_ms.to_string()),
+                ("last_error", &failure.last_error),
+            ]);
+            return;
+        }
+    };
+    marks.connected_ns = boottime_ns();
+    marks.connect_attempts = attempts;
+    let mut stream = File::from(socket);
+
+    let hello = Hello {
+        proto_version: PROTO_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        vm_id: settings.vm_id,
+        kernel_release: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(0),
+        mem_total_kib: mem_total_kib().unwrap_or(0),
+        boottime_at_init_ns: init_ns,
+    };
+    if let Err(e) = send(&mut stream, &GuestMessage::Hello(hello)) {
+        console::line(&[("error", "send_failed"), ("message", "hello"), ("detail", &e)]);
+        return;
+    }
+
+    crate::marker::write(vmbench_proto::MARKER_USERSPACE_READY);
+    marks.ready_ns = boottime_ns();
+    if let Err(e) = send(&mut stream, &GuestMessage::Ready(marks)) {
+        console::line(&[("error", "send_failed"), ("message", "ready"), ("detail", &e)]);
+        return;
+    }
+    match wait_ack(&mut stream, settings.ack_timeout_ms) {
+        Ok(()) => console::line(&[("event", "reported"), ("vm_id", &settings.vm_id.to_string())]),
+        Err(e) => console::line(&[("warn", "no_ack"), ("detail", &e)]),
+    }
+}
+
+struct ConnectFailure {
+    attempts: u32,
+    elapsed_ms: u128,
+    last_error: String,
+}
+
+/// Connects to the host, retrying until `connect_timeout_ms`: the host side may
+/// not be listening yet, and the vsock device may still be probing.
+fn connect_host(settings: &Settings) -> Result<(OwnedFd, u32), ConnectFailure> {
+    let start = Instant::now();
+    let deadline = Duration::from_millis(settings.connect_timeout_ms);
+    let mut attempts = 0u32;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        attempts += 1;
+        let result = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+            .and_then(|fd| {
+                connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(HOST_CID, settings.port))
+                    .map(|()| fd)
+            });
+        let last_error = match result {
+            Ok(fd) => return Ok((fd, attempts)),
+            Err(e) => format!("{e:?}: {}", e.desc()),
+        };
+        if start.elapsed() + pause > deadline {
+            return Err(ConnectFailure { attempts, elapsed_ms: start.elapsed().as_millis(), last_error });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+fn send(stream: &mut File, message: &GuestMessage) -> Result<(), String> {
+    let frame = encode_frame(message).map_err(|e| e.to_string())?;
+    stream.write_all(&frame).map_err(|e| e.to_string())
+}
+
+fn wait_ack(stream: &mut File, timeout_ms: u64) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let mut decoder = FrameDecoder::new();
+    let mut buf = [0u8; 256];
+    loop {
+        if let Some(body) = decoder.next_body().map_err(|e| e.to_string())? {
+            return match decode_body::<HostMessage>(&body).map_err(|e| e.to_string())? {
+                HostMessage::Ack => Ok(()),
+            };
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no Ack from the host within {timeout_ms} ms"));
+        }
+        let left_ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(left_ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(e.desc().to_string()),
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err("host closed the connection before Ack".to_string()),
+            Ok(n) => decoder.push(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn mem_total_kib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_total_kib(&meminfo)
+}
+
+fn parse_mem_total_kib(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_total_is_read() {
+        assert_eq!(
+            parse_mem_total_kib("MemTotal:         245124 kB\nMemFree: 1 kB\n"),
+            Some(245124)
+        );
+        assert_eq!(parse_mem_total_kib("MemFree: 1 kB\n"), None);
+    }
+}

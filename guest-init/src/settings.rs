@@ -1,0 +1,84 @@
+//! The agent's settings, read from the kernel command line (`vmbench.<key>=<value>`).
+//! The last occurrence of a key wins, as it does for the kernel's own options,
+//! so a user's appended option overrides the host's default.
+
+use vmbench_proto::DEFAULT_PORT;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `vmbench.id=`: the VM's index in the run.
+    pub vm_id: u32,
+    /// `vmbench.port=`: the host's vsock port.
+    pub port: u32,
+    /// `vmbench.connect_timeout_ms=`: how long to keep trying to reach the host.
+    pub connect_timeout_ms: u64,
+    /// `vmbench.ack_timeout_ms=`: how long to wait for the host's Ack before powering off.
+    pub ack_timeout_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { vm_id: 0, port: DEFAULT_PORT, connect_timeout_ms: 10_000, ack_timeout_ms: 3_000 }
+    }
+}
+
+/// A setting that was present but not understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub value: String,
+}
+
+/// Parses a kernel command line; unknown `vmbench.` keys and unreadable values
+/// are returned as problems (the defaults stay in force for them).
+pub fn parse(cmdline: &str) -> (Settings, Vec<Problem>) {
+    let mut settings = Settings::default();
+    let mut problems = Vec::new();
+    for word in cmdline.split_ascii_whitespace() {
+        let Some(rest) = word.strip_prefix("vmbench.") else { continue };
+        let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
+        let ok = match key {
+            "id" => value.parse().map(|v| settings.vm_id = v).is_ok(),
+            "port" => value.parse().map(|v| settings.port = v).is_ok(),
+            "connect_timeout_ms" => value.parse().map(|v| settings.connect_timeout_ms = v).is_ok(),
+            "ack_timeout_ms" => value.parse().map(|v| settings.ack_timeout_ms = v).is_ok(),
+            _ => false,
+        };
+        if !ok {
+            problems.push(Problem { key: key.to_string(), value: value.to_string() });
+        }
+    }
+    (settings, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_vmbench_keys_and_ignores_others() {
+        let (s, problems) =
+            parse("console=ttyS0 vmbench.id=7 panic=-1 vmbench.port=5000 vmbench.connect_timeout_ms=50\n");
+        assert_eq!(s, Settings { vm_id: 7, port: 5000, connect_timeout_ms: 50, ..Settings::default() });
+        assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn last_occurrence_wins() {
+        assert_eq!(parse("vmbench.port=1 vmbench.port=2").0.port, 2);
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_problems_and_keep_defaults() {
+        let (s, problems) = parse("vmbench.port=abc vmbench.colour=blue vmbench.id");
+        assert_eq!(s, Settings::default());
+        assert_eq!(
+            problems,
+            vec![
+                Problem { key: "port".into(), value: "abc".into() },
+                Problem { key: "colour".into(), value: "blue".into() },
+                Problem { key: "id".into(), value: "".into() },
+            ]
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! The `qemu` backend: one `qemu-system-x86_64 -M microvm,acpi=off` per VM,
+//! with vsock through its own `vhost-device-vsock` process.
+//!
+//! - `acpi=off` makes microvm describe its virtio-mmio devices on the kernel
+//!   command line (`virtio_mmio.device=`), which our minimal kernel needs.
+//! - vhost-user needs guest memory QEMU can share: a memfd backend.
+//! - `-no-reboot` turns the guest's reboot (`reboot=t`: triple fault) into
+//!   QEMU's exit, which is how a guest without ACPI ends its VMM.
+//! - The boot-marker port (0x80) is an `isa-debugcon` whose bytes go to a Unix
+//!   socket vmbench listens on, so QEMU guests get a host-clock `init_start` too.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Accel, VmSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cannot create {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot start {program}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vhost-device-vsock exited ({status}) before creating its socket: {log_tail}")]
+    VhostExited { status: String, log_tail: String },
+    #[error("vhost-device-vsock did not create {socket} within {waited_ms} ms")]
+    VhostNoSocket { socket: PathBuf, waited_ms: u128 },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The QEMU backend's programs.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    pub qemu: PathBuf,
+    pub vhost_device_vsock: PathBuf,
+}
+
+/// The socket QEMU and vhost-device-vsock share (vhost-user).
+pub fn vhost_user_socket(spec: &VmSpec) -> PathBuf {
+    spec.dir.join("vhost-vsock.sock")
+}
+
+/// The guest CID; each VM has its own vhost-device-vsock, so all can use 3.
+pub const GUEST_CID: u32 = 3;
+
+/// QEMU's arguments for one VM.
+pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
+    let mem = spec.mem_mib;
+    let mut args: Vec<String> = vec![
+        "-M".into(),
+        "microvm,acpi=off,memory-backend=mem".into(),
+        "-accel".into(),
+        match spec.accel {
+            Accel::Tcg => "tcg".into(),
+            Accel::Kvm { .. } => "kvm".into(),
+        },
+    ];
+    if let Accel::Kvm { .. } = spec.accel {
+        args.extend(["-cpu".into(), "host".into()]);
+    }
+    args.extend([
+        "-m".into(),
+        format!("{mem}M"),
+        "-smp".into(),
+        spec.vcpus.to_string(),
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-serial".into(),
+        format!("file:{}", spec.serial_log().display()),
+        "-chardev".into(),
+        format!("socket,id=vsock,path={}", vhost_user_socket(spec).display()),
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsock".into(),
+        "-chardev".into(),
+        format!("socket,id=marker,path={}", spec.marker_socket().display()),
+        "-device".into(),
+        format!("isa-debugcon,iobase={:#x},chardev=marker", vmbench_proto::BOOT_MARKER_PORT),
+        "-kernel".into(),
+        spec.kernel.display().to_string(),
+        "-initrd".into(),
+        spec.initramfs.display().to_string(),
+        "-append".into(),
+        spec.cmdline.clone(),
+    ]);
+    args
+}
+
+/// vhost-device-vsock's arguments for one VM.
+pub fn vhost_args(spec: &VmSpec) -> Vec<String> {
+    // uds-path is the base name: guest connections to port P arrive on "<base>_P".
+    let uds_base = spec.dir.join(super::VSOCK_UDS_BASE);
+    vec![
+        "--vm".into(),
+        format!(
+            "guest-cid={GUEST_CID},socket={},uds-path={}",
+            vhost_user_socket(spec).display(),
+            uds_base.display()
+        ),
+    ]
+}
+
+/// Children die with the thread that started them: no QEMU outlives vmbench.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // prctl, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            // SAFETY: PR_SET_PDEATHSIG with a valid signal number has no memory effects.
+            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn log_file(path: &Path) -> Result<File> {
+    File::create(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+}
+
+fn tail(path: &Path, max_bytes: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(max_bytes);
+    String::from_utf8_lossy(&text[start..]).trim().replace('\n', " | ")
+}
+
+impl Qemu {
+    /// Starts the VM's vhost-device-vsock and waits until its vhost-user socket
+    /// exists (QEMU cannot start before it does).
+    pub fn start_vsock(&self, spec: &VmSpec) -> Result<Child> {
+        let log = spec.dir.join("vhost-device-vsock.log");
+        let out = log_file(&log)?;
+        let err = out.try_clone().map_err(|source| Error::Io { path: log.clone(), source })?;
+        let mut command = Command::new(&self.vhost_device_vsock);
+        command.args(vhost_args(spec)).stdin(Stdio::null()).stdout(out).stderr(err);
+        die_with_parent(&mut command);
+        let mut child = command
+            .spawn()
+            .map_err(|source| Error::Spawn { program: self.vhost_device_vsock.clone(), source })?;
+        let socket = vhost_user_socket(spec);
+        let start = Instant::now();
+        let limit = Duration::from_secs(10);
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(Error::VhostExited { status: status.to_string(), log_tail: tail(&log, 600) });
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::VhostNoSocket { socket, waited_ms: start.elapsed().as_millis() });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(child)
+    }
+
+    /// Starts QEMU; its stdout and stderr go to `qemu.log` in the VM directory.
+    pub fn start_vmm(&self, spec: &VmSpec) -> Result<Child> {
+        let log = qemu_log(spec);
+        let out = log_file(&log)?;
+        let err = out.try_clone().map_err(|source| Error::Io { path: log.clone(), source })?;
+        let mut command = Command::new(&self.qemu);
+        command.args(qemu_args(spec)).stdin(Stdio::null()).stdout(out).stderr(err);
+        die_with_parent(&mut command);
+        command.spawn().map_err(|source| Error::Spawn { program: self.qemu.clone(), source })
+    }
+}
+
+pub fn qemu_log(spec: &VmSpec) -> PathBuf {
+    spec.dir.join("qemu.log")
+}
+
+/// QEMU's own complaint, if it made one (for a VM that failed).
+pub fn qemu_message(spec: &VmSpec) -> String {
+    tail(&qemu_log(spec), 800)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: 2,
+            dir: PathBuf::from("/run/vm-2"),
+            kernel: PathBuf::from("/k/vmlinux"),
+            initramfs: PathBuf::from("/k/initramfs.cpio.gz"),
+            cmdline: "console=ttyS0 vmbench.id=2".into(),
+            mem_mib: 256,
+            vcpus: 2,
+            accel: Accel::Tcg,
+            port: 1234,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    #[test]
+    fn qemu_line_has_what_the_guest_needs() {
+        let args = qemu_args(&spec());
+        assert_eq!(after(&args, "-M"), ["microvm,acpi=off,memory-backend=mem"]);
+        assert_eq!(after(&args, "-accel"), ["tcg"]);
+        assert_eq!(after(&args, "-m"), ["256M"]);
+        assert_eq!(after(&args, "-smp"), ["2"]);
+        assert_eq!(after(&args, "-object"), ["memory-backend-memfd,id=mem,size=256M,share=on"]);
+        assert!(args.contains(&"-no-reboot".to_string()));
+        assert_eq!(after(&args, "-serial"), ["file:/run/vm-2/serial.log"]);
+        assert_eq!(
+            after(&args, "-device"),
+            ["vhost-user-vsock-device,chardev=vsock", "isa-debugcon,iobase=0x80,chardev=marker"]
+        );
+        assert_eq!(after(&args, "-append"), ["console=ttyS0 vmbench.id=2"]);
+        assert!(!args.contains(&"-cpu".to_string()));
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu() {
+        let mut s = spec();
+        s.accel = Accel::Kvm { native: true };
+        let args = qemu_args(&s);
+        assert_eq!(after(&args, "-accel"), ["kvm"]);
+        assert_eq!(after(&args, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn vhost_routes_guest_connections_to_the_vm_directory() {
+        assert_eq!(
+            vhost_args(&spec()),
+            ["--vm", "guest-cid=3,socket=/run/vm-2/vhost-vsock.sock,uds-path=/run/vm-2/vsock.sock"]
+        );
+        assert_eq!(spec().vsock_uds(), PathBuf::from("/run/vm-2/vsock.sock_1234"));
+    }
+}

@@ -1,0 +1,387 @@
+//! `vmbench boot`: N guests in parallel, each on its own thread and VMM, their
+//! reports gathered into one results.json that is rewritten as they arrive.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::backend::qemu::Qemu;
+use crate::backend::{Accel, VmSpec};
+use crate::environment;
+use crate::inputs::{self, KernelFormat};
+use crate::kvm_probe::{self, KvmVerdict};
+use crate::locate;
+use crate::report::stats::Summary;
+use crate::results::{self, Aggregate, Environment, RunResults, VmRecord, VmStatus};
+use crate::vm::{self, Milestone};
+
+/// `--accel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    /// KVM where it runs guests natively, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    pub vms: u32,
+    pub kernel: Option<PathBuf>,
+    pub initramfs: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
+    pub mem_mib: u32,
+    pub vcpus: u32,
+    pub accel: AccelChoice,
+    pub timeout: Duration,
+    pub out: Option<PathBuf>,
+    /// Extra kernel command-line words, after vmbench's own.
+    pub append: Vec<String>,
+    pub port: u32,
+    /// Progress lines on stderr.
+    pub progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Locate(#[from] locate::Error),
+    #[error(transparent)]
+    Input(#[from] inputs::Error),
+    #[error("--vms must be at least 1")]
+    NoVms,
+    #[error("--mem-mib {0} is too small for a guest (at least 64)")]
+    TooLittleMemory(u32),
+    #[error("--vcpus must be between 1 and 64, not {0}")]
+    BadVcpus(u32),
+    #[error("--accel kvm: KVM cannot run guests here: {0}")]
+    NoKvm(String),
+    #[error("--out {0} already holds a results.json; choose another directory")]
+    OutExists(PathBuf),
+    #[error("Cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A finished run.
+pub struct Outcome {
+    pub results: RunResults,
+    pub results_path: PathBuf,
+}
+
+impl Outcome {
+    pub fn all_ok(&self) -> bool {
+        self.results.vms.iter().all(|v| v.status == VmStatus::Ok)
+    }
+}
+
+/// The kernel command line vmbench gives every guest (before `--append`).
+pub fn base_cmdline(vm_id: u32, port: u32) -> String {
+    // panic=-1 and reboot=t: a guest that panics or powers off ends its VMM
+    // at once (triple fault; QEMU's -no-reboot makes that an exit).
+    format!("console=ttyS0 panic=-1 reboot=t vmbench.id={vm_id} vmbench.port={port}")
+}
+
+fn default_out_dir() -> PathBuf {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    PathBuf::from("vmbench-runs").join(stamp.trim_end_matches('Z').replace(':', "-"))
+}
+
+fn progress(enabled: bool, line: &str) {
+    if enabled {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
+/// Decides the accelerator and says why.
+pub fn choose_accel(choice: AccelChoice, verdict: &KvmVerdict) -> Result<Accel> {
+    match (choice, verdict) {
+        (AccelChoice::Tcg, _) => Ok(Accel::Tcg),
+        (AccelChoice::Kvm, KvmVerdict::Absent { reason }) => Err(Error::NoKvm(reason.clone())),
+        (AccelChoice::Kvm, v) => Ok(Accel::Kvm { native: v.is_native() }),
+        (AccelChoice::Auto, v) if v.is_native() => Ok(Accel::Kvm { native: true }),
+        (AccelChoice::Auto, _) => Ok(Accel::Tcg),
+    }
+}
+
+pub fn run(config: &BootConfig) -> Result<Outcome> {
+    if config.vms == 0 {
+        return Err(Error::NoVms);
+    }
+    if config.mem_mib < 64 {
+        return Err(Error::TooLittleMemory(config.mem_mib));
+    }
+    if !(1..=64).contains(&config.vcpus) {
+        return Err(Error::BadVcpus(config.vcpus));
+    }
+    let backend = Qemu { qemu: locate::qemu()?, vhost_device_vsock: locate::vhost_device_vsock()? };
+    let cache = locate::cache_dir()?;
+
+    let kernel_path = match &config.kernel {
+        Some(path) => path.clone(),
+        None => locate::default_kernel()?,
+    };
+    let kernel = inputs::check_kernel(&kernel_path)?;
+    let kernel_inputs = locate::kernel_inputs(&kernel.path);
+    if let Some(ki) = &kernel_inputs {
+        if ki.fragments_sha256 != locate::FRAGMENTS_SHA256 && config.kernel.is_none() {
+            progress(
+                config.progress,
+                "vmbench: warning: the cached kernel was built from other config fragments than this vmbench's; rebuild with kernel-config/build.sh",
+            );
+        }
+    }
+    let initramfs_path = match &config.initramfs {
+        Some(path) => path.clone(),
+        None => {
+            let agent = match &config.agent {
+                Some(path) => path.clone(),
+                None => locate::default_agent()?,
+            };
+            inputs::agent_initramfs(&agent, &cache)?
+        }
+    };
+    let initramfs = inputs::check_initramfs(&initramfs_path)?;
+
+    let calibration = kvm_probe::calibrate();
+    let accel = choose_accel(config.accel, &calibration.verdict)?;
+    let kvm_detail = match &calibration.verdict {
+        KvmVerdict::Absent { reason } => reason.clone(),
+        KvmVerdict::Emulated { ns_per_iteration } | KvmVerdict::Native { ns_per_iteration } => {
+            format!("{ns_per_iteration:.1} ns per calibration loop iteration")
+        }
+    };
+
+    let out = config.out.clone().unwrap_or_else(default_out_dir);
+    let results_path = out.join("results.json");
+    if results_path.exists() {
+        return Err(Error::OutExists(out));
+    }
+    std::fs::create_dir_all(&out).map_err(|source| Error::Write { path: out.clone(), source })?;
+    let out = out.canonicalize().map_err(|source| Error::Write { path: out.clone(), source })?;
+    let results_path = out.join("results.json");
+
+    let append = config.append.join(" ");
+    let cmdline_of = |id: u32| {
+        let base = base_cmdline(id, config.port);
+        if append.is_empty() {
+            base
+        } else {
+            format!("{base} {append}")
+        }
+    };
+    let cpu = environment::host_cpu();
+    let mut results = RunResults {
+        schema_version: results::SCHEMA_VERSION,
+        started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        finished: false,
+        environment: Environment {
+            backend: "qemu".into(),
+            accel: accel.label().into(),
+            kvm: calibration.verdict.label().into(),
+            kvm_detail,
+            host_cpu: cpu.model_name.clone(),
+            host_cpu_info: cpu,
+            host_kernel: environment::host_kernel(),
+            guest_kernel: kernel.path.display().to_string(),
+            guest_kernel_sha256: kernel.sha256.clone(),
+            guest_kernel_format: match kernel.kind {
+                KernelFormat::ElfPvh => "elf-pvh".into(),
+                KernelFormat::BzImage => "bzimage".into(),
+            },
+            guest_kernel_source: kernel_inputs.map(|ki| ki.source),
+            initramfs: initramfs.path.display().to_string(),
+            initramfs_sha256: initramfs.sha256.clone(),
+            vmbench_version: environment::vmbench_version(),
+            vmm_version: environment::program_version(&backend.qemu),
+            vhost_device_vsock_version: environment::program_version(&backend.vhost_device_vsock),
+            kernel_cmdline: cmdline_of(0),
+            mem_mib: config.mem_mib,
+            vcpus: config.vcpus,
+            timeout_s: config.timeout.as_secs_f64(),
+        },
+        vms: (0..config.vms).map(|id| VmRecord::new(id, &vm_dir(&out, id))).collect(),
+        aggregate: None,
+    };
+    let write = |results: &RunResults| {
+        results::write_atomic(&results_path, results)
+            .map_err(|source| Error::Write { path: results_path.clone(), source })
+    };
+    write(&results)?;
+    progress(
+        config.progress,
+        &format!(
+            "vmbench: booting {} VM{} (qemu backend, {}, {} MiB, {} vCPU) into {}",
+            config.vms,
+            if config.vms == 1 { "" } else { "s" },
+            accel.label(),
+            config.mem_mib,
+            config.vcpus,
+            out.display()
+        ),
+    );
+
+    let cpu_before = self_cpu_ms();
+    let (tx, rx) = mpsc::channel::<(VmRecord, Option<Milestone>)>();
+    std::thread::scope(|scope| {
+        for id in 0..config.vms {
+            let spec = VmSpec {
+                id,
+                dir: vm_dir(&out, id),
+                kernel: kernel.path.clone(),
+                initramfs: initramfs.path.clone(),
+                cmdline: cmdline_of(id),
+                mem_mib: config.mem_mib,
+                vcpus: config.vcpus,
+                accel,
+                port: config.port,
+                timeout: config.timeout,
+            };
+            let tx = tx.clone();
+            let backend = &backend;
+            scope.spawn(move || {
+                let mut on_progress =
+                    |record: &VmRecord, milestone| drop(tx.send((record.clone(), Some(milestone))));
+                let record = vm::run(&spec, backend, &mut on_progress);
+                let _ = tx.send((record, None));
+            });
+        }
+        drop(tx);
+        let mut done = 0;
+        let mut ready = 0;
+        for (record, milestone) in rx {
+            let id = record.id;
+            match milestone {
+                Some(Milestone::Hello) => {}
+                Some(Milestone::Ready) => {
+                    ready += 1;
+                    progress(
+                        config.progress,
+                        &format!(
+                            "  vm-{id} ready after {:.1} ms (guest kernel {:.1} ms) [{ready}/{} ready]",
+                            record.phases_ms.total.unwrap_or(f64::NAN),
+                            record.phases_ms.guest_kernel.unwrap_or(f64::NAN),
+                            config.vms
+                        ),
+                    );
+                }
+                None => {
+                    done += 1;
+                    let detail = record.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                    progress(
+                        config.progress,
+                        &format!("  vm-{id} {}{detail} [{done}/{} done]", record.status.as_str(), config.vms),
+                    );
+                }
+            }
+            results.vms[id as usize] = record;
+            // Written as reports arrive, so an interrupted run keeps what it has.
+            if let Err(e) = write(&results) {
+                progress(config.progress, &format!("vmbench: warning: {e}"));
+            }
+        }
+    });
+    let cpu_ms = self_cpu_ms() - cpu_before;
+    results.aggregate = Some(aggregate(&results.vms, cpu_ms));
+    results.finished = true;
+    write(&results)?;
+    Ok(Outcome { results, results_path })
+}
+
+fn vm_dir(out: &Path, id: u32) -> PathBuf {
+    out.join(format!("vm-{id}"))
+}
+
+/// CPU time (user + system) this process has used, in ms; children excluded.
+fn self_cpu_ms() -> f64 {
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e3 + t.tv_usec() as f64 / 1e3;
+            tv(usage.user_time()) + tv(usage.system_time())
+        }
+        Err(_) => f64::NAN,
+    }
+}
+
+pub fn aggregate(vms: &[VmRecord], cpu_ms: f64) -> Aggregate {
+    let ok: Vec<&VmRecord> = vms.iter().filter(|v| v.status == VmStatus::Ok).collect();
+    let first_spawn = vms.iter().filter_map(|v| v.host_ns.spawn).min();
+    let last = |f: fn(&VmRecord) -> Option<u64>| vms.iter().map(f).collect::<Option<Vec<u64>>>();
+    let since_first = |t: u64| first_spawn.map(|s| t.saturating_sub(s) as f64 / 1e6);
+    let wall_ms = vms
+        .iter()
+        .filter_map(|v| v.host_ns.exit.or(v.host_ns.ready))
+        .max()
+        .and_then(since_first)
+        .unwrap_or(0.0);
+    let all_ready_ms = last(|v| v.host_ns.ready).and_then(|r| r.into_iter().max()).and_then(since_first);
+    let summary = |f: fn(&VmRecord) -> Option<f64>| Summary::of(ok.iter().filter_map(|v| f(v)));
+    Aggregate {
+        vms: vms.len(),
+        ok: ok.len(),
+        wall_ms,
+        all_ready_ms,
+        vmbench_cpu_ms_per_vm: cpu_ms / vms.len().max(1) as f64,
+        total_ms: summary(|v| v.phases_ms.total),
+        guest_kernel_ms: summary(|v| v.phases_ms.guest_kernel),
+        userspace_ms: summary(|v| v.phases_ms.userspace_any()),
+        shutdown_ms: summary(|v| v.phases_ms.shutdown),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::Phases;
+
+    fn vm(id: u32, status: VmStatus, spawn: u64, ready: Option<u64>, total: Option<f64>) -> VmRecord {
+        let mut r = VmRecord::new(id, Path::new("/x"));
+        r.status = status;
+        r.host_ns.spawn = Some(spawn);
+        r.host_ns.ready = ready;
+        r.host_ns.exit = ready.map(|t| t + 1_000_000);
+        r.phases_ms = Phases { total, ..Phases::default() };
+        r
+    }
+
+    #[test]
+    fn aggregate_counts_only_ok_vms() {
+        let vms = [
+            vm(0, VmStatus::Ok, 0, Some(100_000_000), Some(100.0)),
+            vm(1, VmStatus::Ok, 1_000_000, Some(301_000_000), Some(300.0)),
+            vm(2, VmStatus::Timeout, 2_000_000, None, None),
+        ];
+        let agg = aggregate(&vms, 30.0);
+        assert_eq!((agg.vms, agg.ok), (3, 2));
+        assert_eq!(agg.total_ms.unwrap().median, 200.0);
+        assert_eq!(agg.all_ready_ms, None, "a VM never got ready");
+        assert_eq!(agg.wall_ms, 302.0);
+        assert_eq!(agg.vmbench_cpu_ms_per_vm, 10.0);
+    }
+
+    #[test]
+    fn all_ready_is_the_last_ready_since_the_first_spawn() {
+        let vms = [vm(0, VmStatus::Ok, 0, Some(100_000_000), Some(100.0)), vm(1, VmStatus::Ok, 5, Some(250_000_000), Some(250.0))];
+        assert_eq!(aggregate(&vms, 0.0).all_ready_ms, Some(250.0));
+    }
+
+    #[test]
+    fn accel_auto_uses_kvm_only_when_native() {
+        let native = KvmVerdict::Native { ns_per_iteration: 1.0 };
+        let emulated = KvmVerdict::Emulated { ns_per_iteration: 1300.0 };
+        let absent = KvmVerdict::Absent { reason: "no /dev/kvm".into() };
+        assert_eq!(choose_accel(AccelChoice::Auto, &native).unwrap(), Accel::Kvm { native: true });
+        assert_eq!(choose_accel(AccelChoice::Auto, &emulated).unwrap(), Accel::Tcg);
+        assert_eq!(choose_accel(AccelChoice::Auto, &absent).unwrap(), Accel::Tcg);
+        assert_eq!(choose_accel(AccelChoice::Kvm, &emulated).unwrap(), Accel::Kvm { native: false });
+        assert!(choose_accel(AccelChoice::Kvm, &absent).unwrap_err().to_string().contains("no /dev/kvm"));
+    }
+
+    #[test]
+    fn base_cmdline_has_the_agent_settings() {
+        let line = base_cmdline(3, 1234);
+        assert!(line.contains("vmbench.id=3") && line.contains("vmbench.port=1234") && line.contains("reboot=t"));
+    }
+}

@@ -1,0 +1,210 @@
+//! The guest's inputs, checked before any VM starts: a kernel that QEMU and our
+//! VMM can load, and an initramfs the kernel can unpack and that has an `/init`.
+//! A bad input is one clear error here instead of N confusing guest failures.
+
+use std::path::{Path, PathBuf};
+
+use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+use object::{elf, Endianness};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Cannot read {what} {path}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Kernel {path} is neither an x86-64 ELF vmlinux nor a bzImage ({detail})")]
+    NotAKernel { path: PathBuf, detail: String },
+    #[error("Kernel {path} is an ELF vmlinux without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y")]
+    NoPvhNote { path: PathBuf },
+    #[error("Initramfs {path} is corrupt: {source}")]
+    BadInitramfs {
+        path: PathBuf,
+        #[source]
+        source: vmbench_rootfs::Error,
+    },
+    #[error("Cannot build the initramfs {path}: {source}")]
+    BuildInitramfs {
+        path: PathBuf,
+        #[source]
+        source: vmbench_rootfs::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The kind of kernel image, as far as booting it is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// An ELF vmlinux with a PVH entry point.
+    ElfPvh,
+    /// A bzImage (setup header magic "HdrS").
+    BzImage,
+}
+
+/// A file's identity for results: its SHA-256 in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Read { what, path: path.to_path_buf(), source })
+}
+
+/// A checked input file.
+#[derive(Debug, Clone)]
+pub struct CheckedFile<K> {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub kind: K,
+}
+
+/// Reads and checks a kernel image.
+pub fn check_kernel(path: &Path) -> Result<CheckedFile<KernelFormat>> {
+    let bytes = read("kernel", path)?;
+    let kind = kernel_format(&bytes).map_err(|detail| match detail {
+        FormatProblem::NoPvh => Error::NoPvhNote { path: path.to_path_buf() },
+        FormatProblem::Other(detail) => Error::NotAKernel { path: path.to_path_buf(), detail },
+    })?;
+    Ok(CheckedFile { path: path.to_path_buf(), sha256: sha256_hex(&bytes), size_bytes: bytes.len() as u64, kind })
+}
+
+enum FormatProblem {
+    NoPvh,
+    Other(String),
+}
+
+fn kernel_format(bytes: &[u8]) -> std::result::Result<KernelFormat, FormatProblem> {
+    if bytes.starts_with(b"\x7fELF") {
+        let file = ElfFile64::<Endianness>::parse(bytes)
+            .map_err(|e| FormatProblem::Other(format!("unreadable ELF: {e}")))?;
+        let header = file.elf_header();
+        let endian = file.endian();
+        if header.e_machine(endian) != elf::EM_X86_64 {
+            return Err(FormatProblem::Other(format!(
+                "ELF machine {} is not x86-64",
+                header.e_machine(endian)
+            )));
+        }
+        for segment in file.elf_program_headers() {
+            let Ok(Some(mut notes)) = segment.notes(endian, bytes) else { continue };
+            while let Ok(Some(note)) = notes.next() {
+                if note.name() == b"Xen" && note.n_type(endian) == XEN_ELFNOTE_PHYS32_ENTRY {
+                    return Ok(KernelFormat::ElfPvh);
+                }
+            }
+        }
+        return Err(FormatProblem::NoPvh);
+    }
+    // The x86 boot protocol's setup header: "HdrS" at offset 0x202.
+    if bytes.get(0x202..0x206) == Some(b"HdrS") {
+        return Ok(KernelFormat::BzImage);
+    }
+    let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    Err(FormatProblem::Other(format!("starts with {}", head.join(" "))))
+}
+
+/// Xen's PVH entry note type, which Linux carries when built with CONFIG_PVH.
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+
+/// Reads and checks an initramfs: a cpio newc archive (plain or gzip) with an
+/// executable `/init`.
+pub fn check_initramfs(path: &Path) -> Result<CheckedFile<()>> {
+    let bytes = read("initramfs", path)?;
+    let bad = |source| Error::BadInitramfs { path: path.to_path_buf(), source };
+    let entries = vmbench_rootfs::read_initramfs(&bytes).map_err(bad)?;
+    vmbench_rootfs::check_bootable(&entries).map_err(bad)?;
+    Ok(CheckedFile { path: path.to_path_buf(), sha256: sha256_hex(&bytes), size_bytes: bytes.len() as u64, kind: () })
+}
+
+/// The initramfs for an agent binary, built once into the cache and named by
+/// the agent's hash: the archive is deterministic, so the same agent always
+/// gives the same file.
+pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf> {
+    let agent_bytes = read("guest agent", agent)?;
+    let name = format!("agent-{}.cpio.gz", &sha256_hex(&agent_bytes)[..16]);
+    let path = cache_dir.join("initramfs").join(name);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let build_err = |source| Error::BuildInitramfs { path: path.clone(), source };
+    std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(|source| Error::Read {
+        what: "cache directory",
+        path: path.parent().expect("has a parent").to_path_buf(),
+        source,
+    })?;
+    let image = vmbench_rootfs::agent_initramfs(agent).map_err(build_err)?;
+    image.write(&path, vmbench_rootfs::Compression::Gzip).map_err(build_err)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_not_a_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        std::fs::write(&path, b"hello world, not a kernel").unwrap();
+        let err = check_kernel(&path).unwrap_err().to_string();
+        assert!(err.contains("neither an x86-64 ELF vmlinux nor a bzImage"), "{err}");
+        assert!(err.contains("starts with 68 65 6c 6c"), "{err}");
+    }
+
+    #[test]
+    fn truncated_elf_is_not_a_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        std::fs::write(&path, b"\x7fELF\x02\x01\x01").unwrap();
+        let err = check_kernel(&path).unwrap_err().to_string();
+        assert!(err.contains("unreadable ELF"), "{err}");
+    }
+
+    #[test]
+    fn elf_without_pvh_note_is_refused() {
+        // This test binary is an x86-64 ELF without a PVH note.
+        let exe = std::env::current_exe().unwrap();
+        assert!(matches!(check_kernel(&exe), Err(Error::NoPvhNote { .. })));
+    }
+
+    #[test]
+    fn bzimage_magic_is_recognised() {
+        let mut bytes = vec![0u8; 0x300];
+        bytes[0x202..0x206].copy_from_slice(b"HdrS");
+        assert!(matches!(kernel_format(&bytes), Ok(KernelFormat::BzImage)));
+    }
+
+    #[test]
+    fn missing_kernel_names_the_path() {
+        let err = check_kernel(Path::new("/nonexistent/vmlinux")).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/vmlinux"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_initramfs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("initramfs.cpio.gz");
+        std::fs::write(&path, b"\x1f\x8b\x08\x00garbage").unwrap();
+        let err = check_initramfs(&path).unwrap_err().to_string();
+        assert!(err.starts_with("Initramfs"), "{err}");
+    }
+
+    #[test]
+    fn agent_initramfs_is_cached_and_checks_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"#!/bin/true\n").unwrap();
+        let first = agent_initramfs(&agent, dir.path()).unwrap();
+        let modified = std::fs::metadata(&first).unwrap().modified().unwrap();
+        let second = agent_initramfs(&agent, dir.path()).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(std::fs::metadata(&second).unwrap().modified().unwrap(), modified);
+        check_initramfs(&first).unwrap();
+    }
+}

@@ -1,0 +1,190 @@
+//! The `vmbench` command line: parses arguments, builds a config, runs it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vmbench::boot::{self, AccelChoice, BootConfig};
+use vmbench::{doctor, report};
+
+#[derive(Parser)]
+#[command(name = "vmbench", version = env!("CARGO_PKG_VERSION"), about = "Measure how fast Linux VMs boot")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot N guests in parallel and report their boot timelines.
+    Boot(BootArgs),
+    /// Say what this host can run, and how to fix what is missing.
+    Doctor,
+    /// Build guest images.
+    #[command(subcommand)]
+    Rootfs(RootfsCommand),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    Qemu,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(clap::Args)]
+struct BootArgs {
+    /// Number of VMs to boot in parallel.
+    #[arg(long, default_value_t = 1)]
+    vms: u32,
+    /// Guest kernel (ELF vmlinux with PVH note, or bzImage). Default: the cached build of kernel-config/.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs (cpio newc, plain or gzip) with an /init. Default: built from the guest agent.
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Static guest agent to put in the default initramfs. Default: the workspace's static build.
+    #[arg(long, conflicts_with = "initramfs")]
+    agent: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem_mib: u32,
+    /// vCPUs per guest.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// What runs the guests.
+    #[arg(long, value_enum, default_value = "qemu")]
+    backend: Backend,
+    /// Accelerator: auto uses KVM only where it runs guest code natively, else TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: Accel,
+    /// Seconds a VM may take from start to exit before it is killed and recorded as a timeout.
+    #[arg(long, default_value_t = 60.0)]
+    timeout_s: f64,
+    /// Directory for results.json and the VMs' directories. Default: vmbench-runs/<UTC time>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Extra words for the guest kernel command line (repeatable), e.g. --append initcall_debug.
+    #[arg(long)]
+    append: Vec<String>,
+    /// vsock port the guests report to.
+    #[arg(long, default_value_t = vmbench_proto::DEFAULT_PORT)]
+    port: u32,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print results.json to stdout instead of the tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum RootfsCommand {
+    /// Build a deterministic initramfs with the guest agent as /init.
+    Initramfs {
+        /// The static guest agent. Default: the workspace's static build.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra file, HOST_PATH:GUEST_PATH (repeatable); mode is kept from the host file.
+        #[arg(long = "add")]
+        add: Vec<String>,
+        /// Do not gzip the archive.
+        #[arg(long)]
+        no_gzip: bool,
+    },
+}
+
+fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
+    let Backend::Qemu = args.backend;
+    if !(args.timeout_s.is_finite() && args.timeout_s > 0.0) {
+        anyhow::bail!("--timeout-s must be a positive number of seconds, not {}", args.timeout_s);
+    }
+    let config = BootConfig {
+        vms: args.vms,
+        kernel: args.kernel,
+        initramfs: args.initramfs,
+        agent: args.agent,
+        mem_mib: args.mem_mib,
+        vcpus: args.vcpus,
+        accel: match args.accel {
+            Accel::Auto => AccelChoice::Auto,
+            Accel::Kvm => AccelChoice::Kvm,
+            Accel::Tcg => AccelChoice::Tcg,
+        },
+        timeout: Duration::from_secs_f64(args.timeout_s),
+        out: args.out,
+        append: args.append,
+        port: args.port,
+        progress: !args.quiet,
+    };
+    let outcome = boot::run(&config)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome.results)?);
+    } else {
+        print!("{}", report::table::boot_report(&outcome.results));
+        println!("results: {}", outcome.results_path.display());
+    }
+    Ok(if outcome.all_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn rootfs(command: RootfsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        RootfsCommand::Initramfs { agent, out, add, no_gzip } => {
+            let agent = match agent {
+                Some(path) => path,
+                None => vmbench::locate::default_agent()?,
+            };
+            let mut image = vmbench_rootfs::agent_initramfs(&agent)?;
+            for spec in &add {
+                let (host, guest) = spec
+                    .split_once(':')
+                    .ok_or_else(|| anyhow::anyhow!("--add {spec}: expected HOST_PATH:GUEST_PATH"))?;
+                let mode = std::fs::metadata(host)
+                    .map_err(|e| anyhow::anyhow!("--add {spec}: cannot read {host}: {e}"))?;
+                image.add_file_from(guest, std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777, host.as_ref())?;
+            }
+            let compression = if no_gzip { vmbench_rootfs::Compression::None } else { vmbench_rootfs::Compression::Gzip };
+            image.write(&out, compression)?;
+            println!("{}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Boot(args) => boot(args),
+        Command::Doctor => {
+            let report = doctor::run();
+            print!("{}", report.render());
+            Ok(if report.can_boot() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Rootfs(command) => rootfs(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            // One line: the error and its causes, never a backtrace.
+            let chain: Vec<String> = error.chain().map(|e| e.to_string()).collect();
+            let mut line = chain[0].clone();
+            for cause in &chain[1..] {
+                if !line.contains(cause.as_str()) {
+                    line.push_str(": ");
+                    line.push_str(cause);
+                }
+            }
+            eprintln!("vmbench: error: {line}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Turning records into numbers people read: statistics and tables.
+
+pub mod stats;
+pub mod table;

@@ -1,0 +1,174 @@
+//! results.json: what a run measured and how. It is rewritten (atomically) each
+//! time a VM reports or ends, so a run that is interrupted keeps what it had.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use vmbench_proto::GuestMarks;
+
+use crate::environment::HostCpu;
+use crate::report::stats::Summary;
+use crate::timeline::{HostMarks, Phases};
+
+/// Bump when a field changes meaning or is removed.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResults {
+    pub schema_version: u32,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    /// False while the run is going on.
+    pub finished: bool,
+    pub environment: Environment,
+    pub vms: Vec<VmRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Aggregate>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Environment {
+    pub backend: String,
+    /// `tcg`, `kvm-native` or `kvm-emulated`.
+    pub accel: String,
+    /// What the KVM calibration found: `absent`, `emulated` or `native`, with detail.
+    pub kvm: String,
+    pub kvm_detail: String,
+    pub host_cpu: String,
+    pub host_cpu_info: HostCpu,
+    pub host_kernel: String,
+    pub guest_kernel: String,
+    pub guest_kernel_sha256: String,
+    pub guest_kernel_format: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_kernel_source: Option<String>,
+    pub initramfs: String,
+    pub initramfs_sha256: String,
+    pub vmbench_version: String,
+    pub vmm_version: String,
+    pub vhost_device_vsock_version: String,
+    pub kernel_cmdline: String,
+    pub mem_mib: u32,
+    pub vcpus: u32,
+    pub timeout_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmStatus {
+    Running,
+    Ok,
+    Timeout,
+    Failed,
+    ProtocolError,
+}
+
+impl VmStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmStatus::Running => "running",
+            VmStatus::Ok => "ok",
+            VmStatus::Timeout => "timeout",
+            VmStatus::Failed => "failed",
+            VmStatus::ProtocolError => "protocol_error",
+        }
+    }
+}
+
+/// What the guest said about itself in `Hello`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuestInfo {
+    pub proto_version: u32,
+    pub agent_version: String,
+    pub kernel_release: String,
+    pub cpus: u32,
+    pub mem_total_kib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub id: u32,
+    pub status: VmStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub warnings: Vec<String>,
+    pub dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestInfo>,
+    pub phases_ms: Phases,
+    /// Raw host marks, CLOCK_MONOTONIC nanoseconds.
+    pub host_ns: HostMarks,
+    /// The guest's own marks, CLOCK_BOOTTIME nanoseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_ns: Option<GuestMarks>,
+    /// Every boot-marker code the host saw, with its host time (CLOCK_MONOTONIC ns).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub boot_markers: Vec<BootMarker>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmm_exit: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootMarker {
+    pub code: u8,
+    pub host_ns: u64,
+}
+
+impl VmRecord {
+    pub fn new(id: u32, dir: &Path) -> Self {
+        VmRecord {
+            id,
+            status: VmStatus::Running,
+            error: None,
+            warnings: Vec::new(),
+            dir: dir.display().to_string(),
+            guest: None,
+            phases_ms: Phases::default(),
+            host_ns: HostMarks::default(),
+            guest_ns: None,
+            boot_markers: Vec::new(),
+            vmm_exit: None,
+        }
+    }
+}
+
+/// The run as a whole, over the VMs that ended `ok`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub vms: usize,
+    pub ok: usize,
+    /// From the first spawn to the last VM's exit.
+    pub wall_ms: f64,
+    /// From the first spawn until every VM was ready (absent if any was not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_ready_ms: Option<f64>,
+    /// CPU time vmbench itself used (user + system, not its children), per VM.
+    pub vmbench_cpu_ms_per_vm: f64,
+    pub total_ms: Option<Summary>,
+    pub guest_kernel_ms: Option<Summary>,
+    pub userspace_ms: Option<Summary>,
+    pub shutdown_ms: Option<Summary>,
+}
+
+/// Writes `results` to `path` atomically: readers see the old or the new file, never half of one.
+pub fn write_atomic(path: &Path, results: &RunResults) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    serde_json::to_writer_pretty(&mut file, results)?;
+    file.write_all(b"\n")?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_serialises_in_snake_case() {
+        assert_eq!(serde_json::to_string(&VmStatus::ProtocolError).unwrap(), "\"protocol_error\"");
+        assert_eq!(VmStatus::ProtocolError.as_str(), "protocol_error");
+    }
+}

@@ -1,0 +1,406 @@
+//! One VM from start to end: its sockets, its VMM, its reports, its verdict.
+//!
+//! The VM's thread waits in one `poll` on everything that can happen to it —
+//! a guest connection, report bytes, a boot-marker byte, the VMM's exit (a
+//! pidfd), the deadline — and timestamps each event on CLOCK_MONOTONIC the
+//! moment it wakes, so a VM costs vmbench no CPU while it boots.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vmbench_proto::{encode_frame, GuestMessage, HostMessage, MARKER_USERSPACE_START};
+
+use crate::backend::qemu::{self, Qemu};
+use crate::backend::{VmSpec, UNIX_PATH_MAX_BYTES};
+use crate::collector::Session;
+use crate::results::{BootMarker, GuestInfo, VmRecord, VmStatus};
+use crate::timeline::Phases;
+
+/// CLOCK_MONOTONIC in nanoseconds: the host clock of every mark.
+pub fn now_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// What a VM's progress callback is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Milestone {
+    Hello,
+    Ready,
+}
+
+/// Runs one VM to its end and returns its record; never panics on guest input.
+pub fn run(spec: &VmSpec, backend: &Qemu, on_progress: &mut dyn FnMut(&VmRecord, Milestone)) -> VmRecord {
+    let mut record = VmRecord::new(spec.id, &spec.dir);
+    if let Err(error) = run_inner(spec, backend, &mut record, on_progress) {
+        record.status = VmStatus::Failed;
+        record.error = Some(error);
+    }
+    record
+}
+
+fn run_inner(
+    spec: &VmSpec,
+    backend: &Qemu,
+    record: &mut VmRecord,
+    on_progress: &mut dyn FnMut(&VmRecord, Milestone),
+) -> Result<(), String> {
+    std::fs::create_dir_all(&spec.dir).map_err(|e| format!("Cannot create {}: {e}", spec.dir.display()))?;
+    let vsock_listener = listen(&spec.vsock_uds())?;
+    let marker_listener = listen(&spec.marker_socket())?;
+    let mut vhost = backend.start_vsock(spec).map_err(|e| error_chain(&e))?;
+
+    let spawn_instant = Instant::now();
+    record.host_ns.spawn = Some(now_ns());
+    let started = backend.start_vmm(spec).map_err(|e| error_chain(&e));
+    let result = match started {
+        Ok(mut vmm) => {
+            let mut watch = Watch::new(spec, record, on_progress);
+            watch.run(&mut vmm, &vsock_listener, &marker_listener, spawn_instant + spec.timeout);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    let _ = vhost.kill();
+    let _ = vhost.wait();
+    for socket in [spec.vsock_uds(), spec.marker_socket(), qemu::vhost_user_socket(spec)] {
+        let _ = std::fs::remove_file(socket);
+    }
+    result
+}
+
+fn listen(path: &Path) -> Result<UnixListener, String> {
+    let len = path.as_os_str().len();
+    if len > UNIX_PATH_MAX_BYTES {
+        return Err(format!(
+            "Socket path {} is {len} bytes, over the {UNIX_PATH_MAX_BYTES}-byte limit of Unix sockets; use a shorter --out",
+            path.display()
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).map_err(|e| format!("Cannot listen on {}: {e}", path.display()))?;
+    listener.set_nonblocking(true).map_err(|e| format!("Cannot set {} non-blocking: {e}", path.display()))?;
+    Ok(listener)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A process's exit as a pollable descriptor (pidfd_open(2), Linux 5.3+).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, touches no memory of ours and
+    // returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a descriptor the kernel just created for us and nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The last lines of the VM's serial console, on one line.
+pub fn serial_tail(spec: &VmSpec) -> String {
+    let text = std::fs::read(spec.serial_log()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+    let start = lines.len().saturating_sub(6);
+    if lines.is_empty() {
+        "(serial log is empty)".to_string()
+    } else {
+        lines[start..].join(" | ")
+    }
+}
+
+struct Connection {
+    stream: UnixStream,
+    session: Session,
+    open: bool,
+}
+
+/// The state of one VM's watch.
+struct Watch<'a> {
+    spec: &'a VmSpec,
+    record: &'a mut VmRecord,
+    on_progress: &'a mut dyn FnMut(&VmRecord, Milestone),
+    connections: Vec<Connection>,
+    marker: Option<UnixStream>,
+    guest_init_ns: Option<u64>,
+    guest_failure: Option<String>,
+    protocol_error: Option<String>,
+    exit: Option<ExitStatus>,
+    timed_out: bool,
+}
+
+impl<'a> Watch<'a> {
+    fn new(
+        spec: &'a VmSpec,
+        record: &'a mut VmRecord,
+        on_progress: &'a mut dyn FnMut(&VmRecord, Milestone),
+    ) -> Self {
+        Watch {
+            spec,
+            record,
+            on_progress,
+            connections: Vec::new(),
+            marker: None,
+            guest_init_ns: None,
+            guest_failure: None,
+            protocol_error: None,
+            exit: None,
+            timed_out: false,
+        }
+    }
+
+    fn run(&mut self, vmm: &mut Child, vsock: &UnixListener, marker: &UnixListener, deadline: Instant) {
+        let pidfd = pidfd_open(vmm.id());
+        while self.exit.is_none() && self.protocol_error.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.timed_out = true;
+                break;
+            }
+            // Without a pidfd, the exit is noticed by polling try_wait every 10 ms.
+            let cap = if pidfd.is_some() { Duration::from_secs(1) } else { Duration::from_millis(10) };
+            let wait_ms = left.min(cap).as_millis().max(1) as u16;
+            let ready = self.wait(vsock, marker, pidfd.as_ref().map(|f| f.as_fd()), wait_ms);
+            let ts = now_ns();
+            if ready.vsock_listener {
+                self.accept(vsock);
+            }
+            if ready.marker_listener && self.marker.is_none() {
+                if let Ok((stream, _)) = marker.accept() {
+                    let _ = stream.set_nonblocking(true);
+                    self.marker = Some(stream);
+                }
+            }
+            if ready.marker {
+                self.read_markers(ts);
+            }
+            for index in ready.connections {
+                self.read_connection(index, ts);
+            }
+            if pidfd.is_none() || ready.exited {
+                if let Ok(Some(status)) = vmm.try_wait() {
+                    self.record.host_ns.exit = Some(ts);
+                    self.exit = Some(status);
+                }
+            }
+        }
+        // Reports the guest sent just before its VMM ended are still in the sockets.
+        self.accept(vsock);
+        for index in 0..self.connections.len() {
+            self.read_connection(index, now_ns());
+        }
+        self.read_markers(now_ns());
+        if self.exit.is_none() {
+            let _ = vmm.kill();
+            self.record.vmm_exit = vmm.wait().ok().map(|s| format!("killed by vmbench ({s})"));
+        } else {
+            self.record.vmm_exit = self.exit.map(|s| s.to_string());
+        }
+        self.conclude();
+    }
+
+    fn wait(&self, vsock: &UnixListener, marker: &UnixListener, pidfd: Option<BorrowedFd<'_>>, wait_ms: u16) -> Ready {
+        let mut fds = vec![
+            PollFd::new(vsock.as_fd(), PollFlags::POLLIN),
+            PollFd::new(marker.as_fd(), PollFlags::POLLIN),
+        ];
+        let marker_at = self.marker.as_ref().map(|m| {
+            fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let pidfd_at = pidfd.map(|fd| {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let first_conn = fds.len();
+        let open: Vec<usize> = (0..self.connections.len()).filter(|&i| self.connections[i].open).collect();
+        for &i in &open {
+            fds.push(PollFd::new(self.connections[i].stream.as_fd(), PollFlags::POLLIN));
+        }
+        if poll(&mut fds, PollTimeout::from(wait_ms)).is_err() {
+            return Ready::default();
+        }
+        let is = |at: usize| fds[at].revents().is_some_and(|r| !r.is_empty());
+        Ready {
+            vsock_listener: is(0),
+            marker_listener: is(1),
+            marker: marker_at.is_some_and(is),
+            exited: pidfd_at.is_some_and(is),
+            connections: open.iter().enumerate().filter(|(k, _)| is(first_conn + k)).map(|(_, &i)| i).collect(),
+        }
+    }
+
+    fn accept(&mut self, listener: &UnixListener) {
+        while let Ok((stream, _)) = listener.accept() {
+            let _ = stream.set_nonblocking(true);
+            self.connections.push(Connection { stream, session: Session::new(), open: true });
+        }
+    }
+
+    fn read_markers(&mut self, ts: u64) {
+        let Some(stream) = self.marker.as_mut() else { return };
+        let mut buf = [0u8; 64];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => {
+                    self.marker = None;
+                    return;
+                }
+                Ok(n) => {
+                    // Only Cloud Hypervisor's boot-marker ranges count: other
+                    // port-0x80 writes (a kernel's io_delay) are not marks.
+                    for &code in buf[..n].iter().filter(|c| (0x40..=0x7f).contains(*c)) {
+                        self.record.boot_markers.push(BootMarker { code, host_ns: ts });
+                        if code == MARKER_USERSPACE_START && self.record.host_ns.init_start.is_none() {
+                            self.record.host_ns.init_start = Some(ts);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn read_connection(&mut self, index: usize, ts: u64) {
+        let mut buf = [0u8; 4096];
+        loop {
+            let conn = &mut self.connections[index];
+            if !conn.open {
+                return;
+            }
+            let result = match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    conn.open = false;
+                    conn.session.end().map(|()| Vec::new())
+                }
+                Ok(n) => conn.session.feed(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    conn.open = false;
+                    return;
+                }
+            };
+            match result {
+                Ok(messages) => {
+                    for message in messages {
+                        self.on_message(index, message, ts);
+                    }
+                }
+                Err(e) => {
+                    self.connections[index].open = false;
+                    self.protocol_error.get_or_insert(e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, index: usize, message: GuestMessage, ts: u64) {
+        match message {
+            GuestMessage::Hello(hello) => {
+                self.record.host_ns.hello.get_or_insert(ts);
+                self.guest_init_ns = Some(hello.boottime_at_init_ns);
+                self.record.guest = Some(GuestInfo {
+                    proto_version: hello.proto_version,
+                    agent_version: hello.agent_version,
+                    kernel_release: hello.kernel_release,
+                    cpus: hello.cpus,
+                    mem_total_kib: hello.mem_total_kib,
+                });
+                self.update_phases();
+                (self.on_progress)(self.record, Milestone::Hello);
+            }
+            GuestMessage::Ready(marks) => {
+                self.record.host_ns.ready.get_or_insert(ts);
+                self.record.guest_ns = Some(marks);
+                let ack = encode_frame(&HostMessage::Ack).expect("Ack encodes");
+                // A few bytes into an empty socket buffer: this does not block.
+                let stream = &mut self.connections[index].stream;
+                if let Err(e) = stream.write_all(&ack) {
+                    self.record.warnings.push(format!("Could not acknowledge Ready: {e}"));
+                }
+                self.update_phases();
+                (self.on_progress)(self.record, Milestone::Ready);
+            }
+            GuestMessage::Failed { what } => {
+                self.guest_failure.get_or_insert(what);
+            }
+        }
+    }
+
+    fn update_phases(&mut self) {
+        self.record.phases_ms =
+            Phases::derive(&self.record.host_ns, self.guest_init_ns, self.record.guest_ns.as_ref());
+    }
+
+    /// The VM's verdict, from everything seen.
+    fn conclude(&mut self) {
+        self.update_phases();
+        let ready = self.record.host_ns.ready.is_some();
+        let timeout_s = self.spec.timeout.as_secs_f64();
+        let (status, error) = if let Some(e) = self.protocol_error.take() {
+            (VmStatus::ProtocolError, Some(e))
+        } else if let Some(what) = self.guest_failure.take() {
+            (VmStatus::Failed, Some(format!("The guest agent failed: {what}")))
+        } else if self.timed_out {
+            let what = if ready {
+                format!("The guest reported ready but did not power off within {timeout_s} s")
+            } else if self.record.host_ns.hello.is_some() {
+                format!("The guest said Hello but not Ready within {timeout_s} s; serial log ends: {}", serial_tail(self.spec))
+            } else {
+                format!("No report from the guest within {timeout_s} s; serial log ends: {}", serial_tail(self.spec))
+            };
+            (VmStatus::Timeout, Some(what))
+        } else if !ready {
+            let status = self.record.vmm_exit.clone().unwrap_or_default();
+            let said = qemu::qemu_message(self.spec);
+            let said = if said.is_empty() { String::new() } else { format!("; QEMU said: {said}") };
+            (
+                VmStatus::Failed,
+                Some(format!(
+                    "QEMU exited ({status}) before the guest reported ready{said}; serial log ends: {}",
+                    serial_tail(self.spec)
+                )),
+            )
+        } else {
+            if let Some(status) = self.exit.filter(|s| !s.success()) {
+                self.record.warnings.push(format!("QEMU exited with {status} after the guest was ready"));
+            }
+            (VmStatus::Ok, None)
+        };
+        if let Some(warning) = self.record.phases_ms.disagreement() {
+            self.record.warnings.push(warning);
+        }
+        self.record.status = status;
+        self.record.error = error;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Ready {
+    vsock_listener: bool,
+    marker_listener: bool,
+    marker: bool,
+    exited: bool,
+    connections: Vec<usize>,
+}
+
