@@ -94,7 +94,7 @@ fn kernel_format(bytes: &[u8]) -> std::result::Result<KernelFormat, FormatProble
         for segment in file.elf_program_headers() {
             let Ok(Some(mut notes)) = segment.notes(endian, bytes) else { continue };
             while let Ok(Some(note)) = notes.next() {
-                if note.name() == b"Xen" && note.n_type(endian) == XEN_ELFNOTE_PHYS32_ENTRY {
+                if note.name() == b"Xen" && note.n_type(endian) == elf::NoteType(XEN_ELFNOTE_PHYS32_ENTRY) {
                     return Ok(KernelFormat::ElfPvh);
                 }
             }

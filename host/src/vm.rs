@@ -404,3 +404,164 @@ struct Ready {
     connections: Vec<usize>,
 }
 
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use vmbench_proto::{decode_body, FrameDecoder, GuestMarks, Hello, PROTO_VERSION};
+
+    use super::*;
+    use crate::backend::Accel;
+
+    fn spec(dir: &Path, timeout: Duration) -> VmSpec {
+        VmSpec {
+            id: 0,
+            dir: dir.to_path_buf(),
+            kernel: PathBuf::from("/unused"),
+            initramfs: PathBuf::from("/unused"),
+            cmdline: String::new(),
+            mem_mib: 64,
+            vcpus: 1,
+            accel: Accel::Tcg,
+            port: 1234,
+            timeout,
+        }
+    }
+
+    /// Runs the real watch loop with `vmm` standing in for QEMU and `guest`
+    /// (on its own thread) standing in for the agent.
+    fn watch<T: Send + 'static>(
+        vmm: &mut Command,
+        timeout: Duration,
+        guest: impl FnOnce(PathBuf) -> T + Send + 'static,
+    ) -> (VmRecord, T) {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), timeout);
+        std::fs::write(spec.serial_log(), "[    0.1] Linux version 6.1\n[    0.5] Run /init as init process\n").unwrap();
+        let vsock = listen(&spec.vsock_uds()).unwrap();
+        let marker = listen(&spec.marker_socket()).unwrap();
+        let mut child = vmm.spawn().unwrap();
+        let uds = spec.vsock_uds();
+        let guest = std::thread::spawn(move || guest(uds));
+        let mut record = VmRecord::new(0, dir.path());
+        record.host_ns.spawn = Some(now_ns());
+        let mut on_progress = |_: &VmRecord, _| {};
+        let deadline = Instant::now() + timeout;
+        Watch::new(&spec, &mut record, &mut on_progress).run(&mut child, &vsock, &marker, deadline);
+        (record, guest.join().unwrap())
+    }
+
+    fn frame(message: &GuestMessage) -> Vec<u8> {
+        encode_frame(message).unwrap()
+    }
+
+    fn hello() -> GuestMessage {
+        GuestMessage::Hello(Hello {
+            proto_version: PROTO_VERSION,
+            agent_version: "test".into(),
+            vm_id: 0,
+            kernel_release: "6.1.0-test".into(),
+            cpus: 1,
+            mem_total_kib: 60_000,
+            boottime_at_init_ns: 500_000_000,
+        })
+    }
+
+    #[test]
+    fn good_report_is_acknowledged_and_ok() {
+        let (record, got_ack) = watch(Command::new("sleep").arg("0.5"), Duration::from_secs(10), |uds| {
+            let mut s = UnixStream::connect(uds).unwrap();
+            s.write_all(&frame(&hello())).unwrap();
+            let marks = GuestMarks { init_ns: 500_000_000, ready_ns: 510_000_000, ..GuestMarks::default() };
+            s.write_all(&frame(&GuestMessage::Ready(marks))).unwrap();
+            let mut dec = FrameDecoder::new();
+            let mut buf = [0u8; 16];
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                dec.push(&buf[..n]);
+                if let Some(body) = dec.next_body().unwrap() {
+                    return decode_body::<HostMessage>(&body).unwrap();
+                }
+            }
+        });
+        assert_eq!(got_ack, HostMessage::Ack);
+        assert_eq!(record.status, VmStatus::Ok, "{record:?}");
+        assert_eq!(record.guest.as_ref().unwrap().kernel_release, "6.1.0-test");
+        let h = record.host_ns;
+        assert!(h.spawn < h.hello && h.hello <= h.ready && h.ready < h.exit, "{h:?}");
+        assert_eq!(record.phases_ms.guest_kernel, Some(500.0));
+        assert_eq!(record.phases_ms.guest_userspace, Some(10.0));
+        assert!(record.phases_ms.shutdown.unwrap() > 0.0);
+    }
+
+    #[test]
+    fn garbage_from_the_guest_is_a_protocol_error_and_ends_the_vm() {
+        let started = Instant::now();
+        let (record, ()) = watch(Command::new("sleep").arg("30"), Duration::from_secs(20), |uds| {
+            let mut s = UnixStream::connect(uds).unwrap();
+            s.write_all(b"\x03\x00\x00\x00\xff\xff\xff").unwrap();
+        });
+        assert_eq!(record.status, VmStatus::ProtocolError, "{record:?}");
+        assert!(record.error.as_deref().unwrap().contains("invalid frame"), "{record:?}");
+        assert!(record.vmm_exit.as_deref().unwrap().starts_with("killed by vmbench"), "{record:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "the VM was not ended at once");
+    }
+
+    #[test]
+    fn oversized_frame_from_the_guest_is_a_protocol_error() {
+        let (record, ()) = watch(Command::new("sleep").arg("30"), Duration::from_secs(20), |uds| {
+            let mut s = UnixStream::connect(uds).unwrap();
+            s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        });
+        assert_eq!(record.status, VmStatus::ProtocolError);
+        assert!(record.error.as_deref().unwrap().contains("exceeds the 1048576-byte limit"), "{record:?}");
+    }
+
+    #[test]
+    fn silent_guest_is_a_timeout_with_the_serial_tail() {
+        let (record, ()) = watch(Command::new("sleep").arg("30"), Duration::from_millis(300), |_| {});
+        assert_eq!(record.status, VmStatus::Timeout);
+        let error = record.error.unwrap();
+        assert!(error.contains("No report from the guest within 0.3 s"), "{error}");
+        assert!(error.contains("Run /init as init process"), "{error}");
+        assert!(record.vmm_exit.unwrap().starts_with("killed by vmbench"));
+    }
+
+    #[test]
+    fn vmm_that_exits_before_ready_is_failed() {
+        let (record, ()) = watch(Command::new("false").arg("x"), Duration::from_secs(10), |_| {});
+        assert_eq!(record.status, VmStatus::Failed);
+        assert!(record.error.unwrap().contains("before the guest reported ready"));
+        assert!(record.host_ns.exit.is_some());
+    }
+
+    #[test]
+    fn boot_markers_are_timestamped_and_io_delay_noise_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), Duration::from_secs(10));
+        let vsock = listen(&spec.vsock_uds()).unwrap();
+        let marker = listen(&spec.marker_socket()).unwrap();
+        let path = spec.marker_socket();
+        let mut child = Command::new("sleep").arg("0.4").spawn().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(path).unwrap();
+            s.write_all(&[0xff, MARKER_USERSPACE_START, 0x00, 0x61]).unwrap();
+        });
+        let mut record = VmRecord::new(0, dir.path());
+        let mut on_progress = |_: &VmRecord, _| {};
+        let deadline = Instant::now() + spec.timeout;
+        Watch::new(&spec, &mut record, &mut on_progress).run(&mut child, &vsock, &marker, deadline);
+        writer.join().unwrap();
+        let codes: Vec<u8> = record.boot_markers.iter().map(|m| m.code).collect();
+        assert_eq!(codes, [MARKER_USERSPACE_START, 0x61]);
+        assert_eq!(record.host_ns.init_start, Some(record.boot_markers[0].host_ns));
+    }
+
+    #[test]
+    fn long_socket_paths_are_refused_clearly() {
+        let long = PathBuf::from(format!("/tmp/{}/vsock.sock_1234", "d".repeat(120)));
+        assert!(listen(&long).unwrap_err().contains("use a shorter --out"));
+    }
+}

@@ -118,11 +118,10 @@ pub fn vhost_args(spec: &VmSpec) -> Vec<String> {
 /// Children die with the thread that started them: no QEMU outlives vmbench.
 fn die_with_parent(command: &mut Command) {
     // SAFETY: the closure runs in the child between fork and exec and only calls
-    // prctl, which is async-signal-safe.
+    // prctl(PR_SET_PDEATHSIG), which is async-signal-safe and touches no memory.
     unsafe {
         command.pre_exec(|| {
-            // SAFETY: PR_SET_PDEATHSIG with a valid signal number has no memory effects.
-            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
