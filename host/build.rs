@@ -26,14 +26,24 @@ fn main() {
         hasher.update(format!("{name}\n").as_bytes());
         hasher.update(std::fs::read(&path).expect("read kernel config fragment"));
     }
-    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     println!("cargo:rustc-env=VMBENCH_FRAGMENTS_SHA256={digest}");
 
     let git_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.git");
     println!("cargo:rerun-if-changed={}", git_dir.join("HEAD").display());
     println!("cargo:rerun-if-changed={}", git_dir.join("refs").display());
     let rev = Command::new("git")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short=12", "HEAD"])
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())

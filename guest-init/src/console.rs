@@ -9,11 +9,16 @@ pub fn format_line(fields: &[(&str, &str)]) -> String {
     let mut line = String::from("vmbench-init:");
     for (key, value) in fields {
         let plain = !value.is_empty()
-            && value.chars().all(|c| !c.is_whitespace() && c != '"' && c != '=' && c != '\\');
+            && value
+                .chars()
+                .all(|c| !c.is_whitespace() && c != '"' && c != '=' && c != '\\');
         if plain {
             let _ = write!(line, " {key}={value}");
         } else {
-            let escaped = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let escaped = value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
             let _ = write!(line, " {key}=\"{escaped}\"");
         }
     }
@@ -34,7 +39,10 @@ mod tests {
     #[test]
     fn plain_and_quoted_values() {
         assert_eq!(
-            format_line(&[("error", "host_unreachable"), ("last_error", "ECONNRESET: reset by peer")]),
+            format_line(&[
+                ("error", "host_unreachable"),
+                ("last_error", "ECONNRESET: reset by peer")
+            ]),
             "vmbench-init: error=host_unreachable last_error=\"ECONNRESET: reset by peer\""
         );
         assert_eq!(format_line(&[("x", "")]), "vmbench-init: x=\"\"");

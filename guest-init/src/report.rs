@@ -21,7 +21,11 @@ use crate::settings::{self, Settings};
 /// The whole report; returns once the host has acknowledged it or on failure.
 pub fn run(init_ns: u64) {
     crate::mounts::mount_all();
-    let mut marks = GuestMarks { init_ns, mounts_done_ns: boottime_ns(), ..GuestMarks::default() };
+    let mut marks = GuestMarks {
+        init_ns,
+        mounts_done_ns: boottime_ns(),
+        ..GuestMarks::default()
+    };
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
         console::line(&[("warn", "no_cmdline"), ("error", &e.to_string())]);
@@ -29,7 +33,11 @@ pub fn run(init_ns: u64) {
     });
     let (settings, problems) = settings::parse(&cmdline);
     for p in problems {
-        console::line(&[("warn", "bad_setting"), ("key", &p.key), ("value", &p.value)]);
+        console::line(&[
+            ("warn", "bad_setting"),
+            ("key", &p.key),
+            ("value", &p.value),
+        ]);
     }
 
     let (socket, attempts) = match connect_host(&settings) {
@@ -57,23 +65,36 @@ pub fn run(init_ns: u64) {
         kernel_release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
-        cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(0),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(0),
         mem_total_kib: mem_total_kib().unwrap_or(0),
         boottime_at_init_ns: init_ns,
     };
     if let Err(e) = send(&mut stream, &GuestMessage::Hello(hello)) {
-        console::line(&[("error", "send_failed"), ("message", "hello"), ("detail", &e)]);
+        console::line(&[
+            ("error", "send_failed"),
+            ("message", "hello"),
+            ("detail", &e),
+        ]);
         return;
     }
 
     crate::marker::write(vmbench_proto::MARKER_USERSPACE_READY);
     marks.ready_ns = boottime_ns();
     if let Err(e) = send(&mut stream, &GuestMessage::Ready(marks)) {
-        console::line(&[("error", "send_failed"), ("message", "ready"), ("detail", &e)]);
+        console::line(&[
+            ("error", "send_failed"),
+            ("message", "ready"),
+            ("detail", &e),
+        ]);
         return;
     }
     match wait_ack(&mut stream, settings.ack_timeout_ms) {
-        Ok(()) => console::line(&[("event", "reported"), ("vm_id", &settings.vm_id.to_string())]),
+        Ok(()) => console::line(&[
+            ("event", "reported"),
+            ("vm_id", &settings.vm_id.to_string()),
+        ]),
         Err(e) => console::line(&[("warn", "no_ack"), ("detail", &e)]),
     }
 }
@@ -93,17 +114,29 @@ fn connect_host(settings: &Settings) -> Result<(OwnedFd, u32), ConnectFailure> {
     let mut pause = Duration::from_millis(5);
     loop {
         attempts += 1;
-        let result = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-            .and_then(|fd| {
-                connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(HOST_CID, settings.port))
-                    .map(|()| fd)
-            });
+        let result = socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .and_then(|fd| {
+            connect(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &VsockAddr::new(HOST_CID, settings.port),
+            )
+            .map(|()| fd)
+        });
         let last_error = match result {
             Ok(fd) => return Ok((fd, attempts)),
             Err(e) => format!("{e:?}: {}", e.desc()),
         };
         if start.elapsed() + pause > deadline {
-            return Err(ConnectFailure { attempts, elapsed_ms: start.elapsed().as_millis(), last_error });
+            return Err(ConnectFailure {
+                attempts,
+                elapsed_ms: start.elapsed().as_millis(),
+                last_error,
+            });
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));

@@ -18,7 +18,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { vm_id: 0, port: DEFAULT_PORT, connect_timeout_ms: 10_000, ack_timeout_ms: 3_000 }
+        Settings {
+            vm_id: 0,
+            port: DEFAULT_PORT,
+            connect_timeout_ms: 10_000,
+            ack_timeout_ms: 3_000,
+        }
     }
 }
 
@@ -35,17 +40,25 @@ pub fn parse(cmdline: &str) -> (Settings, Vec<Problem>) {
     let mut settings = Settings::default();
     let mut problems = Vec::new();
     for word in cmdline.split_ascii_whitespace() {
-        let Some(rest) = word.strip_prefix("vmbench.") else { continue };
+        let Some(rest) = word.strip_prefix("vmbench.") else {
+            continue;
+        };
         let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
         let ok = match key {
             "id" => value.parse().map(|v| settings.vm_id = v).is_ok(),
             "port" => value.parse().map(|v| settings.port = v).is_ok(),
-            "connect_timeout_ms" => value.parse().map(|v| settings.connect_timeout_ms = v).is_ok(),
+            "connect_timeout_ms" => value
+                .parse()
+                .map(|v| settings.connect_timeout_ms = v)
+                .is_ok(),
             "ack_timeout_ms" => value.parse().map(|v| settings.ack_timeout_ms = v).is_ok(),
             _ => false,
         };
         if !ok {
-            problems.push(Problem { key: key.to_string(), value: value.to_string() });
+            problems.push(Problem {
+                key: key.to_string(),
+                value: value.to_string(),
+            });
         }
     }
     (settings, problems)
@@ -57,9 +70,18 @@ mod tests {
 
     #[test]
     fn reads_vmbench_keys_and_ignores_others() {
-        let (s, problems) =
-            parse("console=ttyS0 vmbench.id=7 panic=-1 vmbench.port=5000 vmbench.connect_timeout_ms=50\n");
-        assert_eq!(s, Settings { vm_id: 7, port: 5000, connect_timeout_ms: 50, ..Settings::default() });
+        let (s, problems) = parse(
+            "console=ttyS0 vmbench.id=7 panic=-1 vmbench.port=5000 vmbench.connect_timeout_ms=50\n",
+        );
+        assert_eq!(
+            s,
+            Settings {
+                vm_id: 7,
+                port: 5000,
+                connect_timeout_ms: 50,
+                ..Settings::default()
+            }
+        );
         assert!(problems.is_empty());
     }
 
@@ -75,9 +97,18 @@ mod tests {
         assert_eq!(
             problems,
             vec![
-                Problem { key: "port".into(), value: "abc".into() },
-                Problem { key: "colour".into(), value: "blue".into() },
-                Problem { key: "id".into(), value: "".into() },
+                Problem {
+                    key: "port".into(),
+                    value: "abc".into()
+                },
+                Problem {
+                    key: "colour".into(),
+                    value: "blue".into()
+                },
+                Problem {
+                    key: "id".into(),
+                    value: "".into()
+                },
             ]
         );
     }

@@ -60,7 +60,10 @@ pub enum Error {
     #[error("--out {0} already holds a results.json; choose another directory")]
     OutExists(PathBuf),
     #[error("Cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -100,7 +103,9 @@ pub fn choose_accel(choice: AccelChoice, verdict: &KvmVerdict) -> Result<Accel> 
     match (choice, verdict) {
         (AccelChoice::Tcg, _) => Ok(Accel::Tcg),
         (AccelChoice::Kvm, KvmVerdict::Absent { reason }) => Err(Error::NoKvm(reason.clone())),
-        (AccelChoice::Kvm, v) => Ok(Accel::Kvm { native: v.is_native() }),
+        (AccelChoice::Kvm, v) => Ok(Accel::Kvm {
+            native: v.is_native(),
+        }),
         (AccelChoice::Auto, v) if v.is_native() => Ok(Accel::Kvm { native: true }),
         (AccelChoice::Auto, _) => Ok(Accel::Tcg),
     }
@@ -116,7 +121,10 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     if !(1..=64).contains(&config.vcpus) {
         return Err(Error::BadVcpus(config.vcpus));
     }
-    let backend = Qemu { qemu: locate::qemu()?, vhost_device_vsock: locate::vhost_device_vsock()? };
+    let backend = Qemu {
+        qemu: locate::qemu()?,
+        vhost_device_vsock: locate::vhost_device_vsock()?,
+    };
     let cache = locate::cache_dir()?;
 
     let kernel_path = match &config.kernel {
@@ -159,8 +167,14 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     if results_path.exists() {
         return Err(Error::OutExists(out));
     }
-    std::fs::create_dir_all(&out).map_err(|source| Error::Write { path: out.clone(), source })?;
-    let out = out.canonicalize().map_err(|source| Error::Write { path: out.clone(), source })?;
+    std::fs::create_dir_all(&out).map_err(|source| Error::Write {
+        path: out.clone(),
+        source,
+    })?;
+    let out = out.canonicalize().map_err(|source| Error::Write {
+        path: out.clone(),
+        source,
+    })?;
     let results_path = out.join("results.json");
 
     let append = config.append.join(" ");
@@ -202,12 +216,16 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
             vcpus: config.vcpus,
             timeout_s: config.timeout.as_secs_f64(),
         },
-        vms: (0..config.vms).map(|id| VmRecord::new(id, &vm_dir(&out, id))).collect(),
+        vms: (0..config.vms)
+            .map(|id| VmRecord::new(id, &vm_dir(&out, id)))
+            .collect(),
         aggregate: None,
     };
     let write = |results: &RunResults| {
-        results::write_atomic(&results_path, results)
-            .map_err(|source| Error::Write { path: results_path.clone(), source })
+        results::write_atomic(&results_path, results).map_err(|source| Error::Write {
+            path: results_path.clone(),
+            source,
+        })
     };
     write(&results)?;
     progress(
@@ -269,10 +287,18 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
                 }
                 None => {
                     done += 1;
-                    let detail = record.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                    let detail = record
+                        .error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
                     progress(
                         config.progress,
-                        &format!("  vm-{id} {}{detail} [{done}/{} done]", record.status.as_str(), config.vms),
+                        &format!(
+                            "  vm-{id} {}{detail} [{done}/{} done]",
+                            record.status.as_str(),
+                            config.vms
+                        ),
                     );
                 }
             }
@@ -287,7 +313,10 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     results.aggregate = Some(aggregate(&results.vms, cpu_ms));
     results.finished = true;
     write(&results)?;
-    Ok(Outcome { results, results_path })
+    Ok(Outcome {
+        results,
+        results_path,
+    })
 }
 
 fn vm_dir(out: &Path, id: u32) -> PathBuf {
@@ -298,7 +327,8 @@ fn vm_dir(out: &Path, id: u32) -> PathBuf {
 fn self_cpu_ms() -> f64 {
     match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
         Ok(usage) => {
-            let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e3 + t.tv_usec() as f64 / 1e3;
+            let tv =
+                |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e3 + t.tv_usec() as f64 / 1e3;
             tv(usage.user_time()) + tv(usage.system_time())
         }
         Err(_) => f64::NAN,
@@ -316,7 +346,9 @@ pub fn aggregate(vms: &[VmRecord], cpu_ms: f64) -> Aggregate {
         .max()
         .and_then(since_first)
         .unwrap_or(0.0);
-    let all_ready_ms = last(|v| v.host_ns.ready).and_then(|r| r.into_iter().max()).and_then(since_first);
+    let all_ready_ms = last(|v| v.host_ns.ready)
+        .and_then(|r| r.into_iter().max())
+        .and_then(since_first);
     let summary = |f: fn(&VmRecord) -> Option<f64>| Summary::of(ok.iter().filter_map(|v| f(v)));
     Aggregate {
         vms: vms.len(),
@@ -336,13 +368,22 @@ mod tests {
     use super::*;
     use crate::timeline::Phases;
 
-    fn vm(id: u32, status: VmStatus, spawn: u64, ready: Option<u64>, total: Option<f64>) -> VmRecord {
+    fn vm(
+        id: u32,
+        status: VmStatus,
+        spawn: u64,
+        ready: Option<u64>,
+        total: Option<f64>,
+    ) -> VmRecord {
         let mut r = VmRecord::new(id, Path::new("/x"));
         r.status = status;
         r.host_ns.spawn = Some(spawn);
         r.host_ns.ready = ready;
         r.host_ns.exit = ready.map(|t| t + 1_000_000);
-        r.phases_ms = Phases { total, ..Phases::default() };
+        r.phases_ms = Phases {
+            total,
+            ..Phases::default()
+        };
         r
     }
 
@@ -363,25 +404,53 @@ mod tests {
 
     #[test]
     fn all_ready_is_the_last_ready_since_the_first_spawn() {
-        let vms = [vm(0, VmStatus::Ok, 0, Some(100_000_000), Some(100.0)), vm(1, VmStatus::Ok, 5, Some(250_000_000), Some(250.0))];
+        let vms = [
+            vm(0, VmStatus::Ok, 0, Some(100_000_000), Some(100.0)),
+            vm(1, VmStatus::Ok, 5, Some(250_000_000), Some(250.0)),
+        ];
         assert_eq!(aggregate(&vms, 0.0).all_ready_ms, Some(250.0));
     }
 
     #[test]
     fn accel_auto_uses_kvm_only_when_native() {
-        let native = KvmVerdict::Native { ns_per_iteration: 1.0 };
-        let emulated = KvmVerdict::Emulated { ns_per_iteration: 1300.0 };
-        let absent = KvmVerdict::Absent { reason: "no /dev/kvm".into() };
-        assert_eq!(choose_accel(AccelChoice::Auto, &native).unwrap(), Accel::Kvm { native: true });
-        assert_eq!(choose_accel(AccelChoice::Auto, &emulated).unwrap(), Accel::Tcg);
-        assert_eq!(choose_accel(AccelChoice::Auto, &absent).unwrap(), Accel::Tcg);
-        assert_eq!(choose_accel(AccelChoice::Kvm, &emulated).unwrap(), Accel::Kvm { native: false });
-        assert!(choose_accel(AccelChoice::Kvm, &absent).unwrap_err().to_string().contains("no /dev/kvm"));
+        let native = KvmVerdict::Native {
+            ns_per_iteration: 1.0,
+        };
+        let emulated = KvmVerdict::Emulated {
+            ns_per_iteration: 1300.0,
+        };
+        let absent = KvmVerdict::Absent {
+            reason: "no /dev/kvm".into(),
+        };
+        assert_eq!(
+            choose_accel(AccelChoice::Auto, &native).unwrap(),
+            Accel::Kvm { native: true }
+        );
+        assert_eq!(
+            choose_accel(AccelChoice::Auto, &emulated).unwrap(),
+            Accel::Tcg
+        );
+        assert_eq!(
+            choose_accel(AccelChoice::Auto, &absent).unwrap(),
+            Accel::Tcg
+        );
+        assert_eq!(
+            choose_accel(AccelChoice::Kvm, &emulated).unwrap(),
+            Accel::Kvm { native: false }
+        );
+        assert!(choose_accel(AccelChoice::Kvm, &absent)
+            .unwrap_err()
+            .to_string()
+            .contains("no /dev/kvm"));
     }
 
     #[test]
     fn base_cmdline_has_the_agent_settings() {
         let line = base_cmdline(3, 1234);
-        assert!(line.contains("vmbench.id=3") && line.contains("vmbench.port=1234") && line.contains("reboot=t"));
+        assert!(
+            line.contains("vmbench.id=3")
+                && line.contains("vmbench.port=1234")
+                && line.contains("reboot=t")
+        );
     }
 }

@@ -98,8 +98,10 @@ mod tests {
 
     #[test]
     fn hello_then_ready_byte_by_byte() {
-        let stream: Vec<u8> =
-            [hello(PROTO_VERSION), ready()].iter().flat_map(|m| encode_frame(m).unwrap()).collect();
+        let stream: Vec<u8> = [hello(PROTO_VERSION), ready()]
+            .iter()
+            .flat_map(|m| encode_frame(m).unwrap())
+            .collect();
         let mut session = Session::new();
         let mut got = Vec::new();
         for byte in stream {
@@ -112,35 +114,58 @@ mod tests {
     #[test]
     fn garbage_is_a_frame_error() {
         let mut session = Session::new();
-        let err = session.feed(b"\x05\x00\x00\x00\xff\xff\xff\xff\xff").unwrap_err();
-        assert!(matches!(err, Error::Frame(vmbench_proto::Error::Garbage { .. })), "{err:?}");
-        assert!(err.to_string().starts_with("Guest sent an invalid frame"), "{err}");
+        let err = session
+            .feed(b"\x05\x00\x00\x00\xff\xff\xff\xff\xff")
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Frame(vmbench_proto::Error::Garbage { .. })),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("Guest sent an invalid frame"),
+            "{err}"
+        );
     }
 
     #[test]
     fn text_instead_of_frames_is_refused_by_size() {
         // "GET / HTTP/1.1" read as a length is far above the 1 MiB limit.
         let err = Session::new().feed(b"GET / HTTP/1.1\r\n").unwrap_err();
-        assert!(matches!(err, Error::Frame(vmbench_proto::Error::Oversized { .. })), "{err:?}");
+        assert!(
+            matches!(err, Error::Frame(vmbench_proto::Error::Oversized { .. })),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn wrong_version_is_named() {
-        let err = Session::new().feed(&encode_frame(&hello(PROTO_VERSION + 1)).unwrap()).unwrap_err();
-        assert!(err.to_string().contains(&format!("protocol version {}", PROTO_VERSION + 1)), "{err}");
+        let err = Session::new()
+            .feed(&encode_frame(&hello(PROTO_VERSION + 1)).unwrap())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("protocol version {}", PROTO_VERSION + 1)),
+            "{err}"
+        );
     }
 
     #[test]
     fn ready_before_hello_is_refused() {
-        let err = Session::new().feed(&encode_frame(&ready()).unwrap()).unwrap_err();
+        let err = Session::new()
+            .feed(&encode_frame(&ready()).unwrap())
+            .unwrap_err();
         assert_eq!(err, Error::BeforeHello { what: "Ready" });
     }
 
     #[test]
     fn second_hello_is_refused() {
         let mut session = Session::new();
-        session.feed(&encode_frame(&hello(PROTO_VERSION)).unwrap()).unwrap();
-        let err = session.feed(&encode_frame(&hello(PROTO_VERSION)).unwrap()).unwrap_err();
+        session
+            .feed(&encode_frame(&hello(PROTO_VERSION)).unwrap())
+            .unwrap();
+        let err = session
+            .feed(&encode_frame(&hello(PROTO_VERSION)).unwrap())
+            .unwrap_err();
         assert_eq!(err, Error::SecondHello);
     }
 
@@ -149,6 +174,9 @@ mod tests {
         let frame = encode_frame(&hello(PROTO_VERSION)).unwrap();
         let mut session = Session::new();
         assert!(session.feed(&frame[..frame.len() - 2]).unwrap().is_empty());
-        assert!(matches!(session.end(), Err(Error::Frame(vmbench_proto::Error::Truncated { .. }))));
+        assert!(matches!(
+            session.end(),
+            Err(Error::Frame(vmbench_proto::Error::Truncated { .. }))
+        ));
     }
 }

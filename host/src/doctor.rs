@@ -56,15 +56,29 @@ impl Report {
         } else {
             "vmbench boot cannot run here yet: run the fixes above, or scripts/setup.sh for all of them"
         };
-        let _ = writeln!(out, "\n{verdict} (--accel auto would use {}).", if self.kvm.is_native() { "KVM" } else { "TCG" });
+        let _ = writeln!(
+            out,
+            "\n{verdict} (--accel auto would use {}).",
+            if self.kvm.is_native() { "KVM" } else { "TCG" }
+        );
         out
     }
 }
 
 fn from_result(name: &'static str, result: Result<String, String>, fix: &str) -> Check {
     match result {
-        Ok(detail) => Check { name, level: Level::Ok, detail, fix: None },
-        Err(detail) => Check { name, level: Level::Missing, detail, fix: Some(fix.to_string()) },
+        Ok(detail) => Check {
+            name,
+            level: Level::Ok,
+            detail,
+            fix: None,
+        },
+        Err(detail) => Check {
+            name,
+            level: Level::Missing,
+            detail,
+            fix: Some(fix.to_string()),
+        },
     }
 }
 
@@ -110,10 +124,15 @@ pub fn run() -> Report {
     checks.push(kernel_check());
     checks.push(from_result(
         "guest agent",
-        locate::default_agent().map(|p| p.display().to_string()).map_err(|e| e.to_string()),
+        locate::default_agent()
+            .map(|p| p.display().to_string())
+            .map_err(|e| e.to_string()),
         "scripts/build-agent.sh",
     ));
-    Report { checks, kvm: calibration.verdict }
+    Report {
+        checks,
+        kvm: calibration.verdict,
+    }
 }
 
 fn kernel_check() -> Check {
@@ -129,7 +148,11 @@ fn kernel_check() -> Check {
         Some(ki) if ki.fragments_sha256 != locate::FRAGMENTS_SHA256 => Check {
             name: "guest kernel",
             level: Level::Note,
-            detail: format!("{} ({}) was built from other config fragments than this vmbench's", path.display(), ki.release),
+            detail: format!(
+                "{} ({}) was built from other config fragments than this vmbench's",
+                path.display(),
+                ki.release
+            ),
             fix: Some(fix.into()),
         },
         Some(ki) => Check {
@@ -138,7 +161,12 @@ fn kernel_check() -> Check {
             detail: format!("{} ({}, from {})", path.display(), ki.release, ki.source),
             fix: None,
         },
-        None => Check { name: "guest kernel", level: Level::Ok, detail: path.display().to_string(), fix: None },
+        None => Check {
+            name: "guest kernel",
+            level: Level::Ok,
+            detail: path.display().to_string(),
+            fix: None,
+        },
     }
 }
 
@@ -150,14 +178,29 @@ mod tests {
     fn missing_piece_blocks_boot_and_shows_its_fix() {
         let report = Report {
             checks: vec![
-                Check { name: "qemu", level: Level::Missing, detail: "not found".into(), fix: Some("apt-get install qemu-system-x86".into()) },
-                Check { name: "kvm", level: Level::Note, detail: "emulated".into(), fix: None },
+                Check {
+                    name: "qemu",
+                    level: Level::Missing,
+                    detail: "not found".into(),
+                    fix: Some("apt-get install qemu-system-x86".into()),
+                },
+                Check {
+                    name: "kvm",
+                    level: Level::Note,
+                    detail: "emulated".into(),
+                    fix: None,
+                },
             ],
-            kvm: KvmVerdict::Emulated { ns_per_iteration: 1300.0 },
+            kvm: KvmVerdict::Emulated {
+                ns_per_iteration: 1300.0,
+            },
         };
         assert!(!report.can_boot());
         let text = report.render();
-        assert!(text.contains("fix: apt-get install qemu-system-x86"), "{text}");
+        assert!(
+            text.contains("fix: apt-get install qemu-system-x86"),
+            "{text}"
+        );
         assert!(text.contains("cannot run here yet"), "{text}");
         assert!(text.contains("would use TCG"), "{text}");
     }

@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 
 /// vmbench's own version: the crate version and the git revision it was built from.
 pub fn vmbench_version() -> String {
-    format!("{} (git {})", env!("CARGO_PKG_VERSION"), env!("VMBENCH_GIT_REV"))
+    format!(
+        "{} (git {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("VMBENCH_GIT_REV")
+    )
 }
 
 /// The host CPU as /proc/cpuinfo names it.
@@ -48,7 +52,11 @@ fn parse_cpuinfo(text: &str) -> HostCpu {
 /// The host kernel: `uname -r` and `uname -v`.
 pub fn host_kernel() -> String {
     match nix::sys::utsname::uname() {
-        Ok(u) => format!("{} {}", u.release().to_string_lossy(), u.version().to_string_lossy()),
+        Ok(u) => format!(
+            "{} {}",
+            u.release().to_string_lossy(),
+            u.version().to_string_lossy()
+        ),
         Err(_) => "unknown".to_string(),
     }
 }

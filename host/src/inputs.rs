@@ -48,11 +48,18 @@ pub enum KernelFormat {
 
 /// A file's identity for results: its SHA-256 in hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Read { what, path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| Error::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A checked input file.
@@ -68,10 +75,20 @@ pub struct CheckedFile<K> {
 pub fn check_kernel(path: &Path) -> Result<CheckedFile<KernelFormat>> {
     let bytes = read("kernel", path)?;
     let kind = kernel_format(&bytes).map_err(|detail| match detail {
-        FormatProblem::NoPvh => Error::NoPvhNote { path: path.to_path_buf() },
-        FormatProblem::Other(detail) => Error::NotAKernel { path: path.to_path_buf(), detail },
+        FormatProblem::NoPvh => Error::NoPvhNote {
+            path: path.to_path_buf(),
+        },
+        FormatProblem::Other(detail) => Error::NotAKernel {
+            path: path.to_path_buf(),
+            detail,
+        },
     })?;
-    Ok(CheckedFile { path: path.to_path_buf(), sha256: sha256_hex(&bytes), size_bytes: bytes.len() as u64, kind })
+    Ok(CheckedFile {
+        path: path.to_path_buf(),
+        sha256: sha256_hex(&bytes),
+        size_bytes: bytes.len() as u64,
+        kind,
+    })
 }
 
 enum FormatProblem {
@@ -92,9 +109,13 @@ fn kernel_format(bytes: &[u8]) -> std::result::Result<KernelFormat, FormatProble
             )));
         }
         for segment in file.elf_program_headers() {
-            let Ok(Some(mut notes)) = segment.notes(endian, bytes) else { continue };
+            let Ok(Some(mut notes)) = segment.notes(endian, bytes) else {
+                continue;
+            };
             while let Ok(Some(note)) = notes.next() {
-                if note.name() == b"Xen" && note.n_type(endian) == elf::NoteType(XEN_ELFNOTE_PHYS32_ENTRY) {
+                if note.name() == b"Xen"
+                    && note.n_type(endian) == elf::NoteType(XEN_ELFNOTE_PHYS32_ENTRY)
+                {
                     return Ok(KernelFormat::ElfPvh);
                 }
             }
@@ -106,7 +127,10 @@ fn kernel_format(bytes: &[u8]) -> std::result::Result<KernelFormat, FormatProble
         return Ok(KernelFormat::BzImage);
     }
     let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    Err(FormatProblem::Other(format!("starts with {}", head.join(" "))))
+    Err(FormatProblem::Other(format!(
+        "starts with {}",
+        head.join(" ")
+    )))
 }
 
 /// Xen's PVH entry note type, which Linux carries when built with CONFIG_PVH.
@@ -116,10 +140,18 @@ const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 /// executable `/init`.
 pub fn check_initramfs(path: &Path) -> Result<CheckedFile<()>> {
     let bytes = read("initramfs", path)?;
-    let bad = |source| Error::BadInitramfs { path: path.to_path_buf(), source };
+    let bad = |source| Error::BadInitramfs {
+        path: path.to_path_buf(),
+        source,
+    };
     let entries = vmbench_rootfs::read_initramfs(&bytes).map_err(bad)?;
     vmbench_rootfs::check_bootable(&entries).map_err(bad)?;
-    Ok(CheckedFile { path: path.to_path_buf(), sha256: sha256_hex(&bytes), size_bytes: bytes.len() as u64, kind: () })
+    Ok(CheckedFile {
+        path: path.to_path_buf(),
+        sha256: sha256_hex(&bytes),
+        size_bytes: bytes.len() as u64,
+        kind: (),
+    })
 }
 
 /// The initramfs for an agent binary, built once into the cache and named by
@@ -132,14 +164,21 @@ pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path);
     }
-    let build_err = |source| Error::BuildInitramfs { path: path.clone(), source };
-    std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(|source| Error::Read {
-        what: "cache directory",
-        path: path.parent().expect("has a parent").to_path_buf(),
+    let build_err = |source| Error::BuildInitramfs {
+        path: path.clone(),
         source,
+    };
+    std::fs::create_dir_all(path.parent().expect("has a parent")).map_err(|source| {
+        Error::Read {
+            what: "cache directory",
+            path: path.parent().expect("has a parent").to_path_buf(),
+            source,
+        }
     })?;
     let image = vmbench_rootfs::agent_initramfs(agent).map_err(build_err)?;
-    image.write(&path, vmbench_rootfs::Compression::Gzip).map_err(build_err)?;
+    image
+        .write(&path, vmbench_rootfs::Compression::Gzip)
+        .map_err(build_err)?;
     Ok(path)
 }
 
@@ -153,7 +192,10 @@ mod tests {
         let path = dir.path().join("vmlinux");
         std::fs::write(&path, b"hello world, not a kernel").unwrap();
         let err = check_kernel(&path).unwrap_err().to_string();
-        assert!(err.contains("neither an x86-64 ELF vmlinux nor a bzImage"), "{err}");
+        assert!(
+            err.contains("neither an x86-64 ELF vmlinux nor a bzImage"),
+            "{err}"
+        );
         assert!(err.contains("starts with 68 65 6c 6c"), "{err}");
     }
 
@@ -182,7 +224,9 @@ mod tests {
 
     #[test]
     fn missing_kernel_names_the_path() {
-        let err = check_kernel(Path::new("/nonexistent/vmlinux")).unwrap_err().to_string();
+        let err = check_kernel(Path::new("/nonexistent/vmlinux"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/vmlinux"), "{err}");
     }
 
@@ -204,7 +248,10 @@ mod tests {
         let modified = std::fs::metadata(&first).unwrap().modified().unwrap();
         let second = agent_initramfs(&agent, dir.path()).unwrap();
         assert_eq!(first, second);
-        assert_eq!(std::fs::metadata(&second).unwrap().modified().unwrap(), modified);
+        assert_eq!(
+            std::fs::metadata(&second).unwrap().modified().unwrap(),
+            modified
+        );
         check_initramfs(&first).unwrap();
     }
 }

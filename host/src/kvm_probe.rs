@@ -81,9 +81,12 @@ fn timed_run(kvm: &Kvm, iterations: u32) -> Result<u64, String> {
         .map_err(|e| format!("guest memory: {e}"))?;
     mem.write_slice(&guest_code(iterations.max(1)), GuestAddress(CODE_ADDR))
         .map_err(|e| format!("writing guest code: {e}"))?;
-    let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM failed: {e}"))?;
-    let host_addr =
-        mem.get_host_address(GuestAddress(0)).map_err(|e| format!("guest memory: {e}"))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| format!("KVM_CREATE_VM failed: {e}"))?;
+    let host_addr = mem
+        .get_host_address(GuestAddress(0))
+        .map_err(|e| format!("guest memory: {e}"))?;
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
@@ -95,19 +98,31 @@ fn timed_run(kvm: &Kvm, iterations: u32) -> Result<u64, String> {
     // is declared before `vm`, so it is unmapped only after the VM is gone.
     unsafe { vm.set_user_memory_region(region) }
         .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION failed: {e}"))?;
-    let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("KVM_CREATE_VCPU failed: {e}"))?;
-    let mut sregs = vcpu.get_sregs().map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
+    let mut vcpu = vm
+        .create_vcpu(0)
+        .map_err(|e| format!("KVM_CREATE_VCPU failed: {e}"))?;
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
-    vcpu.set_sregs(&sregs).map_err(|e| format!("KVM_SET_SREGS failed: {e}"))?;
-    let regs = kvm_bindings::kvm_regs { rip: CODE_ADDR, rflags: 2, ..Default::default() };
-    vcpu.set_regs(&regs).map_err(|e| format!("KVM_SET_REGS failed: {e}"))?;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| format!("KVM_SET_SREGS failed: {e}"))?;
+    let regs = kvm_bindings::kvm_regs {
+        rip: CODE_ADDR,
+        rflags: 2,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs)
+        .map_err(|e| format!("KVM_SET_REGS failed: {e}"))?;
     let start = Instant::now();
     let exit = vcpu.run();
     let elapsed_ns = start.elapsed().as_nanos() as u64;
     match exit {
         Ok(VcpuExit::Hlt) => Ok(elapsed_ns),
-        Ok(other) => Err(format!("the calibration guest ended with {other:?} instead of hlt")),
+        Ok(other) => Err(format!(
+            "the calibration guest ended with {other:?} instead of hlt"
+        )),
         Err(e) => Err(format!("KVM_RUN failed: {e}")),
     }
 }
@@ -159,15 +174,24 @@ mod tests {
 
     #[test]
     fn classification_by_cost_per_iteration() {
-        assert!(matches!(classify(1_000_000, 1_200_000, 200_000), KvmVerdict::Native { ns_per_iteration } if ns_per_iteration == 1.0));
-        assert!(matches!(classify(100_000, 130_050_000, 50_000), KvmVerdict::Emulated { ns_per_iteration } if ns_per_iteration == 1300.0));
+        assert!(
+            matches!(classify(1_000_000, 1_200_000, 200_000), KvmVerdict::Native { ns_per_iteration } if ns_per_iteration == 1.0)
+        );
+        assert!(
+            matches!(classify(100_000, 130_050_000, 50_000), KvmVerdict::Emulated { ns_per_iteration } if ns_per_iteration == 1300.0)
+        );
         // A baseline above the loop (noise) is not a negative cost.
-        assert!(matches!(classify(10, 5, 9), KvmVerdict::Native { ns_per_iteration } if ns_per_iteration == 0.0));
+        assert!(
+            matches!(classify(10, 5, 9), KvmVerdict::Native { ns_per_iteration } if ns_per_iteration == 0.0)
+        );
     }
 
     #[test]
     fn guest_code_is_the_counting_loop() {
-        assert_eq!(guest_code(0x0102_0304), [0x66, 0xb9, 4, 3, 2, 1, 0x66, 0x49, 0x75, 0xfc, 0xf4]);
+        assert_eq!(
+            guest_code(0x0102_0304),
+            [0x66, 0xb9, 4, 3, 2, 1, 0x66, 0x49, 0x75, 0xfc, 0xf4]
+        );
     }
 
     #[test]

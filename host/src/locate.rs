@@ -14,7 +14,11 @@ pub enum Error {
     #[error("No guest agent (vmbench-init) found in {looked}; build it with `scripts/build-agent.sh` (or `{SETUP_COMMAND}`), or pass --agent")]
     NoAgent { looked: String },
     #[error("`{program}` not found on PATH or in {extra}; install it with `{fix}`")]
-    NoProgram { program: &'static str, extra: String, fix: &'static str },
+    NoProgram {
+        program: &'static str,
+        extra: String,
+        fix: &'static str,
+    },
     #[error("No home directory ($HOME is unset) for the cache; set $VMBENCH_CACHE")]
     NoHome,
 }
@@ -32,7 +36,9 @@ pub fn cache_dir() -> Result<PathBuf> {
 
 /// The workspace this binary was built from, if it is still there.
 pub fn workspace_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.to_path_buf();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
     dir.join("Cargo.toml").is_file().then_some(dir)
 }
 
@@ -42,7 +48,9 @@ pub fn default_kernel() -> Result<PathBuf> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(Error::NoKernel { looked: path.display().to_string() })
+        Err(Error::NoKernel {
+            looked: path.display().to_string(),
+        })
     }
 }
 
@@ -50,7 +58,9 @@ pub fn default_kernel() -> Result<PathBuf> {
 pub fn kernel_inputs(kernel: &Path) -> Option<KernelInputs> {
     let text = std::fs::read_to_string(kernel.parent()?.join("inputs")).ok()?;
     let field = |key: &str| {
-        text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(str::to_string)
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
     };
     Some(KernelInputs {
         source: field("source")?,
@@ -76,7 +86,10 @@ pub fn default_agent() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("VMBENCH_AGENT") {
         candidates.push(PathBuf::from(path));
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         // An installed vmbench keeps its agent beside it; a build tree does not
         // (the sibling there is the dynamic build, which is no use in a guest).
         candidates.push(dir.join("vmbench-init.static"));
@@ -84,9 +97,17 @@ pub fn default_agent() -> Result<PathBuf> {
     if let Some(ws) = workspace_dir() {
         candidates.push(ws.join("target/x86_64-unknown-linux-gnu/release/vmbench-init"));
     }
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| Error::NoAgent {
-        looked: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-    })
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| Error::NoAgent {
+            looked: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// An executable on PATH, or in one of `extra_dirs`.
@@ -101,14 +122,20 @@ pub fn program(name: &'static str, extra_dirs: &[PathBuf], fix: &'static str) ->
         .find(|p| is_executable(p))
         .ok_or_else(|| Error::NoProgram {
             program: name,
-            extra: extra_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+            extra: extra_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             fix,
         })
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 pub fn qemu() -> Result<PathBuf> {

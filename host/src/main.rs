@@ -106,7 +106,10 @@ enum RootfsCommand {
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let Backend::Qemu = args.backend;
     if !(args.timeout_s.is_finite() && args.timeout_s > 0.0) {
-        anyhow::bail!("--timeout-s must be a positive number of seconds, not {}", args.timeout_s);
+        anyhow::bail!(
+            "--timeout-s must be a positive number of seconds, not {}",
+            args.timeout_s
+        );
     }
     let config = BootConfig {
         vms: args.vms,
@@ -133,26 +136,43 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         print!("{}", report::table::boot_report(&outcome.results));
         println!("results: {}", outcome.results_path.display());
     }
-    Ok(if outcome.all_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if outcome.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn rootfs(command: RootfsCommand) -> anyhow::Result<ExitCode> {
     match command {
-        RootfsCommand::Initramfs { agent, out, add, no_gzip } => {
+        RootfsCommand::Initramfs {
+            agent,
+            out,
+            add,
+            no_gzip,
+        } => {
             let agent = match agent {
                 Some(path) => path,
                 None => vmbench::locate::default_agent()?,
             };
             let mut image = vmbench_rootfs::agent_initramfs(&agent)?;
             for spec in &add {
-                let (host, guest) = spec
-                    .split_once(':')
-                    .ok_or_else(|| anyhow::anyhow!("--add {spec}: expected HOST_PATH:GUEST_PATH"))?;
+                let (host, guest) = spec.split_once(':').ok_or_else(|| {
+                    anyhow::anyhow!("--add {spec}: expected HOST_PATH:GUEST_PATH")
+                })?;
                 let mode = std::fs::metadata(host)
                     .map_err(|e| anyhow::anyhow!("--add {spec}: cannot read {host}: {e}"))?;
-                image.add_file_from(guest, std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777, host.as_ref())?;
+                image.add_file_from(
+                    guest,
+                    std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777,
+                    host.as_ref(),
+                )?;
             }
-            let compression = if no_gzip { vmbench_rootfs::Compression::None } else { vmbench_rootfs::Compression::Gzip };
+            let compression = if no_gzip {
+                vmbench_rootfs::Compression::None
+            } else {
+                vmbench_rootfs::Compression::Gzip
+            };
             image.write(&out, compression)?;
             println!("{}", out.display());
             Ok(ExitCode::SUCCESS)
@@ -167,7 +187,11 @@ fn main() -> ExitCode {
         Command::Doctor => {
             let report = doctor::run();
             print!("{}", report.render());
-            Ok(if report.can_boot() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.can_boot() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Rootfs(command) => rootfs(command),
     };

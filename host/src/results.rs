@@ -168,7 +168,10 @@ mod tests {
 
     #[test]
     fn status_serialises_in_snake_case() {
-        assert_eq!(serde_json::to_string(&VmStatus::ProtocolError).unwrap(), "\"protocol_error\"");
+        assert_eq!(
+            serde_json::to_string(&VmStatus::ProtocolError).unwrap(),
+            "\"protocol_error\""
+        );
         assert_eq!(VmStatus::ProtocolError.as_str(), "protocol_error");
     }
 }

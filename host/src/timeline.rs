@@ -62,7 +62,11 @@ fn span_ms(from: Option<u64>, to: Option<u64>) -> Option<f64> {
 }
 
 impl Phases {
-    pub fn derive(host: &HostMarks, guest_init_ns: Option<u64>, guest: Option<&GuestMarks>) -> Phases {
+    pub fn derive(
+        host: &HostMarks,
+        guest_init_ns: Option<u64>,
+        guest: Option<&GuestMarks>,
+    ) -> Phases {
         Phases {
             total: span_ms(host.spawn, host.ready),
             vmm: span_ms(host.spawn, host.vmm_ready),
@@ -108,7 +112,11 @@ mod tests {
             ready: Some(1820 * MS),
             exit: Some(1850 * MS),
         };
-        let guest = GuestMarks { init_ns: 700 * MS, ready_ns: 714 * MS, ..GuestMarks::default() };
+        let guest = GuestMarks {
+            init_ns: 700 * MS,
+            ready_ns: 714 * MS,
+            ..GuestMarks::default()
+        };
         let p = Phases::derive(&host, Some(700 * MS), Some(&guest));
         assert_eq!(p.total, Some(820.0));
         assert_eq!(p.vmm, Some(4.0));
@@ -123,7 +131,11 @@ mod tests {
 
     #[test]
     fn unseen_marks_leave_phases_empty() {
-        let host = HostMarks { spawn: Some(5), ready: None, ..HostMarks::default() };
+        let host = HostMarks {
+            spawn: Some(5),
+            ready: None,
+            ..HostMarks::default()
+        };
         let p = Phases::derive(&host, None, None);
         assert_eq!(p, Phases::default());
         let json = serde_json::to_string(&p).unwrap();
@@ -132,15 +144,30 @@ mod tests {
 
     #[test]
     fn a_mark_before_its_start_is_not_a_negative_phase() {
-        let host = HostMarks { spawn: Some(10 * MS), ready: Some(5 * MS), ..HostMarks::default() };
+        let host = HostMarks {
+            spawn: Some(10 * MS),
+            ready: Some(5 * MS),
+            ..HostMarks::default()
+        };
         assert_eq!(Phases::derive(&host, None, None).total, None);
     }
 
     #[test]
     fn large_disagreement_is_reported() {
-        let p = Phases { userspace: Some(100.0), guest_userspace: Some(20.0), ..Phases::default() };
-        assert!(p.disagreement().unwrap().contains("100.0 ms on the host clock"));
-        let p = Phases { userspace: Some(22.0), guest_userspace: Some(20.0), ..Phases::default() };
+        let p = Phases {
+            userspace: Some(100.0),
+            guest_userspace: Some(20.0),
+            ..Phases::default()
+        };
+        assert!(p
+            .disagreement()
+            .unwrap()
+            .contains("100.0 ms on the host clock"));
+        let p = Phases {
+            userspace: Some(22.0),
+            guest_userspace: Some(20.0),
+            ..Phases::default()
+        };
         assert_eq!(p.disagreement(), None);
     }
 }

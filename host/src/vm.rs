@@ -36,7 +36,11 @@ pub enum Milestone {
 }
 
 /// Runs one VM to its end and returns its record; never panics on guest input.
-pub fn run(spec: &VmSpec, backend: &Qemu, on_progress: &mut dyn FnMut(&VmRecord, Milestone)) -> VmRecord {
+pub fn run(
+    spec: &VmSpec,
+    backend: &Qemu,
+    on_progress: &mut dyn FnMut(&VmRecord, Milestone),
+) -> VmRecord {
     let mut record = VmRecord::new(spec.id, &spec.dir);
     if let Err(error) = run_inner(spec, backend, &mut record, on_progress) {
         record.status = VmStatus::Failed;
@@ -51,7 +55,8 @@ fn run_inner(
     record: &mut VmRecord,
     on_progress: &mut dyn FnMut(&VmRecord, Milestone),
 ) -> Result<(), String> {
-    std::fs::create_dir_all(&spec.dir).map_err(|e| format!("Cannot create {}: {e}", spec.dir.display()))?;
+    std::fs::create_dir_all(&spec.dir)
+        .map_err(|e| format!("Cannot create {}: {e}", spec.dir.display()))?;
     let vsock_listener = listen(&spec.vsock_uds())?;
     let marker_listener = listen(&spec.marker_socket())?;
     let mut vhost = backend.start_vsock(spec).map_err(|e| error_chain(&e))?;
@@ -62,14 +67,25 @@ fn run_inner(
     let result = match started {
         Ok(mut vmm) => {
             let mut watch = Watch::new(spec, record, on_progress);
-            watch.run(&mut vmm, &vsock_listener, &marker_listener, spawn_instant + spec.timeout);
+            watch.run(
+                &mut vmm,
+                &vsock_listener,
+                &marker_listener,
+                spawn_instant + spec.timeout,
+            );
             Ok(())
         }
         Err(e) => Err(e),
     };
     let _ = vhost.kill();
     let _ = vhost.wait();
-    for socket in [spec.vsock_uds(), spec.marker_socket(), qemu::vhost_user_socket(spec)] {
+    for socket in [
+        spec.vsock_uds(),
+        spec.marker_socket(),
+        qemu::vhost_user_socket(spec),
+        // vhost-device-vsock's own listener for host-initiated connections.
+        spec.dir.join(crate::backend::VSOCK_UDS_BASE),
+    ] {
         let _ = std::fs::remove_file(socket);
     }
     result
@@ -84,9 +100,11 @@ fn listen(path: &Path) -> Result<UnixListener, String> {
         ));
     }
     let _ = std::fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).map_err(|e| format!("Cannot listen on {}: {e}", path.display()))?;
-    listener.set_nonblocking(true).map_err(|e| format!("Cannot set {} non-blocking: {e}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("Cannot listen on {}: {e}", path.display()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("Cannot set {} non-blocking: {e}", path.display()))?;
     Ok(listener)
 }
 
@@ -117,7 +135,11 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 pub fn serial_tail(spec: &VmSpec) -> String {
     let text = std::fs::read(spec.serial_log()).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
     let start = lines.len().saturating_sub(6);
     if lines.is_empty() {
         "(serial log is empty)".to_string()
@@ -166,7 +188,13 @@ impl<'a> Watch<'a> {
         }
     }
 
-    fn run(&mut self, vmm: &mut Child, vsock: &UnixListener, marker: &UnixListener, deadline: Instant) {
+    fn run(
+        &mut self,
+        vmm: &mut Child,
+        vsock: &UnixListener,
+        marker: &UnixListener,
+        deadline: Instant,
+    ) {
         let pidfd = pidfd_open(vmm.id());
         while self.exit.is_none() && self.protocol_error.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -175,7 +203,11 @@ impl<'a> Watch<'a> {
                 break;
             }
             // Without a pidfd, the exit is noticed by polling try_wait every 10 ms.
-            let cap = if pidfd.is_some() { Duration::from_secs(1) } else { Duration::from_millis(10) };
+            let cap = if pidfd.is_some() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(10)
+            };
             let wait_ms = left.min(cap).as_millis().max(1) as u16;
             let ready = self.wait(vsock, marker, pidfd.as_ref().map(|f| f.as_fd()), wait_ms);
             let ts = now_ns();
@@ -216,7 +248,13 @@ impl<'a> Watch<'a> {
         self.conclude();
     }
 
-    fn wait(&self, vsock: &UnixListener, marker: &UnixListener, pidfd: Option<BorrowedFd<'_>>, wait_ms: u16) -> Ready {
+    fn wait(
+        &self,
+        vsock: &UnixListener,
+        marker: &UnixListener,
+        pidfd: Option<BorrowedFd<'_>>,
+        wait_ms: u16,
+    ) -> Ready {
         let mut fds = vec![
             PollFd::new(vsock.as_fd(), PollFlags::POLLIN),
             PollFd::new(marker.as_fd(), PollFlags::POLLIN),
@@ -230,9 +268,14 @@ impl<'a> Watch<'a> {
             fds.len() - 1
         });
         let first_conn = fds.len();
-        let open: Vec<usize> = (0..self.connections.len()).filter(|&i| self.connections[i].open).collect();
+        let open: Vec<usize> = (0..self.connections.len())
+            .filter(|&i| self.connections[i].open)
+            .collect();
         for &i in &open {
-            fds.push(PollFd::new(self.connections[i].stream.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(
+                self.connections[i].stream.as_fd(),
+                PollFlags::POLLIN,
+            ));
         }
         if poll(&mut fds, PollTimeout::from(wait_ms)).is_err() {
             return Ready::default();
@@ -243,19 +286,30 @@ impl<'a> Watch<'a> {
             marker_listener: is(1),
             marker: marker_at.is_some_and(is),
             exited: pidfd_at.is_some_and(is),
-            connections: open.iter().enumerate().filter(|(k, _)| is(first_conn + k)).map(|(_, &i)| i).collect(),
+            connections: open
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| is(first_conn + k))
+                .map(|(_, &i)| i)
+                .collect(),
         }
     }
 
     fn accept(&mut self, listener: &UnixListener) {
         while let Ok((stream, _)) = listener.accept() {
             let _ = stream.set_nonblocking(true);
-            self.connections.push(Connection { stream, session: Session::new(), open: true });
+            self.connections.push(Connection {
+                stream,
+                session: Session::new(),
+                open: true,
+            });
         }
     }
 
     fn read_markers(&mut self, ts: u64) {
-        let Some(stream) = self.marker.as_mut() else { return };
+        let Some(stream) = self.marker.as_mut() else {
+            return;
+        };
         let mut buf = [0u8; 64];
         loop {
             match stream.read(&mut buf) {
@@ -267,8 +321,12 @@ impl<'a> Watch<'a> {
                     // Only Cloud Hypervisor's boot-marker ranges count: other
                     // port-0x80 writes (a kernel's io_delay) are not marks.
                     for &code in buf[..n].iter().filter(|c| (0x40..=0x7f).contains(*c)) {
-                        self.record.boot_markers.push(BootMarker { code, host_ns: ts });
-                        if code == MARKER_USERSPACE_START && self.record.host_ns.init_start.is_none() {
+                        self.record
+                            .boot_markers
+                            .push(BootMarker { code, host_ns: ts });
+                        if code == MARKER_USERSPACE_START
+                            && self.record.host_ns.init_start.is_none()
+                        {
                             self.record.host_ns.init_start = Some(ts);
                         }
                     }
@@ -336,7 +394,9 @@ impl<'a> Watch<'a> {
                 // A few bytes into an empty socket buffer: this does not block.
                 let stream = &mut self.connections[index].stream;
                 if let Err(e) = stream.write_all(&ack) {
-                    self.record.warnings.push(format!("Could not acknowledge Ready: {e}"));
+                    self.record
+                        .warnings
+                        .push(format!("Could not acknowledge Ready: {e}"));
                 }
                 self.update_phases();
                 (self.on_progress)(self.record, Milestone::Ready);
@@ -348,8 +408,11 @@ impl<'a> Watch<'a> {
     }
 
     fn update_phases(&mut self) {
-        self.record.phases_ms =
-            Phases::derive(&self.record.host_ns, self.guest_init_ns, self.record.guest_ns.as_ref());
+        self.record.phases_ms = Phases::derive(
+            &self.record.host_ns,
+            self.guest_init_ns,
+            self.record.guest_ns.as_ref(),
+        );
     }
 
     /// The VM's verdict, from everything seen.
@@ -360,20 +423,33 @@ impl<'a> Watch<'a> {
         let (status, error) = if let Some(e) = self.protocol_error.take() {
             (VmStatus::ProtocolError, Some(e))
         } else if let Some(what) = self.guest_failure.take() {
-            (VmStatus::Failed, Some(format!("The guest agent failed: {what}")))
+            (
+                VmStatus::Failed,
+                Some(format!("The guest agent failed: {what}")),
+            )
         } else if self.timed_out {
             let what = if ready {
                 format!("The guest reported ready but did not power off within {timeout_s} s")
             } else if self.record.host_ns.hello.is_some() {
-                format!("The guest said Hello but not Ready within {timeout_s} s; serial log ends: {}", serial_tail(self.spec))
+                format!(
+                    "The guest said Hello but not Ready within {timeout_s} s; serial log ends: {}",
+                    serial_tail(self.spec)
+                )
             } else {
-                format!("No report from the guest within {timeout_s} s; serial log ends: {}", serial_tail(self.spec))
+                format!(
+                    "No report from the guest within {timeout_s} s; serial log ends: {}",
+                    serial_tail(self.spec)
+                )
             };
             (VmStatus::Timeout, Some(what))
         } else if !ready {
             let status = self.record.vmm_exit.clone().unwrap_or_default();
             let said = qemu::qemu_message(self.spec);
-            let said = if said.is_empty() { String::new() } else { format!("; QEMU said: {said}") };
+            let said = if said.is_empty() {
+                String::new()
+            } else {
+                format!("; QEMU said: {said}")
+            };
             (
                 VmStatus::Failed,
                 Some(format!(
@@ -383,7 +459,9 @@ impl<'a> Watch<'a> {
             )
         } else {
             if let Some(status) = self.exit.filter(|s| !s.success()) {
-                self.record.warnings.push(format!("QEMU exited with {status} after the guest was ready"));
+                self.record.warnings.push(format!(
+                    "QEMU exited with {status} after the guest was ready"
+                ));
             }
             (VmStatus::Ok, None)
         };
@@ -403,7 +481,6 @@ struct Ready {
     exited: bool,
     connections: Vec<usize>,
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -439,7 +516,11 @@ mod tests {
     ) -> (VmRecord, T) {
         let dir = tempfile::tempdir().unwrap();
         let spec = spec(dir.path(), timeout);
-        std::fs::write(spec.serial_log(), "[    0.1] Linux version 6.1\n[    0.5] Run /init as init process\n").unwrap();
+        std::fs::write(
+            spec.serial_log(),
+            "[    0.1] Linux version 6.1\n[    0.5] Run /init as init process\n",
+        )
+        .unwrap();
         let vsock = listen(&spec.vsock_uds()).unwrap();
         let marker = listen(&spec.marker_socket()).unwrap();
         let mut child = vmm.spawn().unwrap();
@@ -471,26 +552,37 @@ mod tests {
 
     #[test]
     fn good_report_is_acknowledged_and_ok() {
-        let (record, got_ack) = watch(Command::new("sleep").arg("0.5"), Duration::from_secs(10), |uds| {
-            let mut s = UnixStream::connect(uds).unwrap();
-            s.write_all(&frame(&hello())).unwrap();
-            let marks = GuestMarks { init_ns: 500_000_000, ready_ns: 510_000_000, ..GuestMarks::default() };
-            s.write_all(&frame(&GuestMessage::Ready(marks))).unwrap();
-            let mut dec = FrameDecoder::new();
-            let mut buf = [0u8; 16];
-            loop {
-                let n = s.read(&mut buf).unwrap();
-                dec.push(&buf[..n]);
-                if let Some(body) = dec.next_body().unwrap() {
-                    return decode_body::<HostMessage>(&body).unwrap();
+        let (record, got_ack) = watch(
+            Command::new("sleep").arg("0.5"),
+            Duration::from_secs(10),
+            |uds| {
+                let mut s = UnixStream::connect(uds).unwrap();
+                s.write_all(&frame(&hello())).unwrap();
+                let marks = GuestMarks {
+                    init_ns: 500_000_000,
+                    ready_ns: 510_000_000,
+                    ..GuestMarks::default()
+                };
+                s.write_all(&frame(&GuestMessage::Ready(marks))).unwrap();
+                let mut dec = FrameDecoder::new();
+                let mut buf = [0u8; 16];
+                loop {
+                    let n = s.read(&mut buf).unwrap();
+                    dec.push(&buf[..n]);
+                    if let Some(body) = dec.next_body().unwrap() {
+                        return decode_body::<HostMessage>(&body).unwrap();
+                    }
                 }
-            }
-        });
+            },
+        );
         assert_eq!(got_ack, HostMessage::Ack);
         assert_eq!(record.status, VmStatus::Ok, "{record:?}");
         assert_eq!(record.guest.as_ref().unwrap().kernel_release, "6.1.0-test");
         let h = record.host_ns;
-        assert!(h.spawn < h.hello && h.hello <= h.ready && h.ready < h.exit, "{h:?}");
+        assert!(
+            h.spawn < h.hello && h.hello <= h.ready && h.ready < h.exit,
+            "{h:?}"
+        );
         assert_eq!(record.phases_ms.guest_kernel, Some(500.0));
         assert_eq!(record.phases_ms.guest_userspace, Some(10.0));
         assert!(record.phases_ms.shutdown.unwrap() > 0.0);
@@ -499,41 +591,83 @@ mod tests {
     #[test]
     fn garbage_from_the_guest_is_a_protocol_error_and_ends_the_vm() {
         let started = Instant::now();
-        let (record, ()) = watch(Command::new("sleep").arg("30"), Duration::from_secs(20), |uds| {
-            let mut s = UnixStream::connect(uds).unwrap();
-            s.write_all(b"\x03\x00\x00\x00\xff\xff\xff").unwrap();
-        });
+        let (record, ()) = watch(
+            Command::new("sleep").arg("30"),
+            Duration::from_secs(20),
+            |uds| {
+                let mut s = UnixStream::connect(uds).unwrap();
+                s.write_all(b"\x03\x00\x00\x00\xff\xff\xff").unwrap();
+            },
+        );
         assert_eq!(record.status, VmStatus::ProtocolError, "{record:?}");
-        assert!(record.error.as_deref().unwrap().contains("invalid frame"), "{record:?}");
-        assert!(record.vmm_exit.as_deref().unwrap().starts_with("killed by vmbench"), "{record:?}");
-        assert!(started.elapsed() < Duration::from_secs(10), "the VM was not ended at once");
+        assert!(
+            record.error.as_deref().unwrap().contains("invalid frame"),
+            "{record:?}"
+        );
+        assert!(
+            record
+                .vmm_exit
+                .as_deref()
+                .unwrap()
+                .starts_with("killed by vmbench"),
+            "{record:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the VM was not ended at once"
+        );
     }
 
     #[test]
     fn oversized_frame_from_the_guest_is_a_protocol_error() {
-        let (record, ()) = watch(Command::new("sleep").arg("30"), Duration::from_secs(20), |uds| {
-            let mut s = UnixStream::connect(uds).unwrap();
-            s.write_all(&u32::MAX.to_le_bytes()).unwrap();
-        });
+        let (record, ()) = watch(
+            Command::new("sleep").arg("30"),
+            Duration::from_secs(20),
+            |uds| {
+                let mut s = UnixStream::connect(uds).unwrap();
+                s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+            },
+        );
         assert_eq!(record.status, VmStatus::ProtocolError);
-        assert!(record.error.as_deref().unwrap().contains("exceeds the 1048576-byte limit"), "{record:?}");
+        assert!(
+            record
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("exceeds the 1048576-byte limit"),
+            "{record:?}"
+        );
     }
 
     #[test]
     fn silent_guest_is_a_timeout_with_the_serial_tail() {
-        let (record, ()) = watch(Command::new("sleep").arg("30"), Duration::from_millis(300), |_| {});
+        let (record, ()) = watch(
+            Command::new("sleep").arg("30"),
+            Duration::from_millis(300),
+            |_| {},
+        );
         assert_eq!(record.status, VmStatus::Timeout);
         let error = record.error.unwrap();
-        assert!(error.contains("No report from the guest within 0.3 s"), "{error}");
+        assert!(
+            error.contains("No report from the guest within 0.3 s"),
+            "{error}"
+        );
         assert!(error.contains("Run /init as init process"), "{error}");
         assert!(record.vmm_exit.unwrap().starts_with("killed by vmbench"));
     }
 
     #[test]
     fn vmm_that_exits_before_ready_is_failed() {
-        let (record, ()) = watch(Command::new("false").arg("x"), Duration::from_secs(10), |_| {});
+        let (record, ()) = watch(
+            Command::new("false").arg("x"),
+            Duration::from_secs(10),
+            |_| {},
+        );
         assert_eq!(record.status, VmStatus::Failed);
-        assert!(record.error.unwrap().contains("before the guest reported ready"));
+        assert!(record
+            .error
+            .unwrap()
+            .contains("before the guest reported ready"));
         assert!(record.host_ns.exit.is_some());
     }
 
@@ -547,7 +681,8 @@ mod tests {
         let mut child = Command::new("sleep").arg("0.4").spawn().unwrap();
         let writer = std::thread::spawn(move || {
             let mut s = UnixStream::connect(path).unwrap();
-            s.write_all(&[0xff, MARKER_USERSPACE_START, 0x00, 0x61]).unwrap();
+            s.write_all(&[0xff, MARKER_USERSPACE_START, 0x00, 0x61])
+                .unwrap();
         });
         let mut record = VmRecord::new(0, dir.path());
         let mut on_progress = |_: &VmRecord, _| {};
@@ -556,7 +691,10 @@ mod tests {
         writer.join().unwrap();
         let codes: Vec<u8> = record.boot_markers.iter().map(|m| m.code).collect();
         assert_eq!(codes, [MARKER_USERSPACE_START, 0x61]);
-        assert_eq!(record.host_ns.init_start, Some(record.boot_markers[0].host_ns));
+        assert_eq!(
+            record.host_ns.init_start,
+            Some(record.boot_markers[0].host_ns)
+        );
     }
 
     #[test]

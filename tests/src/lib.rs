@@ -11,7 +11,10 @@ use std::process::{Command, Output};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The `vmbench` binary of the same profile as this test.
@@ -21,9 +24,16 @@ pub fn vmbench_bin() -> PathBuf {
     }
     // target/<profile>/deps/<test> -> target/<profile>/vmbench
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join("vmbench");
-    assert!(bin.is_file(), "{} is missing: run `cargo build --workspace --bins` first", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
     bin
 }
 
@@ -39,18 +49,30 @@ pub fn in_ci() -> bool {
 /// Whether `vmbench doctor` says guests can boot here. When they cannot, prints
 /// `SKIPPED: <reason>` and returns false, or panics under CI.
 pub fn can_boot_guests(test: &str) -> bool {
-    let out = Command::new(vmbench_bin()).arg("doctor").output().expect("run vmbench doctor");
+    let out = Command::new(vmbench_bin())
+        .arg("doctor")
+        .output()
+        .expect("run vmbench doctor");
     if out.status.success() && agent_bin().is_file() {
         return true;
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let missing: Vec<&str> = text.lines().filter(|l| l.contains("MISSING") || l.contains("fix:")).collect();
+    let missing: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("MISSING") || l.contains("fix:"))
+        .collect();
     let reason = if agent_bin().is_file() {
         format!("vmbench doctor: {}", missing.join("; "))
     } else {
-        format!("the static agent {} is not built (scripts/build-agent.sh)", agent_bin().display())
+        format!(
+            "the static agent {} is not built (scripts/build-agent.sh)",
+            agent_bin().display()
+        )
     };
-    assert!(!in_ci(), "{test}: under CI every install step has run, yet: {reason}");
+    assert!(
+        !in_ci(),
+        "{test}: under CI every install step has run, yet: {reason}"
+    );
     println!("SKIPPED: {test}: {reason}");
     false
 }

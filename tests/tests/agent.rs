@@ -8,8 +8,15 @@ use vmbench_e2e::{agent_bin, in_ci, workspace};
 fn agent_is_statically_linked() {
     let agent = agent_bin();
     if !agent.is_file() {
-        assert!(!in_ci(), "under CI scripts/build-agent.sh has run, yet {} is missing", agent.display());
-        println!("SKIPPED: agent_is_statically_linked: {} not built (scripts/build-agent.sh)", agent.display());
+        assert!(
+            !in_ci(),
+            "under CI scripts/build-agent.sh has run, yet {} is missing",
+            agent.display()
+        );
+        println!(
+            "SKIPPED: agent_is_statically_linked: {} not built (scripts/build-agent.sh)",
+            agent.display()
+        );
         return;
     }
     let bytes = std::fs::read(&agent).unwrap();
@@ -26,8 +33,15 @@ fn agent_is_statically_linked() {
         assert_ne!(p_type, 2, "PT_DYNAMIC present: not fully static");
     }
     let ldd = Command::new("ldd").arg(&agent).output().expect("run ldd");
-    let text = format!("{}{}", String::from_utf8_lossy(&ldd.stdout), String::from_utf8_lossy(&ldd.stderr));
-    assert!(text.contains("not a dynamic executable"), "ldd says: {text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ldd.stdout),
+        String::from_utf8_lossy(&ldd.stderr)
+    );
+    assert!(
+        text.contains("not a dynamic executable"),
+        "ldd says: {text}"
+    );
 }
 
 #[test]
@@ -39,7 +53,10 @@ fn agent_refuses_to_run_outside_a_guest() {
         println!("SKIPPED: agent_refuses_to_run_outside_a_guest: agent not built");
         return;
     }
-    let out = Command::new(&agent).current_dir(workspace()).output().unwrap();
+    let out = Command::new(&agent)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("error=not_pid1"));
 }

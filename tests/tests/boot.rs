@@ -17,7 +17,15 @@ fn two_vms_boot_ok_with_plausible_timelines() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("run");
-    let out = vmbench(&["boot", "--vms", "2", "--timeout-s", "120", "--out", out_dir.to_str().unwrap()]);
+    let out = vmbench(&[
+        "boot",
+        "--vms",
+        "2",
+        "--timeout-s",
+        "120",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", dump(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("2/2 VMs ok"), "{}", dump(&out));
@@ -27,8 +35,17 @@ fn two_vms_boot_ok_with_plausible_timelines() {
     let env = &r["environment"];
     assert_eq!(env["backend"], "qemu");
     assert!(["tcg", "kvm-native", "kvm-emulated"].contains(&env["accel"].as_str().unwrap()));
-    for key in ["host_cpu", "host_kernel", "guest_kernel_sha256", "initramfs_sha256", "vmbench_version"] {
-        assert!(!env[key].as_str().unwrap_or("").is_empty(), "environment.{key} is empty");
+    for key in [
+        "host_cpu",
+        "host_kernel",
+        "guest_kernel_sha256",
+        "initramfs_sha256",
+        "vmbench_version",
+    ] {
+        assert!(
+            !env[key].as_str().unwrap_or("").is_empty(),
+            "environment.{key} is empty"
+        );
     }
     assert_eq!(env["guest_kernel_sha256"].as_str().unwrap().len(), 64);
 
@@ -41,23 +58,44 @@ fn two_vms_boot_ok_with_plausible_timelines() {
         let p = &vm["phases_ms"];
         let total = p["total"].as_f64().unwrap();
         let kernel = p["guest_kernel"].as_f64().unwrap();
-        let userspace = p["userspace"].as_f64().or(p["guest_userspace"].as_f64()).unwrap();
+        let userspace = p["userspace"]
+            .as_f64()
+            .or(p["guest_userspace"].as_f64())
+            .unwrap();
         let shutdown = p["shutdown"].as_f64().unwrap();
         // Plausible: every phase positive, the parts within the whole, and the
         // whole under the timeout.
-        assert!(kernel > 0.0 && userspace > 0.0 && shutdown >= 0.0, "vm {i}: {p}");
-        assert!(kernel + userspace <= total, "vm {i}: guest phases exceed the host's total: {p}");
+        assert!(
+            kernel > 0.0 && userspace > 0.0 && shutdown >= 0.0,
+            "vm {i}: {p}"
+        );
+        assert!(
+            kernel + userspace <= total,
+            "vm {i}: guest phases exceed the host's total: {p}"
+        );
         assert!(total < 120_000.0, "vm {i}: {p}");
         let h = &vm["host_ns"];
         let spawn = h["spawn"].as_u64().unwrap();
         let ready = h["ready"].as_u64().unwrap();
         let exit = h["exit"].as_u64().unwrap();
         assert!(spawn < ready && ready <= exit, "vm {i}: {h}");
-        assert!(vm["guest"]["kernel_release"].as_str().unwrap().starts_with("6.1"), "{vm}");
+        assert!(
+            vm["guest"]["kernel_release"]
+                .as_str()
+                .unwrap()
+                .starts_with("6.1"),
+            "{vm}"
+        );
         let dir = std::path::Path::new(vm["dir"].as_str().unwrap());
         let serial = std::fs::read_to_string(dir.join("serial.log")).unwrap();
-        assert!(serial.contains("Linux version"), "vm {i} serial.log: {serial}");
-        assert!(serial.contains("vmbench-init: event=reported"), "vm {i} serial.log: {serial}");
+        assert!(
+            serial.contains("Linux version"),
+            "vm {i} serial.log: {serial}"
+        );
+        assert!(
+            serial.contains("vmbench-init: event=reported"),
+            "vm {i} serial.log: {serial}"
+        );
     }
     let agg = &r["aggregate"];
     assert_eq!(agg["ok"], 2);
@@ -91,9 +129,15 @@ fn guest_that_never_reports_is_a_timeout() {
     let vm = &r["vms"][0];
     assert_eq!(vm["status"], "timeout", "{vm}");
     let error = vm["error"].as_str().unwrap();
-    assert!(error.contains("No report from the guest within 8 s"), "{error}");
+    assert!(
+        error.contains("No report from the guest within 8 s"),
+        "{error}"
+    );
     // The tail of the serial log is in the error: here the kernel's own lines.
-    assert!(error.contains("serial log ends:") && !error.contains("(serial log is empty)"), "{error}");
+    assert!(
+        error.contains("serial log ends:") && !error.contains("(serial log is empty)"),
+        "{error}"
+    );
     assert_eq!(r["aggregate"]["ok"], 0);
 }
 
@@ -106,25 +150,50 @@ fn corrupt_initramfs_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.cpio.gz");
     // A valid gzip header followed by garbage, as a truncated download would be.
-    std::fs::write(&bad, b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage-garbage").unwrap();
+    std::fs::write(
+        &bad,
+        b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage-garbage",
+    )
+    .unwrap();
     let out_dir = dir.path().join("run");
-    let out = vmbench(&["boot", "--initramfs", bad.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
+    let out = vmbench(&[
+        "boot",
+        "--initramfs",
+        bad.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line: {stderr}");
-    assert!(lines[0].starts_with("vmbench: error: Initramfs"), "{stderr}");
-    assert!(lines[0].contains("bad.cpio.gz") && lines[0].contains("corrupt"), "{stderr}");
+    assert!(
+        lines[0].starts_with("vmbench: error: Initramfs"),
+        "{stderr}"
+    );
+    assert!(
+        lines[0].contains("bad.cpio.gz") && lines[0].contains("corrupt"),
+        "{stderr}"
+    );
     assert!(!out_dir.join("results.json").exists(), "no run was started");
 }
 
 #[test]
 fn missing_kernel_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let out = vmbench(&["boot", "--kernel", "/nonexistent/vmlinux", "--out", dir.path().to_str().unwrap()]);
+    let out = vmbench(&[
+        "boot",
+        "--kernel",
+        "/nonexistent/vmlinux",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Without QEMU the first complaint is QEMU's; either way one line naming the fix.
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("/nonexistent/vmlinux") || stderr.contains("install"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/vmlinux") || stderr.contains("install"),
+        "{stderr}"
+    );
 }

@@ -17,8 +17,9 @@ pub const MAX_FRAME_BYTES: usize = 1 << 20;
 /// Encodes one message as a frame (length prefix and body).
 pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>> {
     let mut frame = vec![0u8; FRAME_HEADER_BYTES];
-    frame = postcard::to_extend(message, frame)
-        .map_err(|e| Error::Garbage { reason: e.to_string() })?;
+    frame = postcard::to_extend(message, frame).map_err(|e| Error::Garbage {
+        reason: e.to_string(),
+    })?;
     let len_bytes = frame.len() - FRAME_HEADER_BYTES;
     if len_bytes > MAX_FRAME_BYTES {
         return Err(Error::TooLargeToSend { len_bytes });
@@ -31,10 +32,13 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>> {
 /// Decodes one body; bytes left over after the message are an error, since a
 /// frame holds exactly one message.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
-    let (message, rest) =
-        postcard::take_from_bytes(body).map_err(|e| Error::Garbage { reason: e.to_string() })?;
+    let (message, rest) = postcard::take_from_bytes(body).map_err(|e| Error::Garbage {
+        reason: e.to_string(),
+    })?;
     if !rest.is_empty() {
-        return Err(Error::TrailingBytes { extra_bytes: rest.len() });
+        return Err(Error::TrailingBytes {
+            extra_bytes: rest.len(),
+        });
     }
     Ok(message)
 }
@@ -66,7 +70,9 @@ impl FrameDecoder {
             return Err(Error::Empty);
         }
         if len_bytes > MAX_FRAME_BYTES {
-            return Err(Error::Oversized { len_bytes: len_bytes as u64 });
+            return Err(Error::Oversized {
+                len_bytes: len_bytes as u64,
+            });
         }
         let end = FRAME_HEADER_BYTES + len_bytes;
         if self.buf.len() < end {
@@ -89,7 +95,10 @@ impl FrameDecoder {
             }
             None => FRAME_HEADER_BYTES,
         };
-        Err(Error::Truncated { have_bytes: self.buf.len(), want_bytes })
+        Err(Error::Truncated {
+            have_bytes: self.buf.len(),
+            want_bytes,
+        })
     }
 
     /// Bytes received but not yet handed out.
@@ -134,7 +143,10 @@ mod tests {
         assert_eq!(dec.next_body().unwrap(), None);
         assert_eq!(
             dec.finish().unwrap_err(),
-            Error::Truncated { have_bytes: frame.len() - 1, want_bytes: frame.len() }
+            Error::Truncated {
+                have_bytes: frame.len() - 1,
+                want_bytes: frame.len()
+            }
         );
     }
 
@@ -142,7 +154,13 @@ mod tests {
     fn truncated_header_is_reported_at_end_of_stream() {
         let mut dec = FrameDecoder::new();
         dec.push(&[5, 0]);
-        assert_eq!(dec.finish().unwrap_err(), Error::Truncated { have_bytes: 2, want_bytes: 4 });
+        assert_eq!(
+            dec.finish().unwrap_err(),
+            Error::Truncated {
+                have_bytes: 2,
+                want_bytes: 4
+            }
+        );
     }
 
     #[test]
@@ -151,7 +169,9 @@ mod tests {
         dec.push(&((MAX_FRAME_BYTES as u32) + 1).to_le_bytes());
         assert_eq!(
             dec.next_body().unwrap_err(),
-            Error::Oversized { len_bytes: MAX_FRAME_BYTES as u64 + 1 }
+            Error::Oversized {
+                len_bytes: MAX_FRAME_BYTES as u64 + 1
+            }
         );
     }
 
@@ -165,8 +185,13 @@ mod tests {
 
     #[test]
     fn oversized_message_is_not_sent() {
-        let big = GuestMessage::Failed { what: "x".repeat(MAX_FRAME_BYTES + 1) };
-        assert!(matches!(encode_frame(&big), Err(Error::TooLargeToSend { .. })));
+        let big = GuestMessage::Failed {
+            what: "x".repeat(MAX_FRAME_BYTES + 1),
+        };
+        assert!(matches!(
+            encode_frame(&big),
+            Err(Error::TooLargeToSend { .. })
+        ));
     }
 
     #[test]
@@ -183,7 +208,10 @@ mod tests {
             Err(Error::Garbage { .. })
         ));
         // Variant 2 (Failed) with a string length far past the body.
-        assert!(matches!(decode_body::<GuestMessage>(&[2, 200, 1]), Err(Error::Garbage { .. })));
+        assert!(matches!(
+            decode_body::<GuestMessage>(&[2, 200, 1]),
+            Err(Error::Garbage { .. })
+        ));
     }
 
     #[test]

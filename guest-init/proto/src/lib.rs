@@ -106,7 +106,10 @@ pub enum Error {
     #[error("Empty frame (length 0)")]
     Empty,
     #[error("Stream ended inside a frame: {have_bytes} of {want_bytes} bytes received")]
-    Truncated { have_bytes: usize, want_bytes: usize },
+    Truncated {
+        have_bytes: usize,
+        want_bytes: usize,
+    },
     #[error("Frame body is not a valid message: {reason}")]
     Garbage { reason: String },
     #[error("Frame body has {extra_bytes} bytes after the message")]
@@ -133,9 +136,16 @@ pub fn decode_hello_version(body: &[u8]) -> Option<u32> {
 pub fn decode_hello(body: &[u8]) -> Result<Hello> {
     match decode_hello_version(body) {
         Some(PROTO_VERSION) => {}
-        Some(theirs) => return Err(Error::VersionMismatch { ours: PROTO_VERSION, theirs }),
+        Some(theirs) => {
+            return Err(Error::VersionMismatch {
+                ours: PROTO_VERSION,
+                theirs,
+            })
+        }
         None => {
-            return Err(Error::Garbage { reason: "first message is not Hello".to_string() })
+            return Err(Error::Garbage {
+                reason: "first message is not Hello".to_string(),
+            })
         }
     }
     match decode_body::<GuestMessage>(body)? {
@@ -174,9 +184,18 @@ mod tests {
     fn unknown_version_names_both_versions() {
         let frame = encode_frame(&GuestMessage::Hello(hello(PROTO_VERSION + 6))).unwrap();
         let err = decode_hello(body_of(&frame)).unwrap_err();
-        assert_eq!(err, Error::VersionMismatch { ours: PROTO_VERSION, theirs: PROTO_VERSION + 6 });
+        assert_eq!(
+            err,
+            Error::VersionMismatch {
+                ours: PROTO_VERSION,
+                theirs: PROTO_VERSION + 6
+            }
+        );
         let text = err.to_string();
-        assert!(text.contains(&format!("version {}", PROTO_VERSION + 6)), "{text}");
+        assert!(
+            text.contains(&format!("version {}", PROTO_VERSION + 6)),
+            "{text}"
+        );
         assert!(text.contains(&format!("version {PROTO_VERSION}")), "{text}");
     }
 
@@ -185,7 +204,10 @@ mod tests {
         // A later protocol may change Hello's other fields; only the prefix is fixed.
         #[derive(Serialize)]
         enum FutureMessage {
-            Hello { proto_version: u32, something_new: [u8; 3] },
+            Hello {
+                proto_version: u32,
+                something_new: [u8; 3],
+            },
         }
         let body = postcard::to_stdvec(&FutureMessage::Hello {
             proto_version: 9,
@@ -193,18 +215,27 @@ mod tests {
         })
         .unwrap();
         assert_eq!(decode_hello_version(&body), Some(9));
-        assert!(matches!(decode_hello(&body), Err(Error::VersionMismatch { theirs: 9, .. })));
+        assert!(matches!(
+            decode_hello(&body),
+            Err(Error::VersionMismatch { theirs: 9, .. })
+        ));
     }
 
     #[test]
     fn first_message_other_than_hello_is_garbage() {
         let frame = encode_frame(&GuestMessage::Ready(GuestMarks::default())).unwrap();
-        assert!(matches!(decode_hello(body_of(&frame)), Err(Error::Garbage { .. })));
+        assert!(matches!(
+            decode_hello(body_of(&frame)),
+            Err(Error::Garbage { .. })
+        ));
     }
 
     #[test]
     fn host_messages_round_trip() {
         let frame = encode_frame(&HostMessage::Ack).unwrap();
-        assert_eq!(decode_body::<HostMessage>(body_of(&frame)).unwrap(), HostMessage::Ack);
+        assert_eq!(
+            decode_body::<HostMessage>(body_of(&frame)).unwrap(),
+            HostMessage::Ack
+        );
     }
 }

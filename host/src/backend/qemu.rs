@@ -90,7 +90,10 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         "-chardev".into(),
         format!("socket,id=marker,path={}", spec.marker_socket().display()),
         "-device".into(),
-        format!("isa-debugcon,iobase={:#x},chardev=marker", vmbench_proto::BOOT_MARKER_PORT),
+        format!(
+            "isa-debugcon,iobase={:#x},chardev=marker",
+            vmbench_proto::BOOT_MARKER_PORT
+        ),
         "-kernel".into(),
         spec.kernel.display().to_string(),
         "-initrd".into(),
@@ -130,13 +133,18 @@ fn die_with_parent(command: &mut Command) {
 }
 
 fn log_file(path: &Path) -> Result<File> {
-    File::create(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    File::create(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn tail(path: &Path, max_bytes: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     let start = text.len().saturating_sub(max_bytes);
-    String::from_utf8_lossy(&text[start..]).trim().replace('\n', " | ")
+    String::from_utf8_lossy(&text[start..])
+        .trim()
+        .replace('\n', " | ")
 }
 
 impl Qemu {
@@ -145,24 +153,38 @@ impl Qemu {
     pub fn start_vsock(&self, spec: &VmSpec) -> Result<Child> {
         let log = spec.dir.join("vhost-device-vsock.log");
         let out = log_file(&log)?;
-        let err = out.try_clone().map_err(|source| Error::Io { path: log.clone(), source })?;
+        let err = out.try_clone().map_err(|source| Error::Io {
+            path: log.clone(),
+            source,
+        })?;
         let mut command = Command::new(&self.vhost_device_vsock);
-        command.args(vhost_args(spec)).stdin(Stdio::null()).stdout(out).stderr(err);
+        command
+            .args(vhost_args(spec))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
         die_with_parent(&mut command);
-        let mut child = command
-            .spawn()
-            .map_err(|source| Error::Spawn { program: self.vhost_device_vsock.clone(), source })?;
+        let mut child = command.spawn().map_err(|source| Error::Spawn {
+            program: self.vhost_device_vsock.clone(),
+            source,
+        })?;
         let socket = vhost_user_socket(spec);
         let start = Instant::now();
         let limit = Duration::from_secs(10);
         while !socket.exists() {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(Error::VhostExited { status: status.to_string(), log_tail: tail(&log, 600) });
+                return Err(Error::VhostExited {
+                    status: status.to_string(),
+                    log_tail: tail(&log, 600),
+                });
             }
             if start.elapsed() > limit {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(Error::VhostNoSocket { socket, waited_ms: start.elapsed().as_millis() });
+                return Err(Error::VhostNoSocket {
+                    socket,
+                    waited_ms: start.elapsed().as_millis(),
+                });
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -173,11 +195,21 @@ impl Qemu {
     pub fn start_vmm(&self, spec: &VmSpec) -> Result<Child> {
         let log = qemu_log(spec);
         let out = log_file(&log)?;
-        let err = out.try_clone().map_err(|source| Error::Io { path: log.clone(), source })?;
+        let err = out.try_clone().map_err(|source| Error::Io {
+            path: log.clone(),
+            source,
+        })?;
         let mut command = Command::new(&self.qemu);
-        command.args(qemu_args(spec)).stdin(Stdio::null()).stdout(out).stderr(err);
+        command
+            .args(qemu_args(spec))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
         die_with_parent(&mut command);
-        command.spawn().map_err(|source| Error::Spawn { program: self.qemu.clone(), source })
+        command.spawn().map_err(|source| Error::Spawn {
+            program: self.qemu.clone(),
+            source,
+        })
     }
 }
 
@@ -210,7 +242,10 @@ mod tests {
     }
 
     fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
-        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
     }
 
     #[test]
@@ -220,12 +255,18 @@ mod tests {
         assert_eq!(after(&args, "-accel"), ["tcg"]);
         assert_eq!(after(&args, "-m"), ["256M"]);
         assert_eq!(after(&args, "-smp"), ["2"]);
-        assert_eq!(after(&args, "-object"), ["memory-backend-memfd,id=mem,size=256M,share=on"]);
+        assert_eq!(
+            after(&args, "-object"),
+            ["memory-backend-memfd,id=mem,size=256M,share=on"]
+        );
         assert!(args.contains(&"-no-reboot".to_string()));
         assert_eq!(after(&args, "-serial"), ["file:/run/vm-2/serial.log"]);
         assert_eq!(
             after(&args, "-device"),
-            ["vhost-user-vsock-device,chardev=vsock", "isa-debugcon,iobase=0x80,chardev=marker"]
+            [
+                "vhost-user-vsock-device,chardev=vsock",
+                "isa-debugcon,iobase=0x80,chardev=marker"
+            ]
         );
         assert_eq!(after(&args, "-append"), ["console=ttyS0 vmbench.id=2"]);
         assert!(!args.contains(&"-cpu".to_string()));
@@ -244,8 +285,14 @@ mod tests {
     fn vhost_routes_guest_connections_to_the_vm_directory() {
         assert_eq!(
             vhost_args(&spec()),
-            ["--vm", "guest-cid=3,socket=/run/vm-2/vhost-vsock.sock,uds-path=/run/vm-2/vsock.sock"]
+            [
+                "--vm",
+                "guest-cid=3,socket=/run/vm-2/vhost-vsock.sock,uds-path=/run/vm-2/vsock.sock"
+            ]
         );
-        assert_eq!(spec().vsock_uds(), PathBuf::from("/run/vm-2/vsock.sock_1234"));
+        assert_eq!(
+            spec().vsock_uds(),
+            PathBuf::from("/run/vm-2/vsock.sock_1234")
+        );
     }
 }

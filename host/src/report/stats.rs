@@ -23,13 +23,24 @@ impl Summary {
         v.sort_by(f64::total_cmp);
         let n = v.len();
         let mean = v.iter().sum::<f64>() / n as f64;
-        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
         let stddev = if n > 1 {
             (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
         } else {
             0.0
         };
-        Some(Summary { n, mean, median, min: v[0], max: v[n - 1], stddev })
+        Some(Summary {
+            n,
+            mean,
+            median,
+            min: v[0],
+            max: v[n - 1],
+            stddev,
+        })
     }
 }
 
@@ -40,7 +51,10 @@ mod tests {
     #[test]
     fn odd_and_even_samples() {
         let s = Summary::of([3.0, 1.0, 2.0]).unwrap();
-        assert_eq!((s.n, s.mean, s.median, s.min, s.max), (3, 2.0, 2.0, 1.0, 3.0));
+        assert_eq!(
+            (s.n, s.mean, s.median, s.min, s.max),
+            (3, 2.0, 2.0, 1.0, 3.0)
+        );
         assert!((s.stddev - 1.0).abs() < 1e-12);
         let s = Summary::of([4.0, 1.0, 2.0, 3.0]).unwrap();
         assert_eq!(s.median, 2.5);
