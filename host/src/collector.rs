@@ -169,6 +169,31 @@ mod tests {
         assert_eq!(err, Error::SecondHello);
     }
 
+    proptest::proptest! {
+        /// Whatever a guest sends, the session answers with messages or an error.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 0..8)
+        ) {
+            let mut session = Session::new();
+            for chunk in &chunks {
+                if session.feed(chunk).is_err() {
+                    break;
+                }
+            }
+            let _ = session.end();
+        }
+
+        /// A valid Hello followed by arbitrary bytes never panics either.
+        #[test]
+        fn valid_start_then_arbitrary_bytes_never_panic(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let mut session = Session::new();
+            session.feed(&encode_frame(&hello(PROTO_VERSION)).unwrap()).unwrap();
+            let _ = session.feed(&tail);
+            let _ = session.end();
+        }
+    }
+
     #[test]
     fn connection_closed_mid_frame_is_truncation() {
         let frame = encode_frame(&hello(PROTO_VERSION)).unwrap();

@@ -1,7 +1,8 @@
 //! End to end: the real `vmbench` binary boots real guests under QEMU (TCG on
 //! machines without native KVM) and its results.json says what happened.
 
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 
 use vmbench_e2e::{can_boot_guests, dump, results, vmbench};
 
@@ -9,14 +10,34 @@ use vmbench_e2e::{can_boot_guests, dump, results, vmbench};
 /// measure the contention.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// A boot test's workspace: the lock that keeps it alone, and a fresh directory.
+struct BootTest {
+    _alone: MutexGuard<'static, ()>,
+    dir: tempfile::TempDir,
+}
+
+impl BootTest {
+    /// `None` (after printing why) when guests cannot boot here.
+    fn start(name: &str) -> Option<BootTest> {
+        let alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        can_boot_guests(name).then(|| BootTest {
+            _alone: alone,
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// The run's --out directory (not created yet: vmbench creates it).
+    fn out_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+}
+
 #[test]
 fn two_vms_boot_ok_with_plausible_timelines() {
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    if !can_boot_guests("two_vms_boot_ok_with_plausible_timelines") {
+    let Some(test) = BootTest::start("two_vms_boot_ok_with_plausible_timelines") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out_dir = dir.path().join("run");
+    };
+    let out_dir = test.out_dir();
     let out = vmbench(&[
         "boot",
         "--vms",
@@ -105,12 +126,10 @@ fn two_vms_boot_ok_with_plausible_timelines() {
 
 #[test]
 fn guest_that_never_reports_is_a_timeout() {
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    if !can_boot_guests("guest_that_never_reports_is_a_timeout") {
+    let Some(test) = BootTest::start("guest_that_never_reports_is_a_timeout") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out_dir = dir.path().join("run");
+    };
+    let out_dir = test.out_dir();
     // The agent reports to a port nobody listens on, and keeps trying for
     // longer than the host waits.
     let out = vmbench(&[
@@ -143,19 +162,17 @@ fn guest_that_never_reports_is_a_timeout() {
 
 #[test]
 fn corrupt_initramfs_is_a_clear_error() {
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    if !can_boot_guests("corrupt_initramfs_is_a_clear_error") {
+    let Some(test) = BootTest::start("corrupt_initramfs_is_a_clear_error") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.cpio.gz");
+    };
+    let out_dir = test.out_dir();
+    let bad = test.dir.path().join("bad.cpio.gz");
     // A valid gzip header followed by garbage, as a truncated download would be.
     std::fs::write(
         &bad,
         b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage-garbage",
     )
     .unwrap();
-    let out_dir = dir.path().join("run");
     let out = vmbench(&[
         "boot",
         "--initramfs",

@@ -132,9 +132,23 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-fn log_file(path: &Path) -> Result<File> {
-    File::create(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
+/// Starts `program` with stdout and stderr in `log`; it dies with its parent.
+fn spawn_logged(program: &Path, args: Vec<String>, log: &Path) -> Result<Child> {
+    let io_err = |source| Error::Io {
+        path: log.to_path_buf(),
+        source,
+    };
+    let out = File::create(log).map_err(io_err)?;
+    let err = out.try_clone().map_err(io_err)?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    die_with_parent(&mut command);
+    command.spawn().map_err(|source| Error::Spawn {
+        program: program.to_path_buf(),
         source,
     })
 }
@@ -152,22 +166,7 @@ impl Qemu {
     /// exists (QEMU cannot start before it does).
     pub fn start_vsock(&self, spec: &VmSpec) -> Result<Child> {
         let log = spec.dir.join("vhost-device-vsock.log");
-        let out = log_file(&log)?;
-        let err = out.try_clone().map_err(|source| Error::Io {
-            path: log.clone(),
-            source,
-        })?;
-        let mut command = Command::new(&self.vhost_device_vsock);
-        command
-            .args(vhost_args(spec))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        die_with_parent(&mut command);
-        let mut child = command.spawn().map_err(|source| Error::Spawn {
-            program: self.vhost_device_vsock.clone(),
-            source,
-        })?;
+        let mut child = spawn_logged(&self.vhost_device_vsock, vhost_args(spec), &log)?;
         let socket = vhost_user_socket(spec);
         let start = Instant::now();
         let limit = Duration::from_secs(10);
@@ -193,23 +192,7 @@ impl Qemu {
 
     /// Starts QEMU; its stdout and stderr go to `qemu.log` in the VM directory.
     pub fn start_vmm(&self, spec: &VmSpec) -> Result<Child> {
-        let log = qemu_log(spec);
-        let out = log_file(&log)?;
-        let err = out.try_clone().map_err(|source| Error::Io {
-            path: log.clone(),
-            source,
-        })?;
-        let mut command = Command::new(&self.qemu);
-        command
-            .args(qemu_args(spec))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        die_with_parent(&mut command);
-        command.spawn().map_err(|source| Error::Spawn {
-            program: self.qemu.clone(),
-            source,
-        })
+        spawn_logged(&self.qemu, qemu_args(spec), &qemu_log(spec))
     }
 }
 
