@@ -146,6 +146,9 @@ pub struct Aggregate {
     pub all_ready_ms: Option<f64>,
     /// CPU time vmbench itself used (user + system, not its children), per VM.
     pub vmbench_cpu_ms_per_vm: f64,
+    /// CPU time the whole vmbench process used, setup included (checking and
+    /// hashing the inputs, the KVM calibration), children excluded.
+    pub vmbench_cpu_ms_total: f64,
     pub total_ms: Option<Summary>,
     pub guest_kernel_ms: Option<Summary>,
     pub userspace_ms: Option<Summary>,

@@ -137,12 +137,13 @@ pub fn boot_report(results: &RunResults) -> String {
         let env = &results.environment;
         let _ = writeln!(
             out,
-            "\n{}/{} VMs ok; all ready after {} ms; wall {:.1} ms; vmbench CPU {:.1} ms per VM ({} backend, {}, {} MiB, {} vCPU)",
+            "\n{}/{} VMs ok; all ready after {} ms; wall {:.1} ms; vmbench CPU {:.1} ms per VM, {:.0} ms in all ({} backend, {}, {} MiB, {} vCPU)",
             agg.ok,
             agg.vms,
             ms(agg.all_ready_ms),
             agg.wall_ms,
             agg.vmbench_cpu_ms_per_vm,
+            agg.vmbench_cpu_ms_total,
             env.backend,
             env.accel,
             env.mem_mib,
