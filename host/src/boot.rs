@@ -242,6 +242,7 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     );
 
     let cpu_before = self_cpu_ms();
+    let wall_start = std::time::Instant::now();
     let (tx, rx) = mpsc::channel::<(VmRecord, Option<Milestone>)>();
     std::thread::scope(|scope| {
         for id in 0..config.vms {
@@ -310,7 +311,8 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
         }
     });
     let cpu_ms = self_cpu_ms() - cpu_before;
-    let mut agg = aggregate(&results.vms, cpu_ms);
+    let wall_ms = wall_start.elapsed().as_secs_f64() * 1e3;
+    let mut agg = aggregate(&results.vms, cpu_ms, wall_ms);
     agg.vmbench_cpu_ms_total = self_cpu_ms();
     results.aggregate = Some(agg);
     results.finished = true;
@@ -337,17 +339,11 @@ fn self_cpu_ms() -> f64 {
     }
 }
 
-pub fn aggregate(vms: &[VmRecord], cpu_ms: f64) -> Aggregate {
+pub fn aggregate(vms: &[VmRecord], cpu_ms: f64, wall_ms: f64) -> Aggregate {
     let ok: Vec<&VmRecord> = vms.iter().filter(|v| v.status == VmStatus::Ok).collect();
     let first_spawn = vms.iter().filter_map(|v| v.host_ns.spawn).min();
     let last = |f: fn(&VmRecord) -> Option<u64>| vms.iter().map(f).collect::<Option<Vec<u64>>>();
     let since_first = |t: u64| first_spawn.map(|s| t.saturating_sub(s) as f64 / 1e6);
-    let wall_ms = vms
-        .iter()
-        .filter_map(|v| v.host_ns.exit.or(v.host_ns.ready))
-        .max()
-        .and_then(since_first)
-        .unwrap_or(0.0);
     let all_ready_ms = last(|v| v.host_ns.ready)
         .and_then(|r| r.into_iter().max())
         .and_then(since_first);
@@ -397,11 +393,11 @@ mod tests {
             vm(1, VmStatus::Ok, 1_000_000, Some(301_000_000), Some(300.0)),
             vm(2, VmStatus::Timeout, 2_000_000, None, None),
         ];
-        let agg = aggregate(&vms, 30.0);
+        let agg = aggregate(&vms, 30.0, 400.0);
         assert_eq!((agg.vms, agg.ok), (3, 2));
         assert_eq!(agg.total_ms.unwrap().median, 200.0);
         assert_eq!(agg.all_ready_ms, None, "a VM never got ready");
-        assert_eq!(agg.wall_ms, 302.0);
+        assert_eq!(agg.wall_ms, 400.0);
         assert_eq!(agg.vmbench_cpu_ms_per_vm, 10.0);
     }
 
@@ -411,7 +407,7 @@ mod tests {
             vm(0, VmStatus::Ok, 0, Some(100_000_000), Some(100.0)),
             vm(1, VmStatus::Ok, 5, Some(250_000_000), Some(250.0)),
         ];
-        assert_eq!(aggregate(&vms, 0.0).all_ready_ms, Some(250.0));
+        assert_eq!(aggregate(&vms, 0.0, 0.0).all_ready_ms, Some(250.0));
     }
 
     #[test]

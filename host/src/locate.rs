@@ -13,7 +13,7 @@ pub enum Error {
     NoKernel { looked: String },
     #[error("No guest agent (vmbench-init) found in {looked}; build it with `scripts/build-agent.sh` (or `{SETUP_COMMAND}`), or pass --agent")]
     NoAgent { looked: String },
-    #[error("`{program}` not found on PATH or in {extra}; install it with `{fix}`")]
+    #[error("`{program}` not found on PATH{extra}; install it with `{fix}`")]
     NoProgram {
         program: &'static str,
         extra: String,
@@ -124,9 +124,8 @@ pub fn program(name: &'static str, extra_dirs: &[PathBuf], fix: &'static str) ->
             program: name,
             extra: extra_dirs
                 .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+                .map(|d| format!(" or in {}", d.display()))
+                .collect(),
             fix,
         })
 }
@@ -179,7 +178,10 @@ mod tests {
     #[test]
     fn missing_program_error_names_the_fix() {
         let err = program("surely-not-a-program-vmbench", &[], "apt-get install x").unwrap_err();
-        assert!(err.to_string().contains("apt-get install x"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "`surely-not-a-program-vmbench` not found on PATH; install it with `apt-get install x`"
+        );
     }
 
     #[test]

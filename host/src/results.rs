@@ -139,7 +139,7 @@ impl VmRecord {
 pub struct Aggregate {
     pub vms: usize,
     pub ok: usize,
-    /// From the first spawn to the last VM's exit.
+    /// From starting the first VM until the last one had ended.
     pub wall_ms: f64,
     /// From the first spawn until every VM was ready (absent if any was not).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -148,6 +148,16 @@ pub fn serial_tail(spec: &VmSpec) -> String {
     }
 }
 
+/// "; QEMU said: …" when QEMU printed anything, else nothing.
+fn qemu_said(spec: &VmSpec) -> String {
+    let said = qemu::qemu_message(spec);
+    if said.is_empty() {
+        String::new()
+    } else {
+        format!("; QEMU said: {said}")
+    }
+}
+
 struct Connection {
     stream: UnixStream,
     session: Session,
@@ -437,19 +447,15 @@ impl<'a> Watch<'a> {
                 )
             } else {
                 format!(
-                    "No report from the guest within {timeout_s} s; serial log ends: {}",
+                    "No report from the guest within {timeout_s} s{}; serial log ends: {}",
+                    qemu_said(self.spec),
                     serial_tail(self.spec)
                 )
             };
             (VmStatus::Timeout, Some(what))
         } else if !ready {
             let status = self.record.vmm_exit.clone().unwrap_or_default();
-            let said = qemu::qemu_message(self.spec);
-            let said = if said.is_empty() {
-                String::new()
-            } else {
-                format!("; QEMU said: {said}")
-            };
+            let said = qemu_said(self.spec);
             (
                 VmStatus::Failed,
                 Some(format!(
