@@ -28,6 +28,9 @@ pub fn now_ns() -> u64 {
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
+/// Connections one guest may open to the collector; the agent needs one.
+const MAX_CONNECTIONS: usize = 8;
+
 /// What a VM's progress callback is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Milestone {
@@ -224,10 +227,14 @@ impl<'a> Watch<'a> {
             if ready.vsock_listener {
                 self.accept(vsock);
             }
-            if ready.marker_listener && self.marker.is_none() {
-                if let Ok((stream, _)) = marker.accept() {
-                    let _ = stream.set_nonblocking(true);
-                    self.marker = Some(stream);
+            if ready.marker_listener {
+                // The VMM's connection is the one that counts; any later one is
+                // dropped (left pending, it would keep poll awake forever).
+                while let Ok((stream, _)) = marker.accept() {
+                    if self.marker.is_none() {
+                        let _ = stream.set_nonblocking(true);
+                        self.marker = Some(stream);
+                    }
                 }
             }
             if ready.marker {
@@ -307,6 +314,12 @@ impl<'a> Watch<'a> {
 
     fn accept(&mut self, listener: &UnixListener) {
         while let Ok((stream, _)) = listener.accept() {
+            if self.connections.len() >= MAX_CONNECTIONS {
+                self.protocol_error.get_or_insert(format!(
+                    "Guest opened more than {MAX_CONNECTIONS} connections to the host"
+                ));
+                return;
+            }
             let _ = stream.set_nonblocking(true);
             self.connections.push(Connection {
                 stream,
@@ -701,6 +714,22 @@ mod tests {
             record.host_ns.init_start,
             Some(record.boot_markers[0].host_ns)
         );
+    }
+
+    #[test]
+    fn guest_opening_too_many_connections_is_a_protocol_error() {
+        let (record, ()) = watch(
+            Command::new("sleep").arg("30"),
+            Duration::from_secs(20),
+            |uds| {
+                let _held: Vec<UnixStream> = (0..=MAX_CONNECTIONS)
+                    .filter_map(|_| UnixStream::connect(&uds).ok())
+                    .collect();
+                std::thread::sleep(Duration::from_millis(300));
+            },
+        );
+        assert_eq!(record.status, VmStatus::ProtocolError);
+        assert!(record.error.unwrap().contains("more than 8 connections"));
     }
 
     #[test]
