@@ -25,3 +25,4 @@ pub mod report;
 pub mod results;
 pub mod timeline;
 pub mod vm;
+pub mod vmm;

@@ -1,0 +1,182 @@
+//! A vCPU's state at the 64-bit Linux entry (the x86 boot protocol's
+//! "64-bit boot protocol"): long mode with paging on the identity tables,
+//! flat segments from our GDT, RSI pointing at the boot parameters,
+//! interrupts off.
+
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
+use kvm_ioctls::VcpuFd;
+
+use super::boot::gdt;
+use super::layout;
+
+const CR0_PE: u64 = 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+#[derive(Debug, thiserror::Error)]
+#[error("Cannot {what} of vCPU {vcpu}: {source}")]
+pub struct Error {
+    pub what: &'static str,
+    pub vcpu: u64,
+    #[source]
+    pub source: kvm_ioctls::Error,
+}
+
+/// Special registers for the 64-bit entry, from the vCPU's reset state.
+pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
+    let code = gdt::segment(gdt::CODE_INDEX);
+    let data = gdt::segment(gdt::DATA_INDEX);
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = gdt::segment(gdt::TSS_INDEX);
+    sregs.gdt.base = layout::GDT_ADDR;
+    sregs.gdt.limit = (gdt::TABLE.len() * 8 - 1) as u16;
+    sregs.idt.base = layout::IDT_ADDR;
+    sregs.idt.limit = 7;
+    sregs.cr0 |= CR0_PE | CR0_ET | CR0_PG;
+    sregs.cr3 = cr3;
+    sregs.cr4 |= CR4_PAE;
+    sregs.efer |= EFER_LME | EFER_LMA;
+    sregs
+}
+
+/// General registers for the entry: RIP at the kernel's entry point, RSI at
+/// the boot parameters, a small boot stack, only the reserved RFLAGS bit set.
+pub fn entry_regs(entry: u64) -> kvm_regs {
+    kvm_regs {
+        rip: entry,
+        rsi: layout::ZERO_PAGE_ADDR,
+        rsp: layout::BOOT_STACK_ADDR,
+        rbp: layout::BOOT_STACK_ADDR,
+        rflags: 0x2,
+        ..Default::default()
+    }
+}
+
+/// The FPU as after FNINIT, with SSE exceptions masked (MXCSR's reset value).
+pub fn entry_fpu() -> kvm_fpu {
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
+}
+
+/// Puts vCPU `index` at `entry` in 64-bit mode with page tables at `cr3`.
+pub fn enter_long_mode(vcpu: &VcpuFd, index: u64, entry: u64, cr3: u64) -> Result<(), Error> {
+    let err = |what| {
+        move |source| Error {
+            what,
+            vcpu: index,
+            source,
+        }
+    };
+    let sregs = vcpu
+        .get_sregs()
+        .map_err(err("read the special registers"))?;
+    vcpu.set_sregs(&long_mode_sregs(sregs, cr3))
+        .map_err(err("set the special registers"))?;
+    vcpu.set_regs(&entry_regs(entry))
+        .map_err(err("set the registers"))?;
+    vcpu.set_fpu(&entry_fpu()).map_err(err("set the FPU"))
+}
+
+#[cfg(test)]
+mod tests {
+    use kvm_bindings::kvm_userspace_memory_region;
+    use kvm_ioctls::{Kvm, VcpuExit};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+    use super::*;
+    use crate::vmm::boot::paging;
+
+    #[test]
+    fn sregs_enable_long_mode_with_our_tables() {
+        let s = long_mode_sregs(kvm_sregs::default(), layout::PML4_ADDR);
+        assert_eq!(s.cr0 & (CR0_PE | CR0_PG), CR0_PE | CR0_PG);
+        assert_eq!(s.cr4 & CR4_PAE, CR4_PAE);
+        assert_eq!(s.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
+        assert_eq!(s.cr3, layout::PML4_ADDR);
+        assert_eq!((s.cs.selector, s.cs.l), (8, 1));
+        assert_eq!((s.ss.selector, s.tr.selector), (16, 24));
+        assert_eq!((s.gdt.base, s.gdt.limit), (layout::GDT_ADDR, 31));
+    }
+
+    #[test]
+    fn entry_registers_follow_the_boot_protocol() {
+        let r = entry_regs(0x100_0000);
+        assert_eq!(
+            (r.rip, r.rsi, r.rflags),
+            (0x100_0000, layout::ZERO_PAGE_ADDR, 2)
+        );
+    }
+
+    /// 64-bit code: 'K' to the serial port, then the top byte of a 64-bit
+    /// immediate to the boot-marker port (only right if the CPU really is in
+    /// long mode: in 32-bit mode REX.W is `dec eax`), then hlt.
+    const LONG_MODE_GUEST: &[u8] = &[
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'K', // mov al, 'K'
+        0xee, // out dx, al
+        0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22,
+        0x11, // mov rax, 0x1122334455667788
+        0x48, 0xc1, 0xe8, 0x38, // shr rax, 56
+        0x66, 0xba, 0x80, 0x00, // mov dx, 0x80
+        0xee, // out dx, al
+        0xf4, // hlt
+    ];
+
+    #[test]
+    fn tiny_guest_runs_through_our_exact_entry_setup() {
+        let kvm = match Kvm::new() {
+            Ok(kvm) => kvm,
+            Err(e) => {
+                println!("SKIPPED: tiny_guest_runs_through_our_exact_entry_setup: cannot open /dev/kvm: {e}");
+                return;
+            }
+        };
+        let mem_bytes = 4 << 20;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_bytes)]).unwrap();
+        gdt::write(&mem, layout::GDT_ADDR, layout::IDT_ADDR).unwrap();
+        let cr3 =
+            paging::write(&mem, layout::PML4_ADDR, layout::PDPT_ADDR, layout::PD_ADDR).unwrap();
+        mem.write_slice(LONG_MODE_GUEST, GuestAddress(layout::KERNEL_ADDR))
+            .unwrap();
+        let vm = kvm.create_vm().unwrap();
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mem_bytes as u64,
+            userspace_addr: mem.get_host_address(GuestAddress(0)).unwrap() as u64,
+        };
+        // SAFETY: the region is `mem`'s own mapping of `mem_bytes`, and `mem`
+        // is declared before `vm`, so it is unmapped only after the VM is gone.
+        unsafe { vm.set_user_memory_region(region) }.unwrap();
+        let mut vcpu = vm.create_vcpu(0).unwrap();
+        enter_long_mode(&vcpu, 0, layout::KERNEL_ADDR, cr3).unwrap();
+
+        let mut outs = Vec::new();
+        for _ in 0..10 {
+            match vcpu.run().unwrap() {
+                VcpuExit::IoOut(port, data) => outs.push((port, data.to_vec())),
+                VcpuExit::Hlt => break,
+                other => panic!("unexpected exit {other:?}"),
+            }
+        }
+        assert_eq!(outs, vec![(0x3f8, vec![b'K']), (0x80, vec![0x11])]);
+        let sregs = vcpu.get_sregs().unwrap();
+        assert_eq!(
+            sregs.efer & EFER_LMA,
+            EFER_LMA,
+            "the guest ran in long mode"
+        );
+    }
+}
