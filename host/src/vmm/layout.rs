@@ -18,3 +18,76 @@ pub const PD_ADDR: u64 = 0xb000;
 pub const CMDLINE_ADDR: u64 = 0x20000;
 /// Where a vmlinux is loaded (its physical start).
 pub const KERNEL_ADDR: u64 = 0x10_0000;
+
+/// Start of the Extended BIOS Data Area: RAM below it is usable, the MP
+/// table lives here, and up to 1 MiB is left to (absent) firmware.
+pub const EBDA_ADDR: u64 = 0x9fc00;
+
+/// 32-bit MMIO devices live in [`MMIO_GAP_START`, 4 GiB): no RAM there.
+pub const MMIO_GAP_START: u64 = 0xc000_0000;
+pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+
+/// Guest RAM for `mem_bytes` as (start, length) ranges, as the e820 map
+/// shows it: low memory below the EBDA, then from 1 MiB, skipping the MMIO gap.
+pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64)> {
+    let mut ranges = vec![(0, EBDA_ADDR.min(mem_bytes))];
+    if mem_bytes > KERNEL_ADDR {
+        let below_gap = mem_bytes.min(MMIO_GAP_START);
+        ranges.push((KERNEL_ADDR, below_gap - KERNEL_ADDR));
+        if mem_bytes > MMIO_GAP_START {
+            ranges.push((MMIO_GAP_END, mem_bytes - MMIO_GAP_START));
+        }
+    }
+    ranges
+}
+
+/// The host mappings behind guest RAM: like [`ram_ranges`] but with the low
+/// 1 MiB in one piece (the EBDA and firmware area are memory too, just not
+/// announced as usable RAM).
+pub fn memory_regions(mem_bytes: u64) -> Vec<(u64, u64)> {
+    let below_gap = mem_bytes.min(MMIO_GAP_START);
+    let mut regions = vec![(0, below_gap)];
+    if mem_bytes > MMIO_GAP_START {
+        regions.push((MMIO_GAP_END, mem_bytes - MMIO_GAP_START));
+    }
+    regions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_skips_the_ebda_and_the_mmio_gap() {
+        assert_eq!(
+            ram_ranges(256 << 20),
+            vec![(0, EBDA_ADDR), (KERNEL_ADDR, (256 << 20) - KERNEL_ADDR)]
+        );
+        let four_gib: u64 = 4 << 30;
+        assert_eq!(
+            ram_ranges(four_gib),
+            vec![
+                (0, EBDA_ADDR),
+                (KERNEL_ADDR, MMIO_GAP_START - KERNEL_ADDR),
+                (MMIO_GAP_END, four_gib - MMIO_GAP_START)
+            ]
+        );
+        assert_eq!(
+            memory_regions(four_gib),
+            vec![
+                (0, MMIO_GAP_START),
+                (MMIO_GAP_END, four_gib - MMIO_GAP_START)
+            ]
+        );
+    }
+
+    #[test]
+    fn ram_and_regions_cover_the_same_bytes_above_1_mib() {
+        for mem in [64u64 << 20, 3 << 30, 5 << 30] {
+            let announced: u64 = ram_ranges(mem).iter().map(|r| r.1).sum();
+            let mapped: u64 = memory_regions(mem).iter().map(|r| r.1).sum();
+            assert_eq!(mapped, mem);
+            assert_eq!(mapped - announced, KERNEL_ADDR - EBDA_ADDR);
+        }
+    }
+}

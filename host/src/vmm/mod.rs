@@ -4,13 +4,16 @@
 //! 1. guest memory ([`layout`] says where everything goes);
 //! 2. the boot structures in guest memory: GDT ([`boot::gdt`]) and identity
 //!    page tables ([`boot::paging`]) for the 64-bit entry;
-//! 3. the vCPU state that enters them ([`cpu`]): segments, control registers,
+//! 3. the kernel, initramfs and command line ([`loader`], with linux-loader)
+//!    and the boot parameters with the e820 map ([`boot::params`]);
+//! 4. the vCPU state that enters them ([`cpu`]): segments, control registers,
 //!    EFER, general registers, FPU.
 //!
-//! Still to come (issue 3): kernel loading with linux-loader, boot params and
-//! e820, MP table, devices (serial, boot marker, virtio-mmio, vsock), the run
-//! loop and exit accounting.
+//! Still to come (issue 3): MSRs and CPUID, the MP table, devices (serial,
+//! boot marker, i8042, virtio-mmio, vsock), the run loop, `vmbench vmm`, and
+//! exit accounting.
 
 pub mod boot;
 pub mod cpu;
 pub mod layout;
+pub mod loader;

@@ -2,6 +2,7 @@
 
 pub mod gdt;
 pub mod paging;
+pub mod params;
 
 /// Writing a boot structure into guest memory failed: the guest is too small.
 #[derive(Debug, thiserror::Error)]
