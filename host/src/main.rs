@@ -24,6 +24,30 @@ enum Command {
     /// Build guest images.
     #[command(subcommand)]
     Rootfs(RootfsCommand),
+    /// Run one VM in the foreground with vmbench's own VMM (needs /dev/kvm).
+    Vmm(VmmArgs),
+}
+
+#[derive(clap::Args)]
+struct VmmArgs {
+    /// Guest kernel: ELF vmlinux or bzImage.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initramfs to load at the top of guest RAM.
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0 panic=-1 reboot=t")]
+    cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem_mib: u32,
+    /// vCPUs (1 so far).
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// The VM's directory: serial.log and vmm.json go here.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -180,6 +204,44 @@ fn rootfs(command: RootfsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
+    use vmbench::vmm::machine::{End, Machine, MachineConfig};
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| anyhow::anyhow!("Cannot create --dir {}: {e}", args.dir.display()))?;
+    let config = MachineConfig {
+        kernel: args.kernel,
+        initramfs: args.initramfs,
+        cmdline: args.cmdline,
+        mem_mib: args.mem_mib,
+        vcpus: args.vcpus,
+        dir: args.dir,
+    };
+    let report = Machine::new(&config)?.run();
+    let e = &report.exits;
+    let summary = format!(
+        "userspace exits: {} io out, {} io in, {} mmio write, {} mmio read; report: {}",
+        e.io_out,
+        e.io_in,
+        e.mmio_write,
+        e.mmio_read,
+        config.dir.join("vmm.json").display()
+    );
+    Ok(match report.end {
+        End::Reset => {
+            println!("vmm: the guest reset the machine; {summary}");
+            ExitCode::SUCCESS
+        }
+        End::TripleFault => {
+            println!("vmm: the guest triple-faulted (its reboot with reboot=t); {summary}");
+            ExitCode::SUCCESS
+        }
+        End::Failed { detail } => {
+            eprintln!("vmbench: error: the VM failed: {detail}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -194,6 +256,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Rootfs(command) => rootfs(command),
+        Command::Vmm(args) => vmm(args),
     };
     match result {
         Ok(code) => code,

@@ -100,3 +100,50 @@ pub fn dump(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A minimal x86-64 ELF executable: one PT_LOAD at 1 MiB holding the headers
+/// and then `code`, entered at the first byte of `code`. Enough for
+/// linux-loader, and for hand-assembled guests that need no Linux.
+pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
+    const LOAD_ADDR: u64 = 0x10_0000;
+    const HEADERS_BYTES: u64 = 64 + 56;
+    let total = HEADERS_BYTES + code.len() as u64;
+    let mut elf = Vec::new();
+    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&(LOAD_ADDR + HEADERS_BYTES).to_le_bytes()); // e_entry
+    elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for half in [64u16, 56, 1, 64, 0, 0] {
+        // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    for word in [0, LOAD_ADDR, LOAD_ADDR, total, total, 0x1000] {
+        // p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    assert_eq!(elf.len() as u64, HEADERS_BYTES);
+    elf.extend_from_slice(code);
+    elf
+}
+
+/// Whether /dev/kvm can run a VM here; prints `SKIPPED:` when it cannot.
+/// (No install step gives a host KVM, so this may skip under CI too.)
+pub fn have_kvm(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            println!("SKIPPED: {test}: cannot open /dev/kvm: {e}");
+            false
+        }
+    }
+}

@@ -15,5 +15,7 @@
 
 pub mod boot;
 pub mod cpu;
+pub mod devices;
 pub mod layout;
 pub mod loader;
+pub mod machine;

@@ -1,0 +1,106 @@
+//! End to end: `vmbench vmm` runs hand-assembled guests through the VMM's
+//! exact boot path (linux-loader, boot structures, 64-bit entry, devices).
+//! They need /dev/kvm but not native KVM: a few hundred instructions run
+//! even where KVM emulates guest code.
+
+use std::process::Command;
+
+use vmbench_e2e::{dump, have_kvm, tiny_elf, vmbench_bin};
+
+/// 'ok\n' to COM1, 0x60 to the boot-marker port, a write to an MMIO address
+/// with no RAM behind it, then an i8042 reset.
+const DEVICES_GUEST: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xb0, b'o', 0xee, // mov al, 'o'; out dx, al
+    0xb0, b'k', 0xee, // mov al, 'k'; out dx, al
+    0xb0, b'\n', 0xee, // mov al, '\n'; out dx, al
+    0x66, 0xba, 0x80, 0x00, // mov dx, 0x80
+    0xb0, 0x60, 0xee, // mov al, 0x60; out dx, al
+    0xb8, 0x00, 0x00, 0x00, 0x30, // mov eax, 0x30000000
+    0xc7, 0x00, 0x01, 0x00, 0x00, 0x00, // mov dword [rax], 1
+    0xb0, 0xfe, 0xe6, 0x64, // mov al, 0xfe; out 0x64, al
+    0xf4, // hlt (not reached)
+];
+
+fn run_guest(code: &[u8]) -> (std::process::Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    std::fs::write(&kernel, tiny_elf(code)).unwrap();
+    let out = Command::new(vmbench_bin())
+        .args([
+            "vmm",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--mem-mib",
+            "16",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    (out, dir)
+}
+
+#[test]
+fn guest_reaches_serial_marker_mmio_and_resets() {
+    if !have_kvm("guest_reaches_serial_marker_mmio_and_resets") {
+        return;
+    }
+    let (out, dir) = run_guest(DEVICES_GUEST);
+    assert!(out.status.success(), "{}", dump(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("the guest reset the machine"),
+        "{}",
+        dump(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("serial.log")).unwrap(),
+        "ok\n"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("vmm.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["end"]["kind"], "reset");
+    assert_eq!(report["boot_markers"][0][0], 0x60);
+    assert!(
+        report["first_run_ns"].as_u64().unwrap() <= report["boot_markers"][0][1].as_u64().unwrap()
+    );
+    assert_eq!(report["exits"]["by_mmio_addr"]["805306368"], 1, "{report}");
+    assert_eq!(report["exits"]["by_port"]["1016"], 3, "{report}");
+}
+
+#[test]
+fn triple_fault_ends_the_vm_cleanly() {
+    if !have_kvm("triple_fault_ends_the_vm_cleanly") {
+        return;
+    }
+    // ud2 with an empty IDT: #UD, then #GP, then a double fault, then shutdown.
+    let (out, dir) = run_guest(&[0x0f, 0x0b]);
+    assert!(out.status.success(), "{}", dump(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("triple-faulted"),
+        "{}",
+        dump(&out)
+    );
+    let report = std::fs::read_to_string(dir.path().join("vmm.json")).unwrap();
+    assert!(report.contains("\"triple_fault\""), "{report}");
+}
+
+#[test]
+fn kernel_that_is_not_one_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, b"not a kernel").unwrap();
+    let out = Command::new(vmbench_bin())
+        .args(["vmm", "--kernel", bad.to_str().unwrap(), "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("Cannot load kernel") || stderr.contains("/dev/kvm"),
+        "{stderr}"
+    );
+}
