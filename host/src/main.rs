@@ -217,13 +217,14 @@ fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
         dir: args.dir,
     };
     let report = Machine::new(&config)?.run();
+    use vmbench::vmm::exits::Kind;
     let e = &report.exits;
     let summary = format!(
         "userspace exits: {} io out, {} io in, {} mmio write, {} mmio read; report: {}",
-        e.io_out,
-        e.io_in,
-        e.mmio_write,
-        e.mmio_read,
+        e.count(Kind::IoOut),
+        e.count(Kind::IoIn),
+        e.count(Kind::MmioWrite),
+        e.count(Kind::MmioRead),
         config.dir.join("vmm.json").display()
     );
     Ok(match report.end {

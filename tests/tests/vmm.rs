@@ -65,8 +65,20 @@ fn guest_reaches_serial_marker_mmio_and_resets() {
     assert!(
         report["first_run_ns"].as_u64().unwrap() <= report["boot_markers"][0][1].as_u64().unwrap()
     );
-    assert_eq!(report["exits"]["by_mmio_addr"]["805306368"], 1, "{report}");
-    assert_eq!(report["exits"]["by_port"]["1016"], 3, "{report}");
+    let exits = &report["exits"];
+    assert_eq!(exits["by_mmio_addr"]["805306368"]["count"], 1, "{report}");
+    assert_eq!(exits["by_port"]["1016"]["count"], 3, "{report}");
+    // The reset itself ends the run before it is accounted: 3 serial + 1 marker.
+    assert_eq!(exits["by_kind"]["io_out"]["count"], 4, "{report}");
+    let serial = &exits["by_port"]["1016"];
+    assert!(serial["min_ns"].as_u64().unwrap() <= serial["max_ns"].as_u64().unwrap());
+    let buckets: u64 = serial["log2_histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(buckets, 3);
 }
 
 #[test]

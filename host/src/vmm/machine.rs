@@ -24,6 +24,7 @@ use super::boot::{gdt, paging, params};
 use super::devices::bus::{PioBus, Request};
 use super::devices::marker::BootMarker;
 use super::devices::serial::SerialPort;
+use super::exits::{ExitStats, Kind, Target};
 use super::{cpu, layout, loader};
 use crate::vm::now_ns;
 
@@ -87,18 +88,6 @@ pub enum End {
     Failed { detail: String },
 }
 
-/// Userspace exits by kind, and port/MMIO accesses by address.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ExitCounts {
-    pub io_in: u64,
-    pub io_out: u64,
-    pub mmio_read: u64,
-    pub mmio_write: u64,
-    pub other: u64,
-    pub by_port: BTreeMap<u16, u64>,
-    pub by_mmio_addr: BTreeMap<u64, u64>,
-}
-
 /// What the VMM saw, written to `<dir>/vmm.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -106,7 +95,7 @@ pub struct Report {
     /// CLOCK_MONOTONIC ns of the first KVM_RUN (`vmm_ready`) and of the end.
     pub first_run_ns: Option<u64>,
     pub end_ns: u64,
-    pub exits: ExitCounts,
+    pub exits: ExitStats,
     /// Boot-marker codes with their host times.
     pub boot_markers: Vec<(u8, u64)>,
     pub unclaimed_ports: BTreeMap<u16, u64>,
@@ -236,35 +225,32 @@ impl Machine {
 
     /// Runs until the guest resets, triple-faults or fails.
     pub fn run(mut self) -> Report {
-        let mut exits = ExitCounts::default();
+        let mut exits = ExitStats::default();
         let mut first_run_ns = None;
+        let mut other_exits = 0u64;
         let end = loop {
             let now = now_ns();
             first_run_ns.get_or_insert(now);
             let exit = self.vcpu.run();
             let at = now_ns();
-            match exit {
+            // (kind, target) of an exit handled here; its latency is taken
+            // once it is handled, just before the next KVM_RUN.
+            let handled = match exit {
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    exits.io_out += 1;
-                    *exits.by_port.entry(port).or_default() += 1;
                     if self.bus.write(port, data, at) == Request::Reset {
                         break End::Reset;
                     }
+                    (Kind::IoOut, Target::Port(port))
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    exits.io_in += 1;
-                    *exits.by_port.entry(port).or_default() += 1;
                     self.bus.read(port, data);
+                    (Kind::IoIn, Target::Port(port))
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
-                    exits.mmio_read += 1;
-                    *exits.by_mmio_addr.entry(addr).or_default() += 1;
                     data.fill(0xff);
+                    (Kind::MmioRead, Target::Mmio(addr))
                 }
-                Ok(VcpuExit::MmioWrite(addr, _)) => {
-                    exits.mmio_write += 1;
-                    *exits.by_mmio_addr.entry(addr).or_default() += 1;
-                }
+                Ok(VcpuExit::MmioWrite(addr, _)) => (Kind::MmioWrite, Target::Mmio(addr)),
                 Ok(VcpuExit::Shutdown) => break End::TripleFault,
                 Ok(VcpuExit::InternalError) => {
                     break End::Failed {
@@ -274,32 +260,34 @@ impl Machine {
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
                     break End::Failed {
                         detail: self.failure(&format!(
-                        "KVM could not enter the guest (hardware reason {reason:#x}, CPU {cpu})"
-                    )),
+                            "KVM could not enter the guest (hardware reason {reason:#x}, CPU {cpu})"
+                        )),
                     }
                 }
                 Ok(other) => {
-                    exits.other += 1;
-                    if exits.other > 1_000_000 {
+                    other_exits += 1;
+                    if other_exits > 1_000_000 {
                         let last = format!("{other:?}");
                         break End::Failed {
                             detail: self.failure(&format!("unhandled exits, last {last}")),
                         };
                     }
+                    (Kind::Other, Target::None)
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
                 Err(e) => {
                     break End::Failed {
                         detail: self.failure(&format!("KVM_RUN failed: {e}")),
                     }
                 }
-            }
+            };
+            exits.record(handled.0, handled.1, now_ns() - at);
         };
         let report = Report {
             end,
             first_run_ns,
             end_ns: now_ns(),
-            exits,
+            exits: exits.sealed(),
             boot_markers: self.bus.marker.marks().to_vec(),
             unclaimed_ports: self.bus.unclaimed.clone(),
         };

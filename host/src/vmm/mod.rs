@@ -16,6 +16,7 @@
 pub mod boot;
 pub mod cpu;
 pub mod devices;
+pub mod exits;
 pub mod layout;
 pub mod loader;
 pub mod machine;
