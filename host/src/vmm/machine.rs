@@ -96,6 +96,8 @@ pub struct Report {
     pub first_run_ns: Option<u64>,
     pub end_ns: u64,
     pub exits: ExitStats,
+    /// KVM's own statistics for the vCPU, or why they could not be read.
+    pub kvm_stats: Result<BTreeMap<String, u64>, String>,
     /// Boot-marker codes with their host times.
     pub boot_markers: Vec<(u8, u64)>,
     pub unclaimed_ports: BTreeMap<u16, u64>,
@@ -288,6 +290,7 @@ impl Machine {
             first_run_ns,
             end_ns: now_ns(),
             exits: exits.sealed(),
+            kvm_stats: super::kvm_stats::read_vcpu(&self.vcpu).map_err(|e| e.to_string()),
             boot_markers: self.bus.marker.marks().to_vec(),
             unclaimed_ports: self.bus.unclaimed.clone(),
         };

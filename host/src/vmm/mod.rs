@@ -9,14 +9,18 @@
 //! 4. the vCPU state that enters them ([`cpu`]): segments, control registers,
 //!    EFER, general registers, FPU.
 //!
-//! Still to come (issue 3): MSRs and CPUID, the MP table, devices (serial,
-//! boot marker, i8042, virtio-mmio, vsock), the run loop, `vmbench vmm`, and
-//! exit accounting.
+//! 5. the legacy devices ([`devices`]) and the run loop ([`machine`]), which
+//!    accounts for every userspace exit ([`exits`]) and reads KVM's own
+//!    statistics at the end ([`kvm_stats`]).
+//!
+//! Still to come (issue 3): MSRs, the MP table and SMP, virtio-mmio and
+//! vsock, the `kvm` backend of `vmbench boot`.
 
 pub mod boot;
 pub mod cpu;
 pub mod devices;
 pub mod exits;
+pub mod kvm_stats;
 pub mod layout;
 pub mod loader;
 pub mod machine;
