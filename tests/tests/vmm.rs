@@ -129,3 +129,84 @@ fn kernel_that_is_not_one_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Our kernel through our VMM: the loader, the zero page and the 64-bit entry
+/// must get Linux far enough to print the e820 map we gave it. After that a
+/// host with native KVM runs it to its panic (no initramfs: no init), and
+/// `panic=-1 reboot=t` makes that a triple fault, a clean end; a host whose
+/// KVM emulates guest code fails at an instruction its emulator lacks, and
+/// the error must name it with its bytes.
+#[test]
+fn linux_boots_through_our_entry_path() {
+    if !have_kvm("linux_boots_through_our_entry_path") {
+        return;
+    }
+    let kernel = match std::env::var_os("HOME") {
+        Some(home) => std::path::PathBuf::from(home).join(".cache/vmbench/kernel/current/vmlinux"),
+        None => return println!("SKIPPED: linux_boots_through_our_entry_path: no $HOME"),
+    };
+    let kernel = std::env::var_os("VMBENCH_CACHE")
+        .map(|c| std::path::PathBuf::from(c).join("kernel/current/vmlinux"))
+        .unwrap_or(kernel);
+    if !kernel.is_file() {
+        assert!(
+            !vmbench_e2e::in_ci(),
+            "under CI the kernel is built by scripts/setup.sh: {}",
+            kernel.display()
+        );
+        return println!(
+            "SKIPPED: linux_boots_through_our_entry_path: no kernel at {}",
+            kernel.display()
+        );
+    }
+    let doctor = Command::new(vmbench_bin()).arg("doctor").output().unwrap();
+    // doctor's kvm line: "kvm  <level>  native: …" or "… emulated: …" or "… absent (…)".
+    let native = String::from_utf8_lossy(&doctor.stdout)
+        .lines()
+        .find(|l| l.starts_with("kvm "))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .map(|verdict| verdict == "native:")
+        })
+        .unwrap_or(false);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(vmbench_bin())
+        .args([
+            "vmm",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--mem-mib",
+            "256",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let serial = std::fs::read_to_string(dir.path().join("serial.log")).unwrap();
+    assert!(serial.contains("Linux version 6.1"), "{serial}");
+    assert!(
+        serial.contains("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable"),
+        "{serial}"
+    );
+    if native {
+        assert!(out.status.success(), "{}\n{serial}", dump(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("triple-faulted"),
+            "{}",
+            dump(&out)
+        );
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{}", dump(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("emulation failure") && stderr.contains("instruction bytes: "),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("rip=0xffffffff"),
+            "registers of a kernel-mode vCPU: {stderr}"
+        );
+    }
+}
