@@ -3,7 +3,8 @@
 //! They need /dev/kvm but not native KVM: a few hundred instructions run
 //! even where KVM emulates guest code.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use vmbench_e2e::{dump, have_kvm, tiny_elf, vmbench_bin};
 
@@ -22,23 +23,23 @@ const DEVICES_GUEST: &[u8] = &[
     0xf4, // hlt (not reached)
 ];
 
-fn run_guest(code: &[u8]) -> (std::process::Output, tempfile::TempDir) {
+/// `vmbench vmm --kernel KERNEL --mem-mib MIB --dir DIR`.
+fn run_vmm(kernel: &Path, mem_mib: u32, dir: &Path) -> Output {
+    Command::new(vmbench_bin())
+        .arg("vmm")
+        .arg("--kernel")
+        .arg(kernel)
+        .args(["--mem-mib", &mem_mib.to_string(), "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+fn run_guest(code: &[u8]) -> (Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("guest.elf");
     std::fs::write(&kernel, tiny_elf(code)).unwrap();
-    let out = Command::new(vmbench_bin())
-        .args([
-            "vmm",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--mem-mib",
-            "16",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    (out, dir)
+    (run_vmm(&kernel, 16, dir.path()), dir)
 }
 
 #[test]
@@ -141,13 +142,14 @@ fn linux_boots_through_our_entry_path() {
     if !have_kvm("linux_boots_through_our_entry_path") {
         return;
     }
-    let kernel = match std::env::var_os("HOME") {
-        Some(home) => std::path::PathBuf::from(home).join(".cache/vmbench/kernel/current/vmlinux"),
-        None => return println!("SKIPPED: linux_boots_through_our_entry_path: no $HOME"),
+    let cache = std::env::var_os("VMBENCH_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/vmbench")));
+    let Some(kernel) = cache.map(|c| c.join("kernel/current/vmlinux")) else {
+        return println!(
+            "SKIPPED: linux_boots_through_our_entry_path: neither $VMBENCH_CACHE nor $HOME is set"
+        );
     };
-    let kernel = std::env::var_os("VMBENCH_CACHE")
-        .map(|c| std::path::PathBuf::from(c).join("kernel/current/vmlinux"))
-        .unwrap_or(kernel);
     if !kernel.is_file() {
         assert!(
             !vmbench_e2e::in_ci(),
@@ -171,18 +173,7 @@ fn linux_boots_through_our_entry_path() {
         })
         .unwrap_or(false);
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(vmbench_bin())
-        .args([
-            "vmm",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--mem-mib",
-            "256",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = run_vmm(&kernel, 256, dir.path());
     let serial = std::fs::read_to_string(dir.path().join("serial.log")).unwrap();
     assert!(serial.contains("Linux version 6.1"), "{serial}");
     assert!(
