@@ -155,11 +155,14 @@ pub fn check_initramfs(path: &Path) -> Result<CheckedFile<()>> {
 }
 
 /// The initramfs for an agent binary, built once into the cache and named by
-/// the agent's hash: the archive is deterministic, so the same agent always
-/// gives the same file.
+/// the hash of the agent and this vmbench build: the archive is
+/// deterministic, so the same pair always gives the same file.
 pub fn agent_initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf> {
-    let agent_bytes = read("guest agent", agent)?;
-    let name = format!("agent-{}.cpio.gz", &sha256_hex(&agent_bytes)[..16]);
+    let mut key = read("guest agent", agent)?;
+    // The layout around the agent is this build's code: a new build may lay
+    // the archive out differently, so it is part of the name too.
+    key.extend_from_slice(crate::environment::vmbench_version().as_bytes());
+    let name = format!("agent-{}.cpio.gz", &sha256_hex(&key)[..16]);
     let path = cache_dir.join("initramfs").join(name);
     if path.is_file() {
         return Ok(path);
