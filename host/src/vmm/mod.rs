@@ -13,8 +13,10 @@
 //!    accounts for every userspace exit ([`exits`]) and reads KVM's own
 //!    statistics at the end ([`kvm_stats`]).
 //!
-//! Still to come (issue 3): MSRs, the MP table and SMP, virtio-mmio and
-//! vsock, the `kvm` backend of `vmbench boot`.
+//! The virtio-mmio transport ([`devices::virtio::mmio`]) is in place, tested
+//! against the driver's bring-up sequence; still to come (issue 3): wiring it
+//! into the MMIO bus and the command line, the vsock device, MSRs, the MP
+//! table and SMP, and the `kvm` backend of `vmbench boot`.
 
 pub mod boot;
 pub mod cpu;

@@ -6,3 +6,4 @@ pub mod bus;
 pub mod i8042;
 pub mod marker;
 pub mod serial;
+pub mod virtio;

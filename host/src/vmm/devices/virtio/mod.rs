@@ -1,0 +1,3 @@
+//! virtio devices and their MMIO transport.
+
+pub mod mmio;
