@@ -572,7 +572,7 @@ mod tests {
     #[test]
     fn good_report_is_acknowledged_and_ok() {
         let (record, got_ack) = watch(
-            Command::new("sleep").arg("0.5"),
+            Command::new("sleep").arg("2"),
             Duration::from_secs(10),
             |uds| {
                 let mut s = UnixStream::connect(uds).unwrap();
@@ -697,7 +697,7 @@ mod tests {
         let vsock = listen(&spec.vsock_uds()).unwrap();
         let marker = listen(&spec.marker_socket()).unwrap();
         let path = spec.marker_socket();
-        let mut child = Command::new("sleep").arg("0.4").spawn().unwrap();
+        let mut child = Command::new("sleep").arg("2").spawn().unwrap();
         let writer = std::thread::spawn(move || {
             let mut s = UnixStream::connect(path).unwrap();
             s.write_all(&[0xff, MARKER_USERSPACE_START, 0x00, 0x61])
