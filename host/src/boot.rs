@@ -312,9 +312,11 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     });
     let cpu_ms = self_cpu_ms() - cpu_before;
     let wall_ms = wall_start.elapsed().as_secs_f64() * 1e3;
-    let mut agg = aggregate(&results.vms, cpu_ms, wall_ms);
-    agg.vmbench_cpu_ms_total = self_cpu_ms();
-    results.aggregate = Some(agg);
+    let cpu = CpuMs {
+        while_vms_ran: cpu_ms,
+        total: self_cpu_ms(),
+    };
+    results.aggregate = Some(aggregate(&results.vms, cpu, wall_ms));
     results.finished = true;
     write(&results)?;
     Ok(Outcome {
@@ -339,7 +341,16 @@ fn self_cpu_ms() -> f64 {
     }
 }
 
-pub fn aggregate(vms: &[VmRecord], cpu_ms: f64, wall_ms: f64) -> Aggregate {
+/// vmbench's own CPU time (children excluded).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMs {
+    /// While the VMs ran.
+    pub while_vms_ran: f64,
+    /// The whole process, setup included.
+    pub total: f64,
+}
+
+pub fn aggregate(vms: &[VmRecord], cpu: CpuMs, wall_ms: f64) -> Aggregate {
     let ok: Vec<&VmRecord> = vms.iter().filter(|v| v.status == VmStatus::Ok).collect();
     let first_spawn = vms.iter().filter_map(|v| v.host_ns.spawn).min();
     let last = |f: fn(&VmRecord) -> Option<u64>| vms.iter().map(f).collect::<Option<Vec<u64>>>();
@@ -353,8 +364,8 @@ pub fn aggregate(vms: &[VmRecord], cpu_ms: f64, wall_ms: f64) -> Aggregate {
         ok: ok.len(),
         wall_ms,
         all_ready_ms,
-        vmbench_cpu_ms_per_vm: cpu_ms / vms.len().max(1) as f64,
-        vmbench_cpu_ms_total: cpu_ms,
+        vmbench_cpu_ms_per_vm: cpu.while_vms_ran / vms.len().max(1) as f64,
+        vmbench_cpu_ms_total: cpu.total,
         total_ms: summary(|v| v.phases_ms.total),
         guest_kernel_ms: summary(|v| v.phases_ms.guest_kernel),
         userspace_ms: summary(|v| v.phases_ms.userspace_any()),
@@ -393,12 +404,20 @@ mod tests {
             vm(1, VmStatus::Ok, 1_000_000, Some(301_000_000), Some(300.0)),
             vm(2, VmStatus::Timeout, 2_000_000, None, None),
         ];
-        let agg = aggregate(&vms, 30.0, 400.0);
+        let agg = aggregate(
+            &vms,
+            CpuMs {
+                while_vms_ran: 30.0,
+                total: 130.0,
+            },
+            400.0,
+        );
         assert_eq!((agg.vms, agg.ok), (3, 2));
         assert_eq!(agg.total_ms.unwrap().median, 200.0);
         assert_eq!(agg.all_ready_ms, None, "a VM never got ready");
         assert_eq!(agg.wall_ms, 400.0);
         assert_eq!(agg.vmbench_cpu_ms_per_vm, 10.0);
+        assert_eq!(agg.vmbench_cpu_ms_total, 130.0);
     }
 
     #[test]
@@ -407,7 +426,18 @@ mod tests {
             vm(0, VmStatus::Ok, 0, Some(100_000_000), Some(100.0)),
             vm(1, VmStatus::Ok, 5, Some(250_000_000), Some(250.0)),
         ];
-        assert_eq!(aggregate(&vms, 0.0, 0.0).all_ready_ms, Some(250.0));
+        assert_eq!(
+            aggregate(
+                &vms,
+                CpuMs {
+                    while_vms_ran: 0.0,
+                    total: 0.0
+                },
+                0.0
+            )
+            .all_ready_ms,
+            Some(250.0)
+        );
     }
 
     #[test]
