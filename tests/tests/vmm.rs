@@ -176,6 +176,12 @@ fn linux_boots_through_our_entry_path() {
     let out = run_vmm(&kernel, 256, dir.path());
     let serial = std::fs::read_to_string(dir.path().join("serial.log")).unwrap();
     assert!(serial.contains("Linux version 6.1"), "{serial}");
+    // Linux finds the MP table we wrote at the EBDA and reads our OEM id.
+    assert!(
+        serial.contains("found SMP MP-table at [mem 0x0009fc00-0x0009fc0f]"),
+        "{serial}"
+    );
+    assert!(serial.contains("MPTABLE: OEM ID: VMBENCH"), "{serial}");
     assert!(
         serial.contains("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable"),
         "{serial}"

@@ -20,7 +20,7 @@ use serde::Serialize;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::boot::{gdt, paging, params};
+use super::boot::{gdt, mptable, paging, params};
 use super::devices::bus::{PioBus, Request};
 use super::devices::marker::BootMarker;
 use super::devices::serial::SerialPort;
@@ -70,6 +70,8 @@ pub enum Error {
     Boot(#[from] super::boot::WriteError),
     #[error(transparent)]
     Cpu(#[from] cpu::Error),
+    #[error(transparent)]
+    MpTable(#[from] mptable::Error),
 }
 
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
@@ -189,6 +191,7 @@ impl Machine {
             &params::zero_page(&layout::ram_ranges(mem_bytes), &inputs)?,
         )?;
         gdt::write(&mem, layout::GDT_ADDR, layout::IDT_ADDR)?;
+        mptable::write(&mem, config.vcpus)?;
         let cr3 = paging::write(&mem, layout::PML4_ADDR, layout::PDPT_ADDR, layout::PD_ADDR)?;
 
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create vCPU 0"))?;

@@ -3,7 +3,8 @@
 //! Boot steps, in order (each its own module):
 //! 1. guest memory ([`layout`] says where everything goes);
 //! 2. the boot structures in guest memory: GDT ([`boot::gdt`]) and identity
-//!    page tables ([`boot::paging`]) for the 64-bit entry;
+//!    page tables ([`boot::paging`]) for the 64-bit entry, the MP table
+//!    ([`boot::mptable`]) for CPUs and interrupt routing without ACPI;
 //! 3. the kernel, initramfs and command line ([`loader`], with linux-loader)
 //!    and the boot parameters with the e820 map ([`boot::params`]);
 //! 4. the vCPU state that enters them ([`cpu`]): segments, control registers,
@@ -15,8 +16,9 @@
 //!
 //! The virtio-mmio transport ([`devices::virtio::mmio`]) is in place, tested
 //! against the driver's bring-up sequence; still to come (issue 3): wiring it
-//! into the MMIO bus and the command line, the vsock device, MSRs, the MP
-//! table and SMP, and the `kvm` backend of `vmbench boot`.
+//! into the MMIO bus and the command line, the vsock device, MSRs, SMP
+//! (vCPU threads: the MP table already describes them), and the `kvm`
+//! backend of `vmbench boot`.
 
 pub mod boot;
 pub mod cpu;

@@ -1,6 +1,7 @@
 //! Structures the guest finds in memory at its first instruction.
 
 pub mod gdt;
+pub mod mptable;
 pub mod paging;
 pub mod params;
 
