@@ -3,7 +3,7 @@
 //! flat segments from our GDT, RSI pointing at the boot parameters,
 //! interrupts off.
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 
 use super::boot::gdt;
@@ -69,6 +69,40 @@ pub fn entry_fpu() -> kvm_fpu {
     }
 }
 
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+
+/// MSRs at the entry: the syscall MSRs cleared (the kernel sets its own), the
+/// TSC from zero, and fast string operations on, as firmware would leave them.
+pub fn boot_msrs() -> Vec<kvm_msr_entry> {
+    let msr = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
+    vec![
+        msr(MSR_IA32_SYSENTER_CS, 0),
+        msr(MSR_IA32_SYSENTER_ESP, 0),
+        msr(MSR_IA32_SYSENTER_EIP, 0),
+        msr(MSR_STAR, 0),
+        msr(MSR_CSTAR, 0),
+        msr(MSR_KERNEL_GS_BASE, 0),
+        msr(MSR_SYSCALL_MASK, 0),
+        msr(MSR_LSTAR, 0),
+        msr(MSR_IA32_TSC, 0),
+        msr(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+    ]
+}
+
 /// Puts vCPU `index` at `entry` in 64-bit mode with page tables at `cr3`.
 pub fn enter_long_mode(vcpu: &VcpuFd, index: u64, entry: u64, cr3: u64) -> Result<(), Error> {
     let err = |what| {
@@ -85,7 +119,16 @@ pub fn enter_long_mode(vcpu: &VcpuFd, index: u64, entry: u64, cr3: u64) -> Resul
         .map_err(err("set the special registers"))?;
     vcpu.set_regs(&entry_regs(entry))
         .map_err(err("set the registers"))?;
-    vcpu.set_fpu(&entry_fpu()).map_err(err("set the FPU"))
+    vcpu.set_fpu(&entry_fpu()).map_err(err("set the FPU"))?;
+    let wanted = boot_msrs();
+    let invalid = || err("set the MSRs")(kvm_ioctls::Error::new(libc::EINVAL));
+    let msrs = Msrs::from_entries(&wanted).map_err(|_| invalid())?;
+    // KVM_SET_MSRS stops at the first MSR it refuses and returns how many it set.
+    let written = vcpu.set_msrs(&msrs).map_err(err("set the MSRs"))?;
+    if written != wanted.len() {
+        return Err(invalid());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -107,6 +150,21 @@ mod tests {
         assert_eq!((s.cs.selector, s.cs.l), (8, 1));
         assert_eq!((s.ss.selector, s.tr.selector), (16, 24));
         assert_eq!((s.gdt.base, s.gdt.limit), (layout::GDT_ADDR, 31));
+    }
+
+    #[test]
+    fn boot_msrs_clear_syscalls_and_enable_fast_strings() {
+        let msrs = boot_msrs();
+        assert_eq!(msrs.len(), 10);
+        let misc = msrs
+            .iter()
+            .find(|m| m.index == MSR_IA32_MISC_ENABLE)
+            .unwrap();
+        assert_eq!(misc.data, MISC_ENABLE_FAST_STRING);
+        assert!(msrs
+            .iter()
+            .filter(|m| m.index != MSR_IA32_MISC_ENABLE)
+            .all(|m| m.data == 0));
     }
 
     #[test]

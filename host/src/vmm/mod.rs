@@ -8,7 +8,7 @@
 //! 3. the kernel, initramfs and command line ([`loader`], with linux-loader)
 //!    and the boot parameters with the e820 map ([`boot::params`]);
 //! 4. the vCPU state that enters them ([`cpu`]): segments, control registers,
-//!    EFER, general registers, FPU.
+//!    EFER, general registers, FPU, boot MSRs.
 //!
 //! 5. the legacy devices ([`devices`]) and the run loop ([`machine`]), which
 //!    accounts for every userspace exit ([`exits`]) and reads KVM's own
@@ -16,7 +16,7 @@
 //!
 //! The virtio-mmio transport ([`devices::virtio::mmio`]) is in place, tested
 //! against the driver's bring-up sequence; still to come (issue 3): wiring it
-//! into the MMIO bus and the command line, the vsock device, MSRs, SMP
+//! into the MMIO bus and the command line, the vsock device, SMP
 //! (vCPU threads: the MP table already describes them), and the `kvm`
 //! backend of `vmbench boot`.
 
