@@ -16,10 +16,13 @@
 //! writes to read-only registers, queue changes after DRIVER_OK, odd access
 //! sizes are ignored and counted in [`MmioTransport::bad_accesses`].
 
+use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
 
 pub const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
 pub const VERSION: u32 = 2;
@@ -55,6 +58,25 @@ pub trait VirtioDevice: Send {
     fn queue_notify(&mut self, queue: u16);
     /// Status 0: back to the state before the driver found it.
     fn reset(&mut self);
+    /// One eventfd per queue, in queue order, that the machine registers as
+    /// KVM ioeventfds on QueueNotify (datamatch = the queue's index): a
+    /// notify then wakes the device's [`VirtioDevice::event_fd`] instead of
+    /// exiting to userspace. Empty: notifies come through [`VirtioDevice::queue_notify`].
+    fn queue_events(&self) -> &[EventFd] {
+        &[]
+    }
+    /// A descriptor that is readable whenever the device has work (typically
+    /// its own epoll over its queue events and backend sockets); the event
+    /// loop polls it and then calls [`VirtioDevice::process_events`].
+    fn event_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Does the work that is ready, without blocking.
+    fn process_events(&mut self) {}
+    /// The device's counters for vmm.json (malformed descriptors, packets, resets…).
+    fn counters(&self) -> BTreeMap<String, u64> {
+        BTreeMap::new()
+    }
 }
 
 /// What a register write asks of the event loop.
@@ -104,7 +126,8 @@ fn u32_of(data: &[u8]) -> Option<u32> {
 }
 
 impl MmioTransport {
-    pub fn new(device: Box<dyn VirtioDevice>) -> Self {
+    /// `interrupt_status`: the word the device's [`super::Interrupt`] sets.
+    pub fn new(device: Box<dyn VirtioDevice>, interrupt_status: Arc<AtomicU32>) -> Self {
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -118,10 +141,18 @@ impl MmioTransport {
             driver_features_select: 0,
             driver_features: 0,
             status: 0,
-            interrupt_status: Arc::new(AtomicU32::new(0)),
+            interrupt_status,
             config_generation: 0,
             bad_accesses: 0,
         }
+    }
+
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
     }
 
     fn offered(&self) -> u64 {
@@ -336,7 +367,13 @@ mod tests {
 
     fn transport() -> (MmioTransport, Arc<Mutex<Seen>>) {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        (MmioTransport::new(Box::new(FakeDevice(seen.clone()))), seen)
+        (
+            MmioTransport::new(
+                Box::new(FakeDevice(seen.clone())),
+                Arc::new(AtomicU32::new(0)),
+            ),
+            seen,
+        )
     }
 
     fn r(t: &mut MmioTransport, offset: u64) -> u32 {
