@@ -42,12 +42,27 @@ struct VmmArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
     mem_mib: u32,
-    /// vCPUs (1 so far).
+    /// vCPUs (an MP table describes them; application processors wait for the kernel's INIT/SIPI).
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
-    /// The VM's directory: serial.log and vmm.json go here.
+    /// The VM's directory: serial.log, vmm.json and the vsock sockets go here.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// Kernel entry: PVH when the kernel has the note (auto), or force one.
+    #[arg(long, value_enum, default_value_t = EntryArg::Auto)]
+    entry: EntryArg,
+    /// Give the guest a virtio-vsock device with this CID: its connections to
+    /// host port P arrive on `<dir>/vsock.sock_P`; host programs reach it through
+    /// `<dir>/vsock.sock` with `CONNECT <port>\n` (Firecracker's convention).
+    #[arg(long)]
+    vsock_cid: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EntryArg {
+    Auto,
+    Pvh,
+    Linux64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -205,9 +220,14 @@ fn rootfs(command: RootfsCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
-    use vmbench::vmm::machine::{End, Machine, MachineConfig};
+    use vmbench::vmm::exits::Kind;
+    use vmbench::vmm::machine::{End, EntryChoice, Machine, MachineConfig, VsockConfig};
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| anyhow::anyhow!("Cannot create --dir {}: {e}", args.dir.display()))?;
+    let vsock = args.vsock_cid.map(|guest_cid| VsockConfig {
+        guest_cid,
+        uds_base: args.dir.join(vmbench::backend::VSOCK_UDS_BASE),
+    });
     let config = MachineConfig {
         kernel: args.kernel,
         initramfs: args.initramfs,
@@ -215,16 +235,27 @@ fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
         mem_mib: args.mem_mib,
         vcpus: args.vcpus,
         dir: args.dir,
+        entry: match args.entry {
+            EntryArg::Auto => EntryChoice::Auto,
+            EntryArg::Pvh => EntryChoice::Pvh,
+            EntryArg::Linux64 => EntryChoice::Linux64,
+        },
+        vsock,
     };
     let report = Machine::new(&config)?.run();
-    use vmbench::vmm::exits::Kind;
-    let e = &report.exits;
+    let count = |kind| {
+        report
+            .vcpus
+            .iter()
+            .map(|v| v.exits.count(kind))
+            .sum::<u64>()
+    };
     let summary = format!(
         "userspace exits: {} io out, {} io in, {} mmio write, {} mmio read; report: {}",
-        e.count(Kind::IoOut),
-        e.count(Kind::IoIn),
-        e.count(Kind::MmioWrite),
-        e.count(Kind::MmioRead),
+        count(Kind::IoOut),
+        count(Kind::IoIn),
+        count(Kind::MmioWrite),
+        count(Kind::MmioRead),
         config.dir.join("vmm.json").display()
     );
     Ok(match report.end {
@@ -239,6 +270,10 @@ fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
         End::Failed { detail } => {
             eprintln!("vmbench: error: the VM failed: {detail}");
             ExitCode::FAILURE
+        }
+        End::Stopped { signal } => {
+            eprintln!("vmbench: the VM was stopped by signal {signal}; {summary}");
+            ExitCode::from(3)
         }
     })
 }

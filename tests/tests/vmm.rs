@@ -23,23 +23,32 @@ const DEVICES_GUEST: &[u8] = &[
     0xf4, // hlt (not reached)
 ];
 
-/// `vmbench vmm --kernel KERNEL --mem-mib MIB --dir DIR`.
-fn run_vmm(kernel: &Path, mem_mib: u32, dir: &Path) -> Output {
+/// `vmbench vmm --kernel KERNEL --mem-mib MIB --dir DIR EXTRA…`.
+fn run_vmm(kernel: &Path, mem_mib: u32, dir: &Path, extra: &[&str]) -> Output {
     Command::new(vmbench_bin())
         .arg("vmm")
         .arg("--kernel")
         .arg(kernel)
         .args(["--mem-mib", &mem_mib.to_string(), "--dir"])
         .arg(dir)
+        .args(extra)
         .output()
         .unwrap()
 }
 
-fn run_guest(code: &[u8]) -> (Output, tempfile::TempDir) {
+fn run_guest_with(code: &[u8], extra: &[&str]) -> (Output, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("guest.elf");
     std::fs::write(&kernel, tiny_elf(code)).unwrap();
-    (run_vmm(&kernel, 16, dir.path()), dir)
+    (run_vmm(&kernel, 16, dir.path(), extra), dir)
+}
+
+fn run_guest(code: &[u8]) -> (Output, tempfile::TempDir) {
+    run_guest_with(code, &[])
+}
+
+fn vmm_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("vmm.json")).unwrap()).unwrap()
 }
 
 #[test]
@@ -58,15 +67,14 @@ fn guest_reaches_serial_marker_mmio_and_resets() {
         std::fs::read_to_string(dir.path().join("serial.log")).unwrap(),
         "ok\n"
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("vmm.json")).unwrap())
-            .unwrap();
+    let report = vmm_json(dir.path());
     assert_eq!(report["end"]["kind"], "reset");
+    assert_eq!(report["ended_by_vcpu"], 0);
     assert_eq!(report["boot_markers"][0][0], 0x60);
     assert!(
         report["first_run_ns"].as_u64().unwrap() <= report["boot_markers"][0][1].as_u64().unwrap()
     );
-    let exits = &report["exits"];
+    let exits = &report["vcpus"][0]["exits"];
     assert_eq!(exits["by_mmio_addr"]["805306368"]["count"], 1, "{report}");
     assert_eq!(exits["by_port"]["1016"]["count"], 3, "{report}");
     // The reset itself ends the run before it is accounted: 3 serial + 1 marker.
@@ -81,7 +89,7 @@ fn guest_reaches_serial_marker_mmio_and_resets() {
         .sum();
     assert_eq!(buckets, 3);
     // KVM's own count (Linux 5.14+) includes the exits it handled itself.
-    match report["kvm_stats"].get("Ok") {
+    match report["vcpus"][0]["kvm_stats"].get("Ok") {
         Some(stats) => {
             for name in ["exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits"] {
                 assert!(stats[name].is_u64(), "{name} missing: {stats}");
@@ -91,7 +99,10 @@ fn guest_reaches_serial_marker_mmio_and_resets() {
             // guest cannot have run without exiting at least once.
             assert!(stats["exits"].as_u64().unwrap() >= 1, "{stats}");
         }
-        None => println!("SKIPPED: KVM binary statistics: {}", report["kvm_stats"]),
+        None => println!(
+            "SKIPPED: KVM binary statistics: {}",
+            report["vcpus"][0]["kvm_stats"]
+        ),
     }
 }
 
@@ -110,6 +121,65 @@ fn triple_fault_ends_the_vm_cleanly() {
     );
     let report = std::fs::read_to_string(dir.path().join("vmm.json")).unwrap();
     assert!(report.contains("\"triple_fault\""), "{report}");
+}
+
+#[test]
+fn smp_vms_end_with_every_vcpu_accounted() {
+    if !have_kvm("smp_vms_end_with_every_vcpu_accounted") {
+        return;
+    }
+    // The boot vCPU runs the guest and resets; the three others wait for an
+    // INIT/SIPI that never comes and must still be stopped and reported.
+    let (out, dir) = run_guest_with(DEVICES_GUEST, &["--vcpus", "4"]);
+    assert!(out.status.success(), "{}", dump(&out));
+    let report = vmm_json(dir.path());
+    assert_eq!(report["end"]["kind"], "reset", "{report}");
+    let vcpus = report["vcpus"].as_array().unwrap();
+    assert_eq!(vcpus.len(), 4, "{report}");
+    for (i, v) in vcpus.iter().enumerate() {
+        assert_eq!(v["index"], i);
+    }
+    assert_eq!(vcpus[0]["exits"]["by_kind"]["io_out"]["count"], 4);
+    assert!(vcpus[1]["exits"]["by_kind"].as_object().unwrap().is_empty());
+}
+
+#[test]
+fn sigterm_stops_a_spinning_guest_with_a_report() {
+    if !have_kvm("sigterm_stops_a_spinning_guest_with_a_report") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    std::fs::write(&kernel, tiny_elf(&[0xeb, 0xfe])).unwrap(); // jmp $
+    let child = Command::new(vmbench_bin())
+        .arg("vmm")
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--mem-mib", "16", "--vcpus", "2", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the VM to be running (serial.log exists once it is set up).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dir.path().join("serial.log").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VMM never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", dump(&out));
+    let report = vmm_json(dir.path());
+    assert_eq!(report["end"]["kind"], "stopped", "{report}");
+    assert_eq!(report["end"]["signal"], libc::SIGTERM);
+    assert_eq!(report["ended_by_vcpu"], serde_json::Value::Null);
+    assert_eq!(report["vcpus"].as_array().unwrap().len(), 2);
 }
 
 #[test]
@@ -172,8 +242,17 @@ fn linux_boots_through_our_entry_path() {
                 .map(|verdict| verdict == "native:")
         })
         .unwrap_or(false);
+    // The kernel has a PVH note: the default entry is PVH; the 64-bit Linux
+    // entry must work as well.
+    for entry in ["pvh", "linux64"] {
+        linux_through_entry(&kernel, entry, native);
+    }
+}
+
+fn linux_through_entry(kernel: &Path, entry: &str, native: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_vmm(&kernel, 256, dir.path());
+    let out = run_vmm(kernel, 256, dir.path(), &["--entry", entry]);
+    assert_eq!(vmm_json(dir.path())["entry"], entry);
     let serial = std::fs::read_to_string(dir.path().join("serial.log")).unwrap();
     assert!(serial.contains("Linux version 6.1"), "{serial}");
     // Linux finds the MP table we wrote at the EBDA and reads our OEM id.

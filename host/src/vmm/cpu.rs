@@ -1,7 +1,10 @@
-//! A vCPU's state at the 64-bit Linux entry (the x86 boot protocol's
-//! "64-bit boot protocol"): long mode with paging on the identity tables,
-//! flat segments from our GDT, RSI pointing at the boot parameters,
-//! interrupts off.
+//! A vCPU's state at the kernel's entry. Two entries exist:
+//! - the 64-bit Linux entry (the x86 boot protocol's "64-bit boot
+//!   protocol"): long mode with paging on the identity tables, flat segments
+//!   from our GDT, RSI pointing at the boot parameters, interrupts off;
+//! - the PVH entry (Xen's HVM direct boot ABI, which Linux, QEMU, Firecracker
+//!   and Cloud Hypervisor share): 32-bit protected mode without paging, flat
+//!   32-bit segments, EBX pointing at the `hvm_start_info`.
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
@@ -45,6 +48,38 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
     sregs.cr4 |= CR4_PAE;
     sregs.efer |= EFER_LME | EFER_LMA;
     sregs
+}
+
+/// Special registers for the PVH entry: protected mode, paging off, flat
+/// 32-bit code and data segments.
+pub fn pvh_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+    let data = gdt::segment(gdt::DATA_INDEX);
+    sregs.cs = gdt::segment(gdt::CODE32_INDEX);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = gdt::segment(gdt::TSS_INDEX);
+    sregs.gdt.base = layout::GDT_ADDR;
+    sregs.gdt.limit = (gdt::TABLE.len() * 8 - 1) as u16;
+    sregs.idt.base = layout::IDT_ADDR;
+    sregs.idt.limit = 7;
+    sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !CR0_PG;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    sregs
+}
+
+/// General registers for the PVH entry: EBX at the start info.
+pub fn pvh_regs(entry: u64) -> kvm_regs {
+    kvm_regs {
+        rip: entry,
+        rbx: layout::PVH_INFO_ADDR,
+        rflags: 0x2,
+        ..Default::default()
+    }
 }
 
 /// General registers for the entry: RIP at the kernel's entry point, RSI at
@@ -103,8 +138,22 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     ]
 }
 
+/// How the vCPU enters the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// 64-bit Linux boot protocol at this address, paging on tables at `cr3`.
+    Linux64 { rip: u64, cr3: u64 },
+    /// PVH at this 32-bit address.
+    Pvh { rip: u64 },
+}
+
 /// Puts vCPU `index` at `entry` in 64-bit mode with page tables at `cr3`.
 pub fn enter_long_mode(vcpu: &VcpuFd, index: u64, entry: u64, cr3: u64) -> Result<(), Error> {
+    enter(vcpu, index, Entry::Linux64 { rip: entry, cr3 })
+}
+
+/// Puts vCPU `index` at the kernel's entry, as `entry` says.
+pub fn enter(vcpu: &VcpuFd, index: u64, entry: Entry) -> Result<(), Error> {
     let err = |what| {
         move |source| Error {
             what,
@@ -115,16 +164,100 @@ pub fn enter_long_mode(vcpu: &VcpuFd, index: u64, entry: u64, cr3: u64) -> Resul
     let sregs = vcpu
         .get_sregs()
         .map_err(err("read the special registers"))?;
-    vcpu.set_sregs(&long_mode_sregs(sregs, cr3))
+    let (sregs, regs) = match entry {
+        Entry::Linux64 { rip, cr3 } => (long_mode_sregs(sregs, cr3), entry_regs(rip)),
+        Entry::Pvh { rip } => (pvh_sregs(sregs), pvh_regs(rip)),
+    };
+    vcpu.set_sregs(&sregs)
         .map_err(err("set the special registers"))?;
-    vcpu.set_regs(&entry_regs(entry))
-        .map_err(err("set the registers"))?;
+    vcpu.set_regs(&regs).map_err(err("set the registers"))?;
     vcpu.set_fpu(&entry_fpu()).map_err(err("set the FPU"))?;
+    set_boot_msrs(vcpu, index)
+}
+
+/// CPUID leaf 1 EBX bits 31:24: the initial APIC ID; bits 23:16: logical
+/// processors per package. EDX bit 28: HTT (that count is valid).
+const CPUID_APIC_ID_SHIFT: u32 = 24;
+const CPUID_LOGICAL_COUNT_SHIFT: u32 = 16;
+const CPUID_EDX_HTT: u32 = 1 << 28;
+
+/// KVM's supported CPUID, made vCPU `index`'s own: its APIC ID (matching
+/// the MP table's) in leaf 1 and in the x2APIC topology leaves 0xb and 0x1f.
+pub fn cpuid_for(entries: &mut [kvm_bindings::kvm_cpuid_entry2], index: u32, count: u32) {
+    for e in entries {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x0000_ffff)
+                    | (index << CPUID_APIC_ID_SHIFT)
+                    | (count.min(255) << CPUID_LOGICAL_COUNT_SHIFT);
+                if count > 1 {
+                    e.edx |= CPUID_EDX_HTT;
+                }
+            }
+            0xb | 0x1f => e.edx = index,
+            _ => {}
+        }
+    }
+}
+
+/// Local APIC registers LVT LINT0 and LINT1 and their delivery modes.
+const APIC_LVT_LINT0: usize = 0x350;
+const APIC_LVT_LINT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 4;
+const APIC_MODE_EXTINT: u32 = 7;
+
+/// LINT0 delivers the 8259's ExtINT and LINT1 the NMI, as firmware wires
+/// them on a PC (the MP table's defaults assume it).
+pub fn wire_lapic(vcpu: &VcpuFd, index: u64) -> Result<(), Error> {
+    let err = |what| {
+        move |source| Error {
+            what,
+            vcpu: index,
+            source,
+        }
+    };
+    let mut lapic = vcpu.get_lapic().map_err(err("read the local APIC"))?;
+    for (reg, mode) in [
+        (APIC_LVT_LINT0, APIC_MODE_EXTINT),
+        (APIC_LVT_LINT1, APIC_MODE_NMI),
+    ] {
+        let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i] as u8);
+        let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+        for (i, b) in value.to_le_bytes().into_iter().enumerate() {
+            lapic.regs[reg + i] = b as _;
+        }
+    }
+    vcpu.set_lapic(&lapic).map_err(err("set the local APIC"))
+}
+
+/// An application processor: FPU and MSRs as at reset plus ours; it waits
+/// for the boot CPU's INIT/SIPI (KVM's in-kernel LAPIC holds it until then).
+pub fn setup_ap(vcpu: &VcpuFd, index: u64) -> Result<(), Error> {
+    let err = |what| {
+        move |source| Error {
+            what,
+            vcpu: index,
+            source,
+        }
+    };
+    vcpu.set_fpu(&entry_fpu()).map_err(err("set the FPU"))?;
+    set_boot_msrs(vcpu, index)
+}
+
+fn set_boot_msrs(vcpu: &VcpuFd, index: u64) -> Result<(), Error> {
     let wanted = boot_msrs();
-    let invalid = || err("set the MSRs")(kvm_ioctls::Error::new(libc::EINVAL));
+    let invalid = || Error {
+        what: "set the MSRs",
+        vcpu: index,
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    };
     let msrs = Msrs::from_entries(&wanted).map_err(|_| invalid())?;
     // KVM_SET_MSRS stops at the first MSR it refuses and returns how many it set.
-    let written = vcpu.set_msrs(&msrs).map_err(err("set the MSRs"))?;
+    let written = vcpu.set_msrs(&msrs).map_err(|source| Error {
+        what: "set the MSRs",
+        vcpu: index,
+        source,
+    })?;
     if written != wanted.len() {
         return Err(invalid());
     }
@@ -149,7 +282,42 @@ mod tests {
         assert_eq!(s.cr3, layout::PML4_ADDR);
         assert_eq!((s.cs.selector, s.cs.l), (8, 1));
         assert_eq!((s.ss.selector, s.tr.selector), (16, 24));
-        assert_eq!((s.gdt.base, s.gdt.limit), (layout::GDT_ADDR, 31));
+        assert_eq!((s.gdt.base, s.gdt.limit), (layout::GDT_ADDR, 39));
+    }
+
+    #[test]
+    fn pvh_sregs_are_flat_protected_mode_without_paging() {
+        let reset = kvm_sregs {
+            cr0: 0x6000_0010,
+            ..Default::default()
+        };
+        let s = pvh_sregs(reset);
+        assert_eq!(s.cr0 & (CR0_PE | CR0_PG), CR0_PE);
+        assert_eq!((s.cr4, s.efer), (0, 0));
+        assert_eq!((s.cs.selector, s.cs.db, s.cs.l), (32, 1, 0));
+        assert_eq!(s.ds.limit, 0xffff_ffff);
+        let r = pvh_regs(0x10_0040);
+        assert_eq!(
+            (r.rip, r.rbx, r.rflags),
+            (0x10_0040, layout::PVH_INFO_ADDR, 2)
+        );
+    }
+
+    #[test]
+    fn each_vcpu_gets_its_apic_id_in_cpuid() {
+        use kvm_bindings::kvm_cpuid_entry2;
+        let leaf = |function, ebx, edx| kvm_cpuid_entry2 {
+            function,
+            ebx,
+            edx,
+            ..Default::default()
+        };
+        let mut entries = [leaf(1, 0xff00_0800, 0), leaf(0xb, 0, 7), leaf(2, 5, 5)];
+        cpuid_for(&mut entries, 3, 4);
+        assert_eq!(entries[0].ebx, 0x0304_0800);
+        assert_eq!(entries[0].edx, CPUID_EDX_HTT);
+        assert_eq!(entries[1].edx, 3);
+        assert_eq!((entries[2].ebx, entries[2].edx), (5, 5));
     }
 
     #[test]

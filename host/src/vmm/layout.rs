@@ -6,6 +6,9 @@
 pub const GDT_ADDR: u64 = 0x500;
 /// An empty IDT: the guest installs its own before enabling interrupts.
 pub const IDT_ADDR: u64 = 0x520;
+/// PVH's `hvm_start_info` (passed in EBX), followed by its module list
+/// (the initramfs) and its memory map.
+pub const PVH_INFO_ADDR: u64 = 0x6000;
 /// Linux's boot parameters ("zero page"), passed in RSI.
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// The boot stack grows down from here.
@@ -22,6 +25,12 @@ pub const KERNEL_ADDR: u64 = 0x10_0000;
 /// Start of the Extended BIOS Data Area: RAM below it is usable, the MP
 /// table lives here, and up to 1 MiB is left to (absent) firmware.
 pub const EBDA_ADDR: u64 = 0x9fc00;
+
+/// virtio-mmio devices: one 4 KiB slot each from here, interrupt lines
+/// from [`VIRTIO_FIRST_IRQ`] (the serial port has 4).
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+pub const VIRTIO_MMIO_SLOT_BYTES: u64 = 0x1000;
+pub const VIRTIO_FIRST_IRQ: u32 = 5;
 
 /// 32-bit MMIO devices live in [`MMIO_GAP_START`, 4 GiB): no RAM there.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -58,6 +59,8 @@ pub struct LoadedKernel {
     pub end: u64,
     /// A bzImage's setup header, for the boot parameters.
     pub setup_header: Option<setup_header>,
+    /// The 32-bit PVH entry, when the ELF has the note (XEN_ELFNOTE_PHYS32_ENTRY).
+    pub pvh_entry: Option<u64>,
 }
 
 /// Loads a vmlinux (ELF) or bzImage.
@@ -71,11 +74,16 @@ pub fn load_kernel<M: GuestMemoryBackend>(mem: &M, path: &Path) -> Result<Loaded
     let highmem = Some(GuestAddress(layout::KERNEL_ADDR));
     let elf = match Elf::load(mem, None, &mut open()?, highmem) {
         Ok(r) => {
+            let pvh_entry = match r.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
+                _ => None,
+            };
             return Ok(LoadedKernel {
                 entry: r.kernel_load.0,
                 end: r.kernel_end,
                 setup_header: None,
-            })
+                pvh_entry,
+            });
         }
         Err(e) => e.to_string(),
     };
@@ -84,6 +92,7 @@ pub fn load_kernel<M: GuestMemoryBackend>(mem: &M, path: &Path) -> Result<Loaded
             entry: r.kernel_load.0 + BZIMAGE_ENTRY_OFFSET,
             end: r.kernel_end,
             setup_header: r.setup_header,
+            pvh_entry: None,
         }),
         Err(e) => Err(Error::Kernel {
             path: path.to_path_buf(),

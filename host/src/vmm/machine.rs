@@ -1,5 +1,14 @@
-//! One VM from creation to its end: memory, boot structures, one vCPU, the
-//! legacy devices, and the run loop that hands each exit to them.
+//! One VM from creation to its end: memory, boot structures, vCPUs, the
+//! devices, and the run loops that hand each exit to them.
+//!
+//! # Threads
+//! One thread per vCPU runs `KVM_RUN` and handles its exits (port I/O under
+//! the port bus's lock, MMIO through the virtio-mmio bus); one device thread
+//! ([`super::event_loop`]) serves the virtio devices' ioeventfds and host
+//! sockets and interrupts the guest through irqfds. The main thread waits
+//! for the first vCPU that ends the VM (or for SIGTERM/SIGINT), then stops
+//! the others: a flag each checks before `KVM_RUN`, and a real-time signal
+//! that makes a `KVM_RUN` in progress return `EINTR`.
 //!
 //! How a VM ends is recorded, never panicked on: an i8042 reset or a triple
 //! fault (how a guest without ACPI reboots or powers off) ends it cleanly; a
@@ -11,6 +20,10 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
@@ -19,11 +32,15 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use serde::Serialize;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use super::boot::{gdt, mptable, paging, params};
-use super::devices::bus::{PioBus, Request};
+use super::boot::{gdt, mptable, paging, params, pvh};
+use super::devices::bus::{lock, MmioBus, MmioSlot, PioBus, Request};
 use super::devices::marker::BootMarker;
 use super::devices::serial::SerialPort;
+use super::devices::virtio::mmio::{MmioTransport, VirtioDevice};
+use super::devices::virtio::Interrupt;
+use super::event_loop::EventLoop;
 use super::exits::{ExitStats, Kind, Target};
 use super::{cpu, layout, loader};
 use crate::vm::now_ns;
@@ -40,12 +57,41 @@ pub struct MachineConfig {
     pub vcpus: u32,
     /// The VM's directory: serial.log, vmm.json; marker.sock if a collector listens there.
     pub dir: PathBuf,
+    /// How the vCPU enters the kernel.
+    pub entry: EntryChoice,
+    /// A virtio-vsock device, if the guest is to have one.
+    pub vsock: Option<VsockConfig>,
+}
+
+/// Which kernel entry to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EntryChoice {
+    /// PVH when the kernel has the note, else the 64-bit Linux entry.
+    #[default]
+    Auto,
+    Pvh,
+    Linux64,
+}
+
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    /// Guest connections to port P go to `<uds_base>_P`; host connections come in at `<uds_base>`.
+    pub uds_base: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("--vcpus {0}: this VMM runs 1 vCPU so far (SMP needs the MP table, still to come)")]
-    Smp(u32),
+    #[error("--vcpus {0}: between 1 and {max}", max = mptable::MAX_CPUS)]
+    Vcpus(u32),
+    #[error("{0} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); use the 64-bit entry")]
+    NoPvhEntry(PathBuf),
+    #[error("Cannot set up the {what}: {source}")]
+    Device {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("--mem-mib {0} is too small (at least 16)")]
     TooLittleMemory(u32),
     #[error("Cannot {what}: {source}")]
@@ -88,21 +134,41 @@ pub enum End {
     TripleFault,
     /// The VM could not go on; `detail` says why, with registers where KVM had them.
     Failed { detail: String },
+    /// The VMM was told to stop (SIGTERM or SIGINT), e.g. by `vmbench boot` on a timeout.
+    Stopped { signal: i32 },
 }
 
 /// What the VMM saw, written to `<dir>/vmm.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub end: End,
-    /// CLOCK_MONOTONIC ns of the first KVM_RUN (`vmm_ready`) and of the end.
+    /// The vCPU whose exit ended the VM (none when stopped from outside).
+    pub ended_by_vcpu: Option<u32>,
+    /// `pvh` or `linux64`.
+    pub entry: &'static str,
+    /// CLOCK_MONOTONIC ns of the boot vCPU's first KVM_RUN (`vmm_ready`) and of the end.
     pub first_run_ns: Option<u64>,
     pub end_ns: u64,
-    pub exits: ExitStats,
-    /// KVM's own statistics for the vCPU, or why they could not be read.
-    pub kvm_stats: Result<BTreeMap<String, u64>, String>,
+    pub vcpus: Vec<VcpuReport>,
+    /// Each virtio device's counters, by `<slot base>:<device type>`.
+    pub devices: BTreeMap<String, BTreeMap<String, u64>>,
     /// Boot-marker codes with their host times.
     pub boot_markers: Vec<(u8, u64)>,
     pub unclaimed_ports: BTreeMap<u16, u64>,
+    pub unclaimed_mmio: BTreeMap<u64, u64>,
+    /// Driver accesses the virtio-mmio transports ignored, all slots together.
+    pub virtio_bad_accesses: u64,
+}
+
+/// One vCPU's account.
+#[derive(Debug, Clone, Serialize)]
+pub struct VcpuReport {
+    pub index: u32,
+    pub first_run_ns: Option<u64>,
+    /// Exits handled in userspace, by kind and target, with latencies.
+    pub exits: ExitStats,
+    /// KVM's own statistics for the vCPU, or why they could not be read.
+    pub kvm_stats: Result<BTreeMap<String, u64>, String>,
 }
 
 fn guest_memory(mem_mib: u32) -> Result<GuestMemoryMmap, Error> {
@@ -135,7 +201,7 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
             userspace_addr: host as u64,
         };
         // SAFETY: the region is a mapping owned by `mem`, which the caller keeps
-        // alive for as long as the VM runs (Machine declares `mem` before `vm`).
+        // alive until the vCPUs and the VM are closed (see `Machine::run`).
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("register guest memory"))?;
     }
     Ok(())
@@ -143,22 +209,68 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
 
 /// A VM ready to run.
 pub struct Machine {
-    // Field order is drop order: the vCPU and VM go before the memory they map.
-    vcpu: VcpuFd,
-    _vm: VmFd,
-    _mem: GuestMemoryMmap,
-    bus: PioBus,
+    vcpus: Vec<VcpuFd>,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    shared: Arc<Shared>,
+    entry: &'static str,
     dir: PathBuf,
+}
+
+/// What every vCPU thread reaches.
+struct Shared {
+    pio: Mutex<PioBus>,
+    mmio: MmioBus,
+    /// Set once the VM is ending: vCPUs stop instead of re-entering the guest.
+    stopping: AtomicBool,
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_stop(signal: libc::c_int) {
+    STOP_SIGNAL.store(signal, Ordering::SeqCst);
+}
+
+/// The kick handler (no SA_RESTART, so KVM_RUN returns EINTR) and the
+/// SIGTERM/SIGINT handlers that end the VM with a report.
+fn install_signal_handlers() -> Result<(), Error> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), on_kick).map_err(|e| Error::Device {
+            what: "vCPU kick signal",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        });
+        for signal in [libc::SIGTERM, libc::SIGINT] {
+            // SAFETY: the handler only stores into an atomic, which is
+            // async-signal-safe; the sigaction struct is fully initialised.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_stop as *const () as usize;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(signal, &action, std::ptr::null_mut());
+            }
+        }
+    });
+    result
 }
 
 impl Machine {
     pub fn new(config: &MachineConfig) -> Result<Machine, Error> {
-        if config.vcpus != 1 {
-            return Err(Error::Smp(config.vcpus));
+        if config.vcpus == 0 || config.vcpus > u32::from(mptable::MAX_CPUS) {
+            return Err(Error::Vcpus(config.vcpus));
         }
         if config.mem_mib < 16 {
             return Err(Error::TooLittleMemory(config.mem_mib));
         }
+        install_signal_handlers()?;
         let mem_bytes = u64::from(config.mem_mib) << 20;
         let mem = guest_memory(config.mem_mib)?;
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
@@ -173,34 +285,60 @@ impl Machine {
         vm.create_pit2(pit)
             .map_err(kvm_err("create the in-kernel PIT"))?;
 
+        let mmio = virtio_devices(config, &vm, &mem)?;
         let kernel = loader::load_kernel(&mem, &config.kernel)?;
         let ram_top = mem_bytes.min(layout::MMIO_GAP_START);
         let initramfs = match &config.initramfs {
             Some(path) => Some(loader::load_initramfs(&mem, path, kernel.end, ram_top)?),
             None => None,
         };
-        let cmdline_len = loader::load_cmdline_str(&mem, &config.cmdline)?;
+        let cmdline = [config.cmdline.as_str(), &mmio.cmdline()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cmdline_len = loader::load_cmdline_str(&mem, &cmdline)?;
+        let ram = layout::ram_ranges(mem_bytes);
         let inputs = params::BootInputs {
             cmdline_addr: layout::CMDLINE_ADDR,
             cmdline_len,
             initramfs,
             setup_header: kernel.setup_header,
         };
-        params::write(
-            &mem,
-            &params::zero_page(&layout::ram_ranges(mem_bytes), &inputs)?,
-        )?;
+        params::write(&mem, &params::zero_page(&ram, &inputs)?)?;
+        pvh::write(&mem, &pvh::build(&ram, layout::CMDLINE_ADDR, initramfs))?;
         gdt::write(&mem, layout::GDT_ADDR, layout::IDT_ADDR)?;
         mptable::write(&mem, config.vcpus)?;
         let cr3 = paging::write(&mem, layout::PML4_ADDR, layout::PDPT_ADDR, layout::PD_ADDR)?;
+        let entry = match (config.entry, kernel.pvh_entry) {
+            (EntryChoice::Auto | EntryChoice::Pvh, Some(rip)) => cpu::Entry::Pvh { rip },
+            (EntryChoice::Pvh, None) => return Err(Error::NoPvhEntry(config.kernel.clone())),
+            _ => cpu::Entry::Linux64 {
+                rip: kernel.entry,
+                cr3,
+            },
+        };
 
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("create vCPU 0"))?;
-        let cpuid = kvm
+        let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("read KVM's supported CPUID"))?;
-        vcpu.set_cpuid2(&cpuid)
-            .map_err(kvm_err("set vCPU 0's CPUID"))?;
-        cpu::enter_long_mode(&vcpu, 0, kernel.entry, cr3)?;
+        let mut vcpus = Vec::new();
+        for index in 0..config.vcpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("create a vCPU"))?;
+            let mut cpuid = supported.clone();
+            cpu::cpuid_for(cpuid.as_mut_slice(), index, config.vcpus);
+            vcpu.set_cpuid2(&cpuid)
+                .map_err(kvm_err("set a vCPU's CPUID"))?;
+            cpu::wire_lapic(&vcpu, u64::from(index))?;
+            if index == 0 {
+                cpu::enter(&vcpu, 0, entry)?;
+            } else {
+                cpu::setup_ap(&vcpu, u64::from(index))?;
+            }
+            vcpus.push(vcpu);
+        }
 
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Kvm {
             what: "create an eventfd",
@@ -220,119 +358,310 @@ impl Machine {
             Err(_) => BootMarker::default(),
         };
         Ok(Machine {
-            vcpu,
-            _vm: vm,
-            _mem: mem,
-            bus: PioBus::new(serial, marker),
+            vcpus,
+            vm,
+            mem,
+            shared: Arc::new(Shared {
+                pio: Mutex::new(PioBus::new(serial, marker)),
+                mmio,
+                stopping: AtomicBool::new(false),
+            }),
+            entry: match entry {
+                cpu::Entry::Pvh { .. } => "pvh",
+                cpu::Entry::Linux64 { .. } => "linux64",
+            },
             dir: config.dir.clone(),
         })
     }
 
-    /// Runs until the guest resets, triple-faults or fails.
-    pub fn run(mut self) -> Report {
-        let mut exits = ExitStats::default();
-        let mut first_run_ns = None;
-        let mut other_exits = 0u64;
-        let end = loop {
-            let now = now_ns();
-            first_run_ns.get_or_insert(now);
-            let exit = self.vcpu.run();
-            let at = now_ns();
-            // (kind, target) of an exit handled here; its latency is taken
-            // once it is handled, just before the next KVM_RUN.
-            let handled = match exit {
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    if self.bus.write(port, data, at) == Request::Reset {
-                        break End::Reset;
-                    }
-                    (Kind::IoOut, Target::Port(port))
-                }
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    self.bus.read(port, data);
-                    (Kind::IoIn, Target::Port(port))
-                }
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    data.fill(0xff);
-                    (Kind::MmioRead, Target::Mmio(addr))
-                }
-                Ok(VcpuExit::MmioWrite(addr, _)) => (Kind::MmioWrite, Target::Mmio(addr)),
-                Ok(VcpuExit::Shutdown) => break End::TripleFault,
-                Ok(VcpuExit::InternalError) => {
-                    let what = self.internal_error();
-                    break End::Failed {
-                        detail: self.failure(&what),
-                    };
-                }
-                Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                    break End::Failed {
-                        detail: self.failure(&format!(
-                            "KVM could not enter the guest (hardware reason {reason:#x}, CPU {cpu})"
-                        )),
+    /// Runs until the guest resets, triple-faults or fails, or the VMM is
+    /// told to stop; writes `<dir>/vmm.json` and returns the same report.
+    pub fn run(self) -> Report {
+        let Machine {
+            vcpus,
+            vm,
+            mem,
+            shared,
+            entry,
+            dir,
+        } = self;
+        let transports: Vec<_> = shared
+            .mmio
+            .slots
+            .iter()
+            .map(|s| s.transport.clone())
+            .collect();
+        let event_loop = EventLoop::spawn(transports);
+        let (ended_tx, ended_rx) = mpsc::channel();
+        let mut threads: Vec<JoinHandle<VcpuReport>> = Vec::new();
+        let mut spawn_error = None;
+        if let Err(e) = &event_loop {
+            spawn_error = Some(format!("cannot start the device thread: {e}"));
+        } else {
+            for (index, vcpu) in vcpus.into_iter().enumerate() {
+                let shared = shared.clone();
+                let ended = ended_tx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("vcpu{index}"))
+                    .spawn(move || run_vcpu(vcpu, index as u32, &shared, &ended));
+                match spawned {
+                    Ok(thread) => threads.push(thread),
+                    Err(e) => {
+                        spawn_error = Some(format!("cannot start vCPU thread {index}: {e}"));
+                        break;
                     }
                 }
-                Ok(other) => {
-                    other_exits += 1;
-                    if other_exits > 1_000_000 {
-                        let last = format!("{other:?}");
-                        break End::Failed {
-                            detail: self.failure(&format!("unhandled exits, last {last}")),
-                        };
-                    }
-                    (Kind::Other, Target::None)
-                }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-                Err(e) => {
-                    break End::Failed {
-                        detail: self.failure(&format!("KVM_RUN failed: {e}")),
-                    }
-                }
-            };
-            exits.record(handled.0, handled.1, now_ns() - at);
+            }
+        }
+        drop(ended_tx);
+        let (ended_by_vcpu, end) = match spawn_error {
+            Some(detail) => (None, End::Failed { detail }),
+            None => wait_for_end(&ended_rx),
         };
+        shared.stopping.store(true, Ordering::SeqCst);
+        let vcpus = stop_vcpus(threads);
+        if let Ok(event_loop) = event_loop {
+            event_loop.stop();
+        }
+        let devices = shared
+            .mmio
+            .slots
+            .iter()
+            .map(|s| {
+                let t = lock(&s.transport);
+                (
+                    format!("{:#x}:{}", s.base, t.device().device_type()),
+                    t.device().counters(),
+                )
+            })
+            .collect();
+        let virtio_bad_accesses = shared
+            .mmio
+            .slots
+            .iter()
+            .map(|s| lock(&s.transport).bad_accesses)
+            .sum();
+        let pio = lock(&shared.pio);
         let report = Report {
             end,
-            first_run_ns,
+            ended_by_vcpu,
+            entry,
+            first_run_ns: vcpus.first().and_then(|v| v.first_run_ns),
             end_ns: now_ns(),
-            exits: exits.sealed(),
-            kvm_stats: super::kvm_stats::read_vcpu(&self.vcpu).map_err(|e| e.to_string()),
-            boot_markers: self.bus.marker.marks().to_vec(),
-            unclaimed_ports: self.bus.unclaimed.clone(),
+            vcpus,
+            devices,
+            boot_markers: pio.marker.marks().to_vec(),
+            unclaimed_ports: pio.unclaimed.clone(),
+            unclaimed_mmio: shared.mmio.unclaimed(),
+            virtio_bad_accesses,
         };
-        write_report(&self.dir, &report);
+        drop(pio);
+        write_report(&dir, &report);
+        // The vCPUs are closed (their threads returned); now the VM, then the memory.
+        drop(vm);
+        drop(mem);
         report
     }
+}
 
-    /// KVM's account of an internal error, from the vCPU's kvm_run area.
-    fn internal_error(&mut self) -> String {
-        let run = self.vcpu.get_kvm_run();
-        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, for which KVM fills
-        // the `emulation_failure` view of the union (a superset of `internal`'s
-        // header); both are plain integers, valid for any bit pattern.
-        let failure = unsafe { run.__bindgen_anon_1.emulation_failure };
-        // SAFETY: as above; the instruction bytes are plain bytes.
-        let insn = unsafe { failure.__bindgen_anon_1.__bindgen_anon_1 };
-        let bytes = &insn.insn_bytes[..usize::from(insn.insn_size).min(insn.insn_bytes.len())];
-        describe_internal_error(failure.suberror, failure.ndata, failure.flags, bytes)
+/// The first vCPU to end the VM, or a stop signal.
+fn wait_for_end(ended: &mpsc::Receiver<(u32, End)>) -> (Option<u32>, End) {
+    loop {
+        match ended.recv_timeout(Duration::from_millis(50)) {
+            Ok((index, end)) => return (Some(index), end),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let signal = STOP_SIGNAL.load(Ordering::SeqCst);
+                if signal != 0 {
+                    return (None, End::Stopped { signal });
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return (
+                    None,
+                    End::Failed {
+                        detail: "every vCPU thread ended without saying why".into(),
+                    },
+                )
+            }
+        }
     }
+}
 
-    /// One readable paragraph: what happened, the instruction bytes KVM
-    /// reported (if any) and the registers.
-    fn failure(&self, what: &str) -> String {
-        let mut text = what.to_string();
-        if let Ok(r) = self.vcpu.get_regs() {
-            text.push_str(&format!(
-                "; rip={:#x} rsp={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rflags={:#x}",
-                r.rip, r.rsp, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rflags
-            ));
+/// Kicks every vCPU thread out of KVM_RUN until all have returned (a kick
+/// that lands just before a thread enters KVM_RUN is lost, hence the repeat).
+fn stop_vcpus(threads: Vec<JoinHandle<VcpuReport>>) -> Vec<VcpuReport> {
+    while threads.iter().any(|t| !t.is_finished()) {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            let _ = t.kill(kick_signal());
         }
-        if let Ok(s) = self.vcpu.get_sregs() {
-            text.push_str(&format!(
-                "; cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
-                s.cr0, s.cr3, s.cr4, s.efer, s.cs.selector
-            ));
-        }
-        text
+        std::thread::sleep(Duration::from_micros(200));
     }
+    threads.into_iter().filter_map(|t| t.join().ok()).collect()
+}
+
+/// Builds a device once its interrupt exists.
+type MakeDevice = Box<dyn FnOnce(Interrupt) -> std::io::Result<Box<dyn VirtioDevice>>>;
+
+/// The virtio devices `config` asks for, in their MMIO slots, with their
+/// interrupts and queue notifications wired into KVM.
+fn virtio_devices(
+    config: &MachineConfig,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+) -> Result<MmioBus, Error> {
+    let mut devices: Vec<(&'static str, MakeDevice)> = Vec::new();
+    if let Some(_vsock) = &config.vsock {
+        let _ = mem;
+        return Err(Error::Device {
+            what: "vsock device",
+            source: std::io::Error::other("not built yet"),
+        });
+    }
+    let mut bus = MmioBus::default();
+    for (index, (what, make)) in devices.drain(..).enumerate() {
+        let (base, irq) = MmioBus::slot_of(index);
+        let device_err = |source| Error::Device { what, source };
+        let irq_fd = EventFd::new(libc::EFD_NONBLOCK).map_err(device_err)?;
+        vm.register_irqfd(&irq_fd, irq)
+            .map_err(kvm_err("connect a virtio interrupt"))?;
+        let interrupt = Interrupt::new(irq_fd);
+        let status = interrupt.status();
+        let device = make(interrupt).map_err(device_err)?;
+        for (queue, event) in device.queue_events().iter().enumerate() {
+            vm.register_ioevent(
+                event,
+                &kvm_ioctls::IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                queue as u32,
+            )
+            .map_err(kvm_err("connect a virtio queue notification"))?;
+        }
+        bus.slots.push(MmioSlot {
+            base,
+            irq,
+            transport: Arc::new(Mutex::new(MmioTransport::new(device, status))),
+        });
+    }
+    Ok(bus)
+}
+
+/// virtio-mmio's QueueNotify register.
+const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+
+/// One vCPU's run loop; sends the reason when its exit ends the VM.
+fn run_vcpu(
+    mut vcpu: VcpuFd,
+    index: u32,
+    shared: &Shared,
+    ended: &mpsc::Sender<(u32, End)>,
+) -> VcpuReport {
+    let mut exits = ExitStats::default();
+    let mut first_run_ns = None;
+    let mut other_exits = 0u64;
+    let end = loop {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break None;
+        }
+        let now = now_ns();
+        first_run_ns.get_or_insert(now);
+        let exit = vcpu.run();
+        let at = now_ns();
+        // (kind, target) of an exit handled here; its latency is taken
+        // once it is handled, just before the next KVM_RUN.
+        let handled = match exit {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if lock(&shared.pio).write(port, data, at) == Request::Reset {
+                    break Some(End::Reset);
+                }
+                (Kind::IoOut, Target::Port(port))
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                lock(&shared.pio).read(port, data);
+                (Kind::IoIn, Target::Port(port))
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                shared.mmio.read(addr, data);
+                (Kind::MmioRead, Target::Mmio(addr))
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                shared.mmio.write(addr, data);
+                (Kind::MmioWrite, Target::Mmio(addr))
+            }
+            Ok(VcpuExit::Shutdown) => break Some(End::TripleFault),
+            Ok(VcpuExit::InternalError) => {
+                let what = internal_error(&mut vcpu);
+                break Some(End::Failed {
+                    detail: failure(&vcpu, index, &what),
+                });
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => break Some(End::Failed {
+                detail: failure(
+                    &vcpu,
+                    index,
+                    &format!(
+                        "KVM could not enter the guest (hardware reason {reason:#x}, CPU {cpu})"
+                    ),
+                ),
+            }),
+            Ok(other) => {
+                other_exits += 1;
+                if other_exits > 1_000_000 {
+                    let last = format!("{other:?}");
+                    break Some(End::Failed {
+                        detail: failure(&vcpu, index, &format!("unhandled exits, last {last}")),
+                    });
+                }
+                (Kind::Other, Target::None)
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) => {
+                break Some(End::Failed {
+                    detail: failure(&vcpu, index, &format!("KVM_RUN failed: {e}")),
+                })
+            }
+        };
+        exits.record(handled.0, handled.1, now_ns() - at);
+    };
+    if let Some(end) = end {
+        let _ = ended.send((index, end));
+    }
+    VcpuReport {
+        index,
+        first_run_ns,
+        exits: exits.sealed(),
+        kvm_stats: super::kvm_stats::read_vcpu(&vcpu).map_err(|e| e.to_string()),
+    }
+}
+
+/// KVM's account of an internal error, from the vCPU's kvm_run area.
+fn internal_error(vcpu: &mut VcpuFd) -> String {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, for which KVM fills
+    // the `emulation_failure` view of the union (a superset of `internal`'s
+    // header); both are plain integers, valid for any bit pattern.
+    let failure = unsafe { run.__bindgen_anon_1.emulation_failure };
+    // SAFETY: as above; the instruction bytes are plain bytes.
+    let insn = unsafe { failure.__bindgen_anon_1.__bindgen_anon_1 };
+    let bytes = &insn.insn_bytes[..usize::from(insn.insn_size).min(insn.insn_bytes.len())];
+    describe_internal_error(failure.suberror, failure.ndata, failure.flags, bytes)
+}
+
+/// One readable paragraph: what happened on which vCPU, the instruction
+/// bytes KVM reported (if any) and the registers.
+fn failure(vcpu: &VcpuFd, index: u32, what: &str) -> String {
+    let mut text = format!("vCPU {index}: {what}");
+    if let Ok(r) = vcpu.get_regs() {
+        text.push_str(&format!(
+            "; rip={:#x} rsp={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rflags={:#x}",
+            r.rip, r.rsp, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rflags
+        ));
+    }
+    if let Ok(s) = vcpu.get_sregs() {
+        text.push_str(&format!(
+            "; cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
+            s.cr0, s.cr3, s.cr4, s.efer, s.cs.selector
+        ));
+    }
+    text
 }
 
 /// "KVM internal error, suberror 1 (emulation failure); instruction bytes: 0f ae 2f".

@@ -23,6 +23,7 @@
 pub mod boot;
 pub mod cpu;
 pub mod devices;
+pub mod event_loop;
 pub mod exits;
 pub mod kvm_stats;
 pub mod layout;

@@ -20,17 +20,20 @@ pub const fn entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (limit & 0xffff)
 }
 
-/// Null, 64-bit code (L=1), data, and a busy 32-bit TSS.
-pub const TABLE: [u64; 4] = [
+/// Null, 64-bit code (L=1), data, a busy 32-bit TSS, and 32-bit code
+/// (D/B=1) for the PVH entry, which starts in 32-bit protected mode.
+pub const TABLE: [u64; 5] = [
     0,
     entry(0xa09b, 0, 0xfffff),
     entry(0xc093, 0, 0xfffff),
     entry(0x808b, 0, 0xfffff),
+    entry(0xc09b, 0, 0xfffff),
 ];
 
 pub const CODE_INDEX: u16 = 1;
 pub const DATA_INDEX: u16 = 2;
 pub const TSS_INDEX: u16 = 3;
+pub const CODE32_INDEX: u16 = 4;
 
 /// The segment register KVM should hold for descriptor `index` of [`TABLE`].
 pub fn segment(index: u16) -> kvm_segment {
@@ -91,6 +94,17 @@ mod tests {
         assert_eq!(TABLE[1], 0x00af_9b00_0000_ffff);
         assert_eq!(TABLE[2], 0x00cf_9300_0000_ffff);
         assert_eq!(TABLE[3], 0x008f_8b00_0000_ffff);
+        assert_eq!(TABLE[4], 0x00cf_9b00_0000_ffff);
+    }
+
+    #[test]
+    fn pvh_code_segment_is_32_bit() {
+        let cs = segment(CODE32_INDEX);
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.type_, cs.base),
+            (32, 0, 1, 0xb, 0)
+        );
+        assert_eq!(cs.limit, 0xffff_ffff);
     }
 
     #[test]

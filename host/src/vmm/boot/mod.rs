@@ -4,6 +4,7 @@ pub mod gdt;
 pub mod mptable;
 pub mod paging;
 pub mod params;
+pub mod pvh;
 
 /// Writing a boot structure into guest memory failed: the guest is too small.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,13 @@
-//! The port-I/O bus: which device answers which port, and what happens to a
-//! port no device claims (reads return all ones, as on real hardware; writes
-//! are dropped; both are counted, so a guest poking at absent hardware shows).
+//! The port-I/O and MMIO buses: which device answers which port or address,
+//! and what happens to one no device claims (reads return all ones, as on
+//! real hardware; writes are dropped; both are counted, so a guest poking at
+//! absent hardware shows).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use super::virtio::mmio::MmioTransport;
+use crate::vmm::layout;
 
 use super::i8042::I8042;
 use super::marker::BootMarker;
@@ -70,6 +75,85 @@ impl PioBus {
     }
 }
 
+/// One virtio-mmio device: its 4 KiB window and interrupt line.
+pub struct MmioSlot {
+    pub base: u64,
+    pub irq: u32,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// The virtio-mmio devices, shared by every vCPU thread and the event loop.
+#[derive(Default)]
+pub struct MmioBus {
+    pub slots: Vec<MmioSlot>,
+    unclaimed: Mutex<BTreeMap<u64, u64>>,
+}
+
+impl MmioBus {
+    /// Slot `index`'s base address and interrupt line.
+    pub fn slot_of(index: usize) -> (u64, u32) {
+        (
+            layout::VIRTIO_MMIO_BASE + index as u64 * layout::VIRTIO_MMIO_SLOT_BYTES,
+            layout::VIRTIO_FIRST_IRQ + index as u32,
+        )
+    }
+
+    fn find(&self, addr: u64) -> Option<(&MmioSlot, u64)> {
+        self.slots.iter().find_map(|slot| {
+            let offset = addr.checked_sub(slot.base)?;
+            (offset < layout::VIRTIO_MMIO_SLOT_BYTES).then_some((slot, offset))
+        })
+    }
+
+    pub fn read(&self, addr: u64, data: &mut [u8]) {
+        match self.find(addr) {
+            Some((slot, offset)) => lock(&slot.transport).read(offset, data),
+            None => {
+                *lock(&self.unclaimed).entry(addr).or_default() += 1;
+                data.fill(0xff);
+            }
+        }
+    }
+
+    pub fn write(&self, addr: u64, data: &[u8]) {
+        match self.find(addr) {
+            Some((slot, offset)) => {
+                lock(&slot.transport).write(offset, data);
+            }
+            None => *lock(&self.unclaimed).entry(addr).or_default() += 1,
+        }
+    }
+
+    /// How the kernel learns of the devices (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
+    pub fn cmdline(&self) -> String {
+        self.slots
+            .iter()
+            .map(|s| {
+                format!(
+                    "virtio_mmio.device={}K@{:#x}:{}",
+                    layout::VIRTIO_MMIO_SLOT_BYTES >> 10,
+                    s.base,
+                    s.irq
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Accesses to addresses no device claims, by address.
+    pub fn unclaimed(&self) -> BTreeMap<u64, u64> {
+        lock(&self.unclaimed).clone()
+    }
+}
+
+/// A poisoned lock means a thread panicked while holding it; the device state
+/// is still the best there is, and the VMM must not panic in turn.
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +172,61 @@ mod tests {
         assert_eq!(bus.marker.marks(), &[(0x60, 42)]);
         assert_eq!(bus.write(I8042_COMMAND, &[0xfe], 2), Request::Reset);
         assert!(bus.unclaimed.is_empty());
+    }
+
+    #[test]
+    fn mmio_addresses_reach_their_slot_and_the_rest_is_counted() {
+        use super::super::virtio::mmio::{MmioTransport, VirtioDevice, MAGIC_VALUE};
+        struct Nothing;
+        impl VirtioDevice for Nothing {
+            fn device_type(&self) -> u32 {
+                19
+            }
+            fn queue_max_sizes(&self) -> &[u16] {
+                &[16]
+            }
+            fn features(&self) -> u64 {
+                0
+            }
+            fn read_config(&self, _: u64, data: &mut [u8]) {
+                data.fill(0)
+            }
+            fn write_config(&mut self, _: u64, _: &[u8]) {}
+            fn activate(&mut self, _: Vec<virtio_queue::Queue>, _: u64) {}
+            fn queue_notify(&mut self, _: u16) {}
+            fn reset(&mut self) {}
+        }
+        let transport = |_| {
+            Arc::new(Mutex::new(MmioTransport::new(
+                Box::new(Nothing),
+                Arc::default(),
+            )))
+        };
+        let slots = (0..2)
+            .map(|i| {
+                let (base, irq) = MmioBus::slot_of(i);
+                MmioSlot {
+                    base,
+                    irq,
+                    transport: transport(i),
+                }
+            })
+            .collect();
+        let bus = MmioBus {
+            slots,
+            ..Default::default()
+        };
+        assert_eq!(
+            bus.cmdline(),
+            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
+        );
+        let mut data = [0u8; 4];
+        bus.read(0xd000_1000, &mut data);
+        assert_eq!(u32::from_le_bytes(data), MAGIC_VALUE);
+        bus.read(0xd000_2000, &mut data);
+        assert_eq!(data, [0xff; 4]);
+        bus.write(0xd000_2000, &[1]);
+        assert_eq!(bus.unclaimed().get(&0xd000_2000), Some(&2));
     }
 
     #[test]
