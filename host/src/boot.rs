@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::backend::kvm::KvmVmm;
 use crate::backend::qemu::Qemu;
-use crate::backend::{Accel, VmSpec};
+use crate::backend::{Accel, Launcher, VmSpec};
 use crate::environment;
 use crate::inputs::{self, KernelFormat};
 use crate::kvm_probe::{self, KvmVerdict};
@@ -25,9 +26,23 @@ pub enum AccelChoice {
     Tcg,
 }
 
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// `kvm` where KVM runs guests natively, else `qemu`.
+    Auto,
+    Kvm,
+    Qemu,
+}
+
 #[derive(Debug, Clone)]
 pub struct BootConfig {
+    /// VMs per backend.
     pub vms: u32,
+    /// One or more backends; with several, each boots `vms` VMs, interleaved.
+    pub backends: Vec<BackendChoice>,
+    /// kvm backend: force the kernel entry (`pvh`, `linux64`).
+    pub entry: Option<String>,
     pub kernel: Option<PathBuf>,
     pub initramfs: Option<PathBuf>,
     pub agent: Option<PathBuf>,
@@ -57,6 +72,12 @@ pub enum Error {
     BadVcpus(u32),
     #[error("--accel kvm: KVM cannot run guests here: {0}")]
     NoKvm(String),
+    #[error("--backend kvm: KVM cannot run guests here: {0}")]
+    NoKvmBackend(String),
+    #[error("--backend names the same backend twice")]
+    DuplicateBackend,
+    #[error("Cannot find vmbench's own executable to run `vmbench vmm`: {0}")]
+    SelfExe(std::io::Error),
     #[error("--out {0} already holds a results.json; choose another directory")]
     OutExists(PathBuf),
     #[error("Cannot write {path}: {source}")]
@@ -98,6 +119,39 @@ fn progress(enabled: bool, line: &str) {
     }
 }
 
+/// The backends `choices` name, resolved against what KVM can do here.
+pub fn choose_backends(choices: &[BackendChoice], verdict: &KvmVerdict) -> Result<Vec<Launcher>> {
+    let mut resolved = Vec::new();
+    for &choice in choices {
+        let choice = match choice {
+            BackendChoice::Auto if verdict.is_native() => BackendChoice::Kvm,
+            BackendChoice::Auto => BackendChoice::Qemu,
+            other => other,
+        };
+        if resolved.contains(&choice) {
+            return Err(Error::DuplicateBackend);
+        }
+        resolved.push(choice);
+    }
+    resolved
+        .into_iter()
+        .map(|choice| match choice {
+            BackendChoice::Kvm => {
+                if let KvmVerdict::Absent { reason } = verdict {
+                    return Err(Error::NoKvmBackend(reason.clone()));
+                }
+                Ok(Launcher::Kvm(KvmVmm {
+                    vmbench: std::env::current_exe().map_err(Error::SelfExe)?,
+                }))
+            }
+            _ => Ok(Launcher::Qemu(Qemu {
+                qemu: locate::qemu()?,
+                vhost_device_vsock: locate::vhost_device_vsock()?,
+            })),
+        })
+        .collect()
+}
+
 /// Decides the accelerator and says why.
 pub fn choose_accel(choice: AccelChoice, verdict: &KvmVerdict) -> Result<Accel> {
     match (choice, verdict) {
@@ -121,10 +175,6 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     if !(1..=64).contains(&config.vcpus) {
         return Err(Error::BadVcpus(config.vcpus));
     }
-    let backend = Qemu {
-        qemu: locate::qemu()?,
-        vhost_device_vsock: locate::vhost_device_vsock()?,
-    };
     let cache = locate::cache_dir()?;
 
     let kernel_path = match &config.kernel {
@@ -154,7 +204,32 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     let initramfs = inputs::check_initramfs(&initramfs_path)?;
 
     let calibration = kvm_probe::calibrate();
+    let launchers = choose_backends(&config.backends, &calibration.verdict)?;
     let accel = choose_accel(config.accel, &calibration.verdict)?;
+    let kvm_accel = Accel::Kvm {
+        native: calibration.verdict.is_native(),
+    };
+    let accel_of = |l: &Launcher| match l {
+        Launcher::Kvm(_) => kvm_accel,
+        Launcher::Qemu(_) => accel,
+    };
+    let names: Vec<&str> = launchers.iter().map(|l| l.name()).collect();
+    let accels: Vec<&str> = launchers.iter().map(|l| accel_of(l).label()).collect();
+    let vmm_versions: Vec<String> = launchers
+        .iter()
+        .map(|l| match l {
+            Launcher::Kvm(_) => format!("vmbench vmm {}", environment::vmbench_version()),
+            Launcher::Qemu(q) => environment::program_version(&q.qemu),
+        })
+        .collect();
+    let vhost_version = launchers
+        .iter()
+        .find_map(|l| match l {
+            Launcher::Qemu(q) => Some(environment::program_version(&q.vhost_device_vsock)),
+            Launcher::Kvm(_) => None,
+        })
+        .unwrap_or_else(|| "not used".into());
+    let total_vms = config.vms * launchers.len() as u32;
     let kvm_detail = match &calibration.verdict {
         KvmVerdict::Absent { reason } => reason.clone(),
         KvmVerdict::Emulated { ns_per_iteration } | KvmVerdict::Native { ns_per_iteration } => {
@@ -192,8 +267,8 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
         started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         finished: false,
         environment: Environment {
-            backend: "qemu".into(),
-            accel: accel.label().into(),
+            backend: names.join(","),
+            accel: accels.join(","),
             kvm: calibration.verdict.label().into(),
             kvm_detail,
             host_cpu: cpu.model_name.clone(),
@@ -209,17 +284,18 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
             initramfs: initramfs.path.display().to_string(),
             initramfs_sha256: initramfs.sha256.clone(),
             vmbench_version: environment::vmbench_version(),
-            vmm_version: environment::program_version(&backend.qemu),
-            vhost_device_vsock_version: environment::program_version(&backend.vhost_device_vsock),
+            vmm_version: vmm_versions.join("; "),
+            vhost_device_vsock_version: vhost_version,
             kernel_cmdline: cmdline_of(0),
             mem_mib: config.mem_mib,
             vcpus: config.vcpus,
             timeout_s: config.timeout.as_secs_f64(),
         },
-        vms: (0..config.vms)
+        vms: (0..total_vms)
             .map(|id| VmRecord::new(id, &vm_dir(&out, id)))
             .collect(),
         aggregate: None,
+        aggregate_by_backend: None,
     };
     let write = |results: &RunResults| {
         results::write_atomic(&results_path, results).map_err(|source| Error::Write {
@@ -231,10 +307,11 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     progress(
         config.progress,
         &format!(
-            "vmbench: booting {} VM{} (qemu backend, {}, {} MiB, {} vCPU) into {}",
-            config.vms,
-            if config.vms == 1 { "" } else { "s" },
-            accel.label(),
+            "vmbench: booting {} VM{} ({} backend, {}, {} MiB, {} vCPU) into {}",
+            total_vms,
+            if total_vms == 1 { "" } else { "s" },
+            names.join(" and "),
+            accels.join(" and "),
             config.mem_mib,
             config.vcpus,
             out.display()
@@ -245,7 +322,10 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     let wall_start = std::time::Instant::now();
     let (tx, rx) = mpsc::channel::<(VmRecord, Option<Milestone>)>();
     std::thread::scope(|scope| {
-        for id in 0..config.vms {
+        // With several backends, VM ids alternate between them, and so does
+        // the order they start in: neither backend always goes first.
+        for id in 0..total_vms {
+            let backend = &launchers[(id as usize) % launchers.len()];
             let spec = VmSpec {
                 id,
                 dir: vm_dir(&out, id),
@@ -254,12 +334,12 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
                 cmdline: cmdline_of(id),
                 mem_mib: config.mem_mib,
                 vcpus: config.vcpus,
-                accel,
+                accel: accel_of(backend),
                 port: config.port,
                 timeout: config.timeout,
+                entry: config.entry.clone(),
             };
             let tx = tx.clone();
-            let backend = &backend;
             scope.spawn(move || {
                 let mut on_progress =
                     |record: &VmRecord, milestone| drop(tx.send((record.clone(), Some(milestone))));
@@ -279,10 +359,11 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
                     progress(
                         config.progress,
                         &format!(
-                            "  vm-{id} ready after {:.1} ms (guest kernel {:.1} ms) [{ready}/{} ready]",
+                            "  vm-{id} ({}) ready after {:.1} ms (guest kernel {:.1} ms) [{ready}/{} ready]",
+                            record.backend,
                             record.phases_ms.total.unwrap_or(f64::NAN),
                             record.phases_ms.guest_kernel.unwrap_or(f64::NAN),
-                            config.vms
+                            total_vms
                         ),
                     );
                 }
@@ -296,9 +377,10 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
                     progress(
                         config.progress,
                         &format!(
-                            "  vm-{id} {}{detail} [{done}/{} done]",
+                            "  vm-{id} ({}) {}{detail} [{done}/{} done]",
+                            record.backend,
                             record.status.as_str(),
-                            config.vms
+                            total_vms
                         ),
                     );
                 }
@@ -317,6 +399,22 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
         total: self_cpu_ms(),
     };
     results.aggregate = Some(aggregate(&results.vms, cpu, wall_ms));
+    if launchers.len() > 1 {
+        results.aggregate_by_backend = Some(
+            launchers
+                .iter()
+                .map(|l| {
+                    let vms: Vec<VmRecord> = results
+                        .vms
+                        .iter()
+                        .filter(|v| v.backend == l.name())
+                        .cloned()
+                        .collect();
+                    (l.name().to_string(), aggregate(&vms, cpu, wall_ms))
+                })
+                .collect(),
+        );
+    }
     results.finished = true;
     write(&results)?;
     Ok(Outcome {
@@ -367,6 +465,8 @@ pub fn aggregate(vms: &[VmRecord], cpu: CpuMs, wall_ms: f64) -> Aggregate {
         vmbench_cpu_ms_per_vm: cpu.while_vms_ran / vms.len().max(1) as f64,
         vmbench_cpu_ms_total: cpu.total,
         total_ms: summary(|v| v.phases_ms.total),
+        vmm_ms: summary(|v| v.phases_ms.vmm),
+        kernel_ms: summary(|v| v.phases_ms.kernel),
         guest_kernel_ms: summary(|v| v.phases_ms.guest_kernel),
         userspace_ms: summary(|v| v.phases_ms.userspace_any()),
         shutdown_ms: summary(|v| v.phases_ms.shutdown),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use vmbench::boot::{self, AccelChoice, BootConfig};
+use vmbench::boot::{self, AccelChoice, BackendChoice, BootConfig};
 use vmbench::{doctor, report};
 
 #[derive(Parser)]
@@ -65,8 +65,20 @@ enum EntryArg {
     Linux64,
 }
 
+impl EntryArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            EntryArg::Auto => "auto",
+            EntryArg::Pvh => "pvh",
+            EntryArg::Linux64 => "linux64",
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
+    Auto,
+    Kvm,
     Qemu,
 }
 
@@ -79,7 +91,7 @@ enum Accel {
 
 #[derive(clap::Args)]
 struct BootArgs {
-    /// Number of VMs to boot in parallel.
+    /// Number of VMs to boot in parallel (per backend).
     #[arg(long, default_value_t = 1)]
     vms: u32,
     /// Guest kernel (ELF vmlinux with PVH note, or bzImage). Default: the cached build of kernel-config/.
@@ -97,10 +109,18 @@ struct BootArgs {
     /// vCPUs per guest.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
-    /// What runs the guests.
-    #[arg(long, value_enum, default_value = "qemu")]
-    backend: Backend,
-    /// Accelerator: auto uses KVM only where it runs guest code natively, else TCG.
+    /// What runs the guests: kvm (vmbench's own VMM), qemu, auto (kvm where
+    /// `vmbench doctor` finds KVM native, else qemu), or several, comma-separated
+    /// (kvm,qemu: the same guests under each, interleaved, compared side by side).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    backend: Vec<Backend>,
+    /// kvm backend: the kernel entry (default: PVH when the kernel has the note).
+    #[arg(long, value_enum)]
+    entry: Option<EntryArg>,
+    /// Print each VM's exits (kvm backend), sorted by time spent, as `perf kvm stat report` does.
+    #[arg(long)]
+    exits: bool,
+    /// Accelerator of the qemu backend: auto uses KVM only where it runs guest code natively, else TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
     /// Seconds a VM may take from start to exit before it is killed and recorded as a timeout.
@@ -143,7 +163,6 @@ enum RootfsCommand {
 }
 
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
-    let Backend::Qemu = args.backend;
     if !(args.timeout_s.is_finite() && args.timeout_s > 0.0) {
         anyhow::bail!(
             "--timeout-s must be a positive number of seconds, not {}",
@@ -152,6 +171,16 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     }
     let config = BootConfig {
         vms: args.vms,
+        backends: args
+            .backend
+            .iter()
+            .map(|b| match b {
+                Backend::Auto => BackendChoice::Auto,
+                Backend::Kvm => BackendChoice::Kvm,
+                Backend::Qemu => BackendChoice::Qemu,
+            })
+            .collect(),
+        entry: args.entry.map(|e| e.as_str().to_string()),
         kernel: args.kernel,
         initramfs: args.initramfs,
         agent: args.agent,
@@ -173,6 +202,9 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&outcome.results)?);
     } else {
         print!("{}", report::table::boot_report(&outcome.results));
+        if args.exits {
+            print!("{}", report::table::exits_report(&outcome.results));
+        }
         println!("results: {}", outcome.results_path.display());
     }
     Ok(if outcome.all_ok() {

@@ -25,6 +25,9 @@ pub struct RunResults {
     pub vms: Vec<VmRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<Aggregate>,
+    /// With several backends (`--backend kvm,qemu`): the aggregate of each.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub aggregate_by_backend: Option<std::collections::BTreeMap<String, Aggregate>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +92,12 @@ pub struct GuestInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmRecord {
     pub id: u32,
+    /// `kvm` or `qemu`.
+    #[serde(default)]
+    pub backend: String,
+    /// `tcg`, `kvm-native` or `kvm-emulated`.
+    #[serde(default)]
+    pub accel: String,
     pub status: VmStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -108,6 +117,11 @@ pub struct VmRecord {
     pub boot_markers: Vec<BootMarker>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmm_exit: Option<String>,
+    /// The kvm backend's account of the VM: how it ended, every userspace
+    /// exit per vCPU (kind, port or MMIO address, latency histogram), KVM's
+    /// own statistics per vCPU, device counters.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exits: Option<crate::vmm::machine::Report>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +134,8 @@ impl VmRecord {
     pub fn new(id: u32, dir: &Path) -> Self {
         VmRecord {
             id,
+            backend: String::new(),
+            accel: String::new(),
             status: VmStatus::Running,
             error: None,
             warnings: Vec::new(),
@@ -130,6 +146,7 @@ impl VmRecord {
             guest_ns: None,
             boot_markers: Vec::new(),
             vmm_exit: None,
+            exits: None,
         }
     }
 }
@@ -150,6 +167,12 @@ pub struct Aggregate {
     /// hashing the inputs, the KVM calibration), children excluded.
     pub vmbench_cpu_ms_total: f64,
     pub total_ms: Option<Summary>,
+    /// kvm backend: spawn → first KVM_RUN.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vmm_ms: Option<Summary>,
+    /// kvm backend: first KVM_RUN → init_start, host clock.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kernel_ms: Option<Summary>,
     pub guest_kernel_ms: Option<Summary>,
     pub userspace_ms: Option<Summary>,
     pub shutdown_ms: Option<Summary>,

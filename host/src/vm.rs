@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vmbench_proto::{encode_frame, GuestMessage, HostMessage, MARKER_USERSPACE_START};
 
-use crate::backend::qemu::{self, Qemu};
-use crate::backend::{VmSpec, UNIX_PATH_MAX_BYTES};
+use crate::backend::{kvm, Launcher, VmSpec, UNIX_PATH_MAX_BYTES};
 use crate::collector::Session;
 use crate::results::{BootMarker, GuestInfo, VmRecord, VmStatus};
 use crate::timeline::Phases;
@@ -41,10 +40,19 @@ pub enum Milestone {
 /// Runs one VM to its end and returns its record; never panics on guest input.
 pub fn run(
     spec: &VmSpec,
-    backend: &Qemu,
+    backend: &Launcher,
     on_progress: &mut dyn FnMut(&VmRecord, Milestone),
 ) -> VmRecord {
     let mut record = VmRecord::new(spec.id, &spec.dir);
+    record.backend = backend.name().to_string();
+    record.accel = match backend {
+        Launcher::Kvm(_) => crate::backend::Accel::Kvm {
+            native: matches!(spec.accel, crate::backend::Accel::Kvm { native: true }),
+        }
+        .label()
+        .to_string(),
+        Launcher::Qemu(_) => spec.accel.label().to_string(),
+    };
     if let Err(error) = run_inner(spec, backend, &mut record, on_progress) {
         record.status = VmStatus::Failed;
         record.error = Some(error);
@@ -54,7 +62,7 @@ pub fn run(
 
 fn run_inner(
     spec: &VmSpec,
-    backend: &Qemu,
+    backend: &Launcher,
     record: &mut VmRecord,
     on_progress: &mut dyn FnMut(&VmRecord, Milestone),
 ) -> Result<(), String> {
@@ -62,14 +70,14 @@ fn run_inner(
         .map_err(|e| format!("Cannot create {}: {e}", spec.dir.display()))?;
     let vsock_listener = listen(&spec.vsock_uds())?;
     let marker_listener = listen(&spec.marker_socket())?;
-    let mut vhost = backend.start_vsock(spec).map_err(|e| error_chain(&e))?;
+    let mut helper = backend.start_helper(spec).map_err(|e| error_chain(&e))?;
 
     let spawn_instant = Instant::now();
     record.host_ns.spawn = Some(now_ns());
     let started = backend.start_vmm(spec).map_err(|e| error_chain(&e));
     let result = match started {
         Ok(mut vmm) => {
-            let mut watch = Watch::new(spec, record, on_progress);
+            let mut watch = Watch::new(spec, backend, record, on_progress);
             watch.run(
                 &mut vmm,
                 &vsock_listener,
@@ -80,15 +88,14 @@ fn run_inner(
         }
         Err(e) => Err(e),
     };
-    let _ = vhost.kill();
-    let _ = vhost.wait();
-    for socket in [
-        spec.vsock_uds(),
-        spec.marker_socket(),
-        qemu::vhost_user_socket(spec),
-        // vhost-device-vsock's own listener for host-initiated connections.
-        spec.dir.join(crate::backend::VSOCK_UDS_BASE),
-    ] {
+    if let Some(helper) = helper.as_mut() {
+        let _ = helper.kill();
+        let _ = helper.wait();
+    }
+    for socket in [spec.vsock_uds(), spec.marker_socket()]
+        .into_iter()
+        .chain(backend.sockets(spec))
+    {
         let _ = std::fs::remove_file(socket);
     }
     result
@@ -151,13 +158,13 @@ pub fn serial_tail(spec: &VmSpec) -> String {
     }
 }
 
-/// "; QEMU said: …" when QEMU printed anything, else nothing.
-fn qemu_said(spec: &VmSpec) -> String {
-    let said = qemu::qemu_message(spec);
+/// "; QEMU said: …" when the VMM printed anything, else nothing.
+fn vmm_said(backend: &Launcher, spec: &VmSpec) -> String {
+    let said = backend.vmm_message(spec);
     if said.is_empty() {
         String::new()
     } else {
-        format!("; QEMU said: {said}")
+        format!("; {} said: {said}", backend.vmm_name())
     }
 }
 
@@ -170,6 +177,7 @@ struct Connection {
 /// The state of one VM's watch.
 struct Watch<'a> {
     spec: &'a VmSpec,
+    backend: &'a Launcher,
     record: &'a mut VmRecord,
     on_progress: &'a mut dyn FnMut(&VmRecord, Milestone),
     connections: Vec<Connection>,
@@ -184,11 +192,13 @@ struct Watch<'a> {
 impl<'a> Watch<'a> {
     fn new(
         spec: &'a VmSpec,
+        backend: &'a Launcher,
         record: &'a mut VmRecord,
         on_progress: &'a mut dyn FnMut(&VmRecord, Milestone),
     ) -> Self {
         Watch {
             spec,
+            backend,
             record,
             on_progress,
             connections: Vec::new(),
@@ -257,10 +267,16 @@ impl<'a> Watch<'a> {
         }
         self.read_markers(now_ns());
         if self.exit.is_none() {
-            let _ = vmm.kill();
-            self.record.vmm_exit = vmm.wait().ok().map(|s| format!("killed by vmbench ({s})"));
+            self.record.vmm_exit = self
+                .backend
+                .stop(vmm)
+                .ok()
+                .map(|s| format!("stopped by vmbench ({s})"));
         } else {
             self.record.vmm_exit = self.exit.map(|s| s.to_string());
+        }
+        if let Launcher::Kvm(_) = self.backend {
+            self.read_vmm_report();
         }
         self.conclude();
     }
@@ -430,6 +446,21 @@ impl<'a> Watch<'a> {
         }
     }
 
+    /// The kvm backend's account: the first KVM_RUN (the `vmm` phase ends
+    /// there) and every exit.
+    fn read_vmm_report(&mut self) {
+        match kvm::read_report(&self.spec.dir) {
+            Ok(report) => {
+                self.record.host_ns.vmm_ready = report.first_run_ns;
+                self.record.exits = Some(report);
+            }
+            Err(e) => self
+                .record
+                .warnings
+                .push(format!("No account of the VM's exits: {e}")),
+        }
+    }
+
     fn update_phases(&mut self) {
         self.record.phases_ms = Phases::derive(
             &self.record.host_ns,
@@ -461,25 +492,27 @@ impl<'a> Watch<'a> {
             } else {
                 format!(
                     "No report from the guest within {timeout_s} s{}; serial log ends: {}",
-                    qemu_said(self.spec),
+                    vmm_said(self.backend, self.spec),
                     serial_tail(self.spec)
                 )
             };
             (VmStatus::Timeout, Some(what))
         } else if !ready {
             let status = self.record.vmm_exit.clone().unwrap_or_default();
-            let said = qemu_said(self.spec);
+            let said = vmm_said(self.backend, self.spec);
             (
                 VmStatus::Failed,
                 Some(format!(
-                    "QEMU exited ({status}) before the guest reported ready{said}; serial log ends: {}",
+                    "{} exited ({status}) before the guest reported ready{said}; serial log ends: {}",
+                    self.backend.vmm_name(),
                     serial_tail(self.spec)
                 )),
             )
         } else {
             if let Some(status) = self.exit.filter(|s| !s.success()) {
                 self.record.warnings.push(format!(
-                    "QEMU exited with {status} after the guest was ready"
+                    "{} exited with {status} after the guest was ready",
+                    self.backend.vmm_name()
                 ));
             }
             (VmStatus::Ok, None)
@@ -523,7 +556,16 @@ mod tests {
             accel: Accel::Tcg,
             port: 1234,
             timeout,
+            entry: None,
         }
+    }
+
+    /// The watch loop only asks a launcher for names, messages and how to stop.
+    fn fake_launcher() -> Launcher {
+        Launcher::Qemu(crate::backend::qemu::Qemu {
+            qemu: PathBuf::from("/unused"),
+            vhost_device_vsock: PathBuf::from("/unused"),
+        })
     }
 
     /// Runs the real watch loop with `vmm` standing in for QEMU and `guest`
@@ -549,7 +591,8 @@ mod tests {
         record.host_ns.spawn = Some(now_ns());
         let mut on_progress = |_: &VmRecord, _| {};
         let deadline = Instant::now() + timeout;
-        Watch::new(&spec, &mut record, &mut on_progress).run(&mut child, &vsock, &marker, deadline);
+        Watch::new(&spec, &fake_launcher(), &mut record, &mut on_progress)
+            .run(&mut child, &vsock, &marker, deadline);
         (record, guest.join().unwrap())
     }
 
@@ -628,7 +671,7 @@ mod tests {
                 .vmm_exit
                 .as_deref()
                 .unwrap()
-                .starts_with("killed by vmbench"),
+                .starts_with("stopped by vmbench"),
             "{record:?}"
         );
         assert!(
@@ -672,7 +715,7 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("Run /init as init process"), "{error}");
-        assert!(record.vmm_exit.unwrap().starts_with("killed by vmbench"));
+        assert!(record.vmm_exit.unwrap().starts_with("stopped by vmbench"));
     }
 
     #[test]
@@ -706,7 +749,8 @@ mod tests {
         let mut record = VmRecord::new(0, dir.path());
         let mut on_progress = |_: &VmRecord, _| {};
         let deadline = Instant::now() + spec.timeout;
-        Watch::new(&spec, &mut record, &mut on_progress).run(&mut child, &vsock, &marker, deadline);
+        Watch::new(&spec, &fake_launcher(), &mut record, &mut on_progress)
+            .run(&mut child, &vsock, &marker, deadline);
         writer.join().unwrap();
         let codes: Vec<u8> = record.boot_markers.iter().map(|m| m.code).collect();
         assert_eq!(codes, [MARKER_USERSPACE_START, 0x61]);

@@ -1,9 +1,15 @@
-//! What runs a guest. Today: `qemu` (QEMU microvm with vhost-device-vsock);
-//! the `kvm` backend (vmbench's own VMM) comes next and plugs in here.
+//! What runs a guest: `kvm` (vmbench's own VMM, [`kvm`]) or `qemu` (QEMU
+//! microvm with vhost-device-vsock, [`qemu`]). Both put the guest's vsock
+//! connections on `<vm-dir>/vsock.sock_<port>` and its boot-marker bytes on
+//! `<vm-dir>/marker.sock`, so one collector serves both.
 
+pub mod kvm;
 pub mod qemu;
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// The accelerator a VM runs on.
@@ -41,6 +47,78 @@ pub struct VmSpec {
     /// The vsock port the guest connects to.
     pub port: u32,
     pub timeout: Duration,
+    /// `kvm` backend: the kernel entry to force (`pvh`, `linux64`); none = the VMM's choice.
+    pub entry: Option<String>,
+}
+
+/// Which backend runs a VM.
+#[derive(Debug, Clone)]
+pub enum Launcher {
+    Kvm(kvm::KvmVmm),
+    Qemu(qemu::Qemu),
+}
+
+impl Launcher {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Launcher::Kvm(_) => "kvm",
+            Launcher::Qemu(_) => "qemu",
+        }
+    }
+
+    /// The VMM's name in messages.
+    pub fn vmm_name(&self) -> &'static str {
+        match self {
+            Launcher::Kvm(_) => "vmbench vmm",
+            Launcher::Qemu(_) => "QEMU",
+        }
+    }
+
+    /// Processes the VMM needs first (QEMU's vhost-device-vsock).
+    pub fn start_helper(&self, spec: &VmSpec) -> qemu::Result<Option<Child>> {
+        match self {
+            Launcher::Kvm(_) => Ok(None),
+            Launcher::Qemu(q) => q.start_vsock(spec).map(Some),
+        }
+    }
+
+    pub fn start_vmm(&self, spec: &VmSpec) -> qemu::Result<Child> {
+        match self {
+            Launcher::Kvm(k) => k.start_vmm(spec),
+            Launcher::Qemu(q) => q.start_vmm(spec),
+        }
+    }
+
+    /// Ends a VMM that is still running (timeout, protocol error).
+    pub fn stop(&self, vmm: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Launcher::Kvm(_) => kvm::stop(vmm),
+            Launcher::Qemu(_) => {
+                vmm.kill()?;
+                vmm.wait()
+            }
+        }
+    }
+
+    /// What the VMM printed, for a failed VM's error.
+    pub fn vmm_message(&self, spec: &VmSpec) -> String {
+        match self {
+            Launcher::Kvm(_) => kvm::vmm_message(spec),
+            Launcher::Qemu(_) => qemu::qemu_message(spec),
+        }
+    }
+
+    /// Sockets to remove from the VM directory at the end.
+    pub fn sockets(&self, spec: &VmSpec) -> Vec<PathBuf> {
+        match self {
+            Launcher::Kvm(_) => kvm::sockets(spec),
+            Launcher::Qemu(_) => vec![
+                qemu::vhost_user_socket(spec),
+                // vhost-device-vsock's own listener for host-initiated connections.
+                spec.dir.join(VSOCK_UDS_BASE),
+            ],
+        }
+    }
 }
 
 impl VmSpec {
@@ -64,3 +142,46 @@ pub const VSOCK_UDS_BASE: &str = "vsock.sock";
 
 /// sun_path holds 108 bytes including the terminating NUL.
 pub const UNIX_PATH_MAX_BYTES: usize = 107;
+
+/// Children die with the thread that started them: no QEMU outlives vmbench.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // prctl(PR_SET_PDEATHSIG), which is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Starts `program` with stdout and stderr in `log`; it dies with its parent.
+pub(crate) fn spawn_logged(program: &Path, args: Vec<String>, log: &Path) -> qemu::Result<Child> {
+    let io_err = |source| qemu::Error::Io {
+        path: log.to_path_buf(),
+        source,
+    };
+    let out = File::create(log).map_err(io_err)?;
+    let err = out.try_clone().map_err(io_err)?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    die_with_parent(&mut command);
+    command.spawn().map_err(|source| qemu::Error::Spawn {
+        program: program.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn tail(path: &Path, max_bytes: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(max_bytes);
+    String::from_utf8_lossy(&text[start..])
+        .trim()
+        .replace('\n', " | ")
+}

@@ -9,13 +9,11 @@
 //! - The boot-marker port (0x80) is an `isa-debugcon` whose bytes go to a Unix
 //!   socket vmbench listens on, so QEMU guests get a host-clock `init_start` too.
 
-use std::fs::File;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::{Accel, VmSpec};
+use super::{spawn_logged, tail, Accel, VmSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -118,49 +116,6 @@ pub fn vhost_args(spec: &VmSpec) -> Vec<String> {
     ]
 }
 
-/// Children die with the thread that started them: no QEMU outlives vmbench.
-fn die_with_parent(command: &mut Command) {
-    // SAFETY: the closure runs in the child between fork and exec and only calls
-    // prctl(PR_SET_PDEATHSIG), which is async-signal-safe and touches no memory.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Starts `program` with stdout and stderr in `log`; it dies with its parent.
-fn spawn_logged(program: &Path, args: Vec<String>, log: &Path) -> Result<Child> {
-    let io_err = |source| Error::Io {
-        path: log.to_path_buf(),
-        source,
-    };
-    let out = File::create(log).map_err(io_err)?;
-    let err = out.try_clone().map_err(io_err)?;
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    die_with_parent(&mut command);
-    command.spawn().map_err(|source| Error::Spawn {
-        program: program.to_path_buf(),
-        source,
-    })
-}
-
-fn tail(path: &Path, max_bytes: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let start = text.len().saturating_sub(max_bytes);
-    String::from_utf8_lossy(&text[start..])
-        .trim()
-        .replace('\n', " | ")
-}
-
 impl Qemu {
     /// Starts the VM's vhost-device-vsock and waits until its vhost-user socket
     /// exists (QEMU cannot start before it does).
@@ -221,6 +176,7 @@ mod tests {
             accel: Accel::Tcg,
             port: 1234,
             timeout: Duration::from_secs(5),
+            entry: None,
         }
     }
 

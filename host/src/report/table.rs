@@ -2,8 +2,12 @@
 
 use std::fmt::Write;
 
+use std::collections::BTreeMap;
+
 use crate::report::stats::Summary;
-use crate::results::{RunResults, VmRecord};
+use crate::results::{Aggregate, RunResults, VmRecord};
+use crate::vmm::exits::{Kind, Latency};
+use crate::vmm::machine::{End, Report};
 
 fn ms(value: Option<f64>) -> String {
     value
@@ -62,11 +66,20 @@ fn vm_table(vms: &[VmRecord]) -> String {
         .filter(|(i, (_, get))| *i == 0 || vms.iter().any(|v| get(v).is_some()))
         .map(|(_, c)| c)
         .collect();
-    let mut header = vec!["vm".to_string(), "status".to_string()];
+    let several = vms.iter().any(|v| v.backend != vms[0].backend);
+    let mut header = vec!["vm".to_string()];
+    if several {
+        header.push("backend".into());
+    }
+    header.push("status".into());
     header.extend(shown.iter().map(|(name, _)| name.to_string()));
     let mut rows = vec![header];
     for vm in vms {
-        let mut row = vec![format!("vm-{}", vm.id), vm.status.as_str().to_string()];
+        let mut row = vec![format!("vm-{}", vm.id)];
+        if several {
+            row.push(vm.backend.clone());
+        }
+        row.push(vm.status.as_str().to_string());
         row.extend(shown.iter().map(|(_, get)| ms(get(vm))));
         rows.push(row);
     }
@@ -129,11 +142,22 @@ pub fn boot_report(results: &RunResults) -> String {
             .map(String::from)
             .to_vec(),
             summary_row("total", agg.total_ms.as_ref()),
+        ];
+        let mut rows = rows;
+        if agg.vmm_ms.is_some() {
+            rows.push(summary_row("vmm", agg.vmm_ms.as_ref()));
+            rows.push(summary_row("kernel (host)", agg.kernel_ms.as_ref()));
+        }
+        rows.extend([
             summary_row("guest kernel", agg.guest_kernel_ms.as_ref()),
             summary_row("userspace", agg.userspace_ms.as_ref()),
             summary_row("shutdown", agg.shutdown_ms.as_ref()),
-        ];
+        ]);
         out.push_str(&render(&rows));
+        if let Some(by_backend) = &results.aggregate_by_backend {
+            out.push('\n');
+            out.push_str(&side_by_side(by_backend));
+        }
         let env = &results.environment;
         let _ = writeln!(
             out,
@@ -151,6 +175,188 @@ pub fn boot_report(results: &RunResults) -> String {
         );
     }
     out
+}
+
+/// "median [min–max] (n)" of a phase, or "-".
+fn compact(summary: Option<&Summary>) -> String {
+    summary.map_or_else(
+        || "-".to_string(),
+        |s| format!("{:.1} [{:.1}–{:.1}] (n={})", s.median, s.min, s.max, s.n),
+    )
+}
+
+/// Each backend's phases in its own column (`--backend kvm,qemu`).
+fn side_by_side(by_backend: &BTreeMap<String, Aggregate>) -> String {
+    type Pick = fn(&Aggregate) -> Option<&Summary>;
+    let phases: [(&str, Pick); 7] = [
+        ("total", |a| a.total_ms.as_ref()),
+        ("vmm", |a| a.vmm_ms.as_ref()),
+        ("kernel (host)", |a| a.kernel_ms.as_ref()),
+        ("guest kernel", |a| a.guest_kernel_ms.as_ref()),
+        ("userspace", |a| a.userspace_ms.as_ref()),
+        ("shutdown", |a| a.shutdown_ms.as_ref()),
+        ("all ready", |_| None),
+    ];
+    let mut header = vec!["phase, median [min–max] ms".to_string()];
+    header.extend(by_backend.keys().cloned());
+    let mut rows = vec![header];
+    for (name, pick) in &phases[..6] {
+        let mut row = vec![name.to_string()];
+        row.extend(by_backend.values().map(|a| compact(pick(a))));
+        rows.push(row);
+    }
+    let mut ok = vec!["ok VMs".to_string()];
+    ok.extend(by_backend.values().map(|a| format!("{}/{}", a.ok, a.vms)));
+    rows.push(ok);
+    render(&rows)
+}
+
+/// One row of the exits table: what, how many, how long.
+struct ExitRow {
+    event: String,
+    latency: Latency,
+}
+
+fn merge(into: &mut Latency, from: &Latency) {
+    into.count += from.count;
+    into.total_ns += from.total_ns;
+    into.min_ns = if into.count == from.count {
+        from.min_ns
+    } else {
+        into.min_ns.min(from.min_ns)
+    };
+    into.max_ns = into.max_ns.max(from.max_ns);
+}
+
+/// The userspace exits of one VM, all vCPUs together, by port and MMIO
+/// address, sorted by time spent.
+fn exit_rows(report: &Report) -> Vec<ExitRow> {
+    let mut by_event: BTreeMap<String, Latency> = BTreeMap::new();
+    for vcpu in &report.vcpus {
+        for (port, l) in &vcpu.exits.by_port {
+            merge(by_event.entry(format!("io port {port:#x}")).or_default(), l);
+        }
+        for (addr, l) in &vcpu.exits.by_mmio_addr {
+            merge(by_event.entry(format!("mmio {addr:#x}")).or_default(), l);
+        }
+        if let Some(l) = vcpu.exits.by_kind.get(&Kind::Other) {
+            merge(by_event.entry("other".into()).or_default(), l);
+        }
+    }
+    let mut rows: Vec<ExitRow> = by_event
+        .into_iter()
+        .map(|(event, latency)| ExitRow { event, latency })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.latency
+            .total_ns
+            .cmp(&a.latency.total_ns)
+            .then(a.event.cmp(&b.event))
+    });
+    rows
+}
+
+/// KVM's own counters of the VM, all vCPUs together.
+fn kvm_counters(report: &Report) -> Option<BTreeMap<String, u64>> {
+    let mut sum: BTreeMap<String, u64> = BTreeMap::new();
+    for vcpu in &report.vcpus {
+        for (name, value) in vcpu.kvm_stats.as_ref().ok()? {
+            *sum.entry(name.clone()).or_default() += value;
+        }
+    }
+    Some(sum)
+}
+
+/// `--exits`: per VM, the userspace exits sorted by time spent (as `perf kvm
+/// stat report` prints them) and KVM's own exit counters.
+pub fn exits_report(results: &RunResults) -> String {
+    let mut out = String::new();
+    for vm in &results.vms {
+        let Some(report) = &vm.exits else {
+            continue;
+        };
+        let rows = exit_rows(report);
+        let samples: u64 = rows.iter().map(|r| r.latency.count).sum();
+        let time: u64 = rows.iter().map(|r| r.latency.total_ns).sum();
+        let pct = |part: u64, all: u64| {
+            if all == 0 {
+                0.0
+            } else {
+                100.0 * part as f64 / all as f64
+            }
+        };
+        let _ = writeln!(
+            out,
+            "\nvm-{} ({}, {} vCPU, {} entry, ended: {}): exits handled in userspace",
+            vm.id,
+            vm.backend,
+            report.vcpus.len(),
+            report.entry,
+            end_label(&report.end)
+        );
+        let mut table = vec![[
+            "event", "samples", "samples%", "time%", "min µs", "max µs", "avg µs",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for r in &rows {
+            let l = &r.latency;
+            table.push(vec![
+                r.event.clone(),
+                l.count.to_string(),
+                format!("{:.2}%", pct(l.count, samples)),
+                format!("{:.2}%", pct(l.total_ns, time)),
+                format!("{:.2}", l.min_ns as f64 / 1e3),
+                format!("{:.2}", l.max_ns as f64 / 1e3),
+                format!("{:.2}", l.mean_ns() / 1e3),
+            ]);
+        }
+        out.push_str(&render(&table));
+        let _ = writeln!(
+            out,
+            "total: {samples} samples, {:.3} ms in userspace",
+            time as f64 / 1e6
+        );
+        match kvm_counters(report) {
+            Some(kvm) => {
+                let names = [
+                    "exits",
+                    "io_exits",
+                    "mmio_exits",
+                    "halt_exits",
+                    "irq_exits",
+                    "signal_exits",
+                    "request_irq_exits",
+                    "insn_emulation",
+                ];
+                let shown: Vec<String> = names
+                    .iter()
+                    .filter_map(|n| kvm.get(*n).map(|v| format!("{n}={v}")))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "KVM's counters (all exits, in-kernel too): {}",
+                    shown.join(" ")
+                );
+            }
+            None => {
+                let _ = writeln!(out, "KVM's counters: not available on this host");
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("\n(no exit accounts: only the kvm backend records them)\n");
+    }
+    out
+}
+
+fn end_label(end: &End) -> String {
+    match end {
+        End::Reset => "reset".into(),
+        End::TripleFault => "triple fault".into(),
+        End::Failed { .. } => "failed".into(),
+        End::Stopped { signal } => format!("stopped by signal {signal}"),
+    }
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Buckets of the log2 histogram: bucket i holds latencies in [2^i, 2^(i+1)) ns
 /// (bucket 0 also holds 0 ns); 2^40 ns is over 18 minutes.
 pub const HISTOGRAM_BUCKETS: usize = 40;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     pub count: u64,
     pub total_ns: u64,
@@ -19,8 +19,12 @@ pub struct Latency {
     pub max_ns: u64,
     /// Non-empty buckets only: (log2 of the bucket's lower bound, count).
     pub log2_histogram: Vec<(u32, u64)>,
-    #[serde(skip)]
+    #[serde(skip, default = "empty_buckets")]
     buckets: [u64; HISTOGRAM_BUCKETS],
+}
+
+fn empty_buckets() -> [u64; HISTOGRAM_BUCKETS] {
+    [0; HISTOGRAM_BUCKETS]
 }
 
 impl Default for Latency {
@@ -70,7 +74,7 @@ impl Latency {
 }
 
 /// A userspace exit's kind, as `perf kvm stat` names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     IoIn,
@@ -80,7 +84,7 @@ pub enum Kind {
     Other,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExitStats {
     pub by_kind: BTreeMap<Kind, Latency>,
     pub by_port: BTreeMap<u16, Latency>,

@@ -29,7 +29,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -125,7 +125,7 @@ fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
 }
 
 /// How the VM ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum End {
     /// The guest reset the machine through the i8042 controller.
@@ -139,13 +139,13 @@ pub enum End {
 }
 
 /// What the VMM saw, written to `<dir>/vmm.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub end: End,
     /// The vCPU whose exit ended the VM (none when stopped from outside).
     pub ended_by_vcpu: Option<u32>,
     /// `pvh` or `linux64`.
-    pub entry: &'static str,
+    pub entry: String,
     /// CLOCK_MONOTONIC ns of the boot vCPU's first KVM_RUN (`vmm_ready`) and of the end.
     pub first_run_ns: Option<u64>,
     pub end_ns: u64,
@@ -161,7 +161,7 @@ pub struct Report {
 }
 
 /// One vCPU's account.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VcpuReport {
     pub index: u32,
     pub first_run_ns: Option<u64>,
@@ -445,7 +445,7 @@ impl Machine {
         let report = Report {
             end,
             ended_by_vcpu,
-            entry,
+            entry: entry.to_string(),
             first_run_ns: vcpus.first().and_then(|v| v.first_run_ns),
             end_ns: now_ns(),
             vcpus,
@@ -593,15 +593,17 @@ fn run_vcpu(
                     detail: failure(&vcpu, index, &what),
                 });
             }
-            Ok(VcpuExit::FailEntry(reason, cpu)) => break Some(End::Failed {
-                detail: failure(
-                    &vcpu,
-                    index,
-                    &format!(
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                break Some(End::Failed {
+                    detail: failure(
+                        &vcpu,
+                        index,
+                        &format!(
                         "KVM could not enter the guest (hardware reason {reason:#x}, CPU {cpu})"
                     ),
-                ),
-            }),
+                    ),
+                })
+            }
             Ok(other) => {
                 other_exits += 1;
                 if other_exits > 1_000_000 {

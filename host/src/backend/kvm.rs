@@ -1,0 +1,102 @@
+//! The `kvm` backend: vmbench's own VMM, one `vmbench vmm` process per VM
+//! (this same executable), so a VM that crashes its VMM takes nothing else
+//! with it and each VM's resident memory is its own.
+//!
+//! The VMM writes its account to `<vm-dir>/vmm.json` when the VM ends
+//! (also when vmbench stops it with SIGTERM on a timeout): the first
+//! `KVM_RUN`, how the VM ended, every userspace exit and KVM's statistics.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use super::{spawn_logged, tail, VmSpec, VSOCK_UDS_BASE};
+use crate::vmm::machine::Report;
+
+/// The guest's vsock CID (each VM has its own device, so all can use 3).
+pub const GUEST_CID: u32 = 3;
+
+/// How long a VMM told to stop (SIGTERM) may take to write its report.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct KvmVmm {
+    /// The vmbench executable that runs `vmbench vmm`.
+    pub vmbench: PathBuf,
+}
+
+/// `vmbench vmm`'s arguments for one VM.
+pub fn vmm_args(spec: &VmSpec) -> Vec<String> {
+    let mut args = vec![
+        "vmm".to_string(),
+        "--kernel".into(),
+        spec.kernel.display().to_string(),
+        "--initramfs".into(),
+        spec.initramfs.display().to_string(),
+        "--cmdline".into(),
+        spec.cmdline.clone(),
+        "--mem-mib".into(),
+        spec.mem_mib.to_string(),
+        "--vcpus".into(),
+        spec.vcpus.to_string(),
+        "--dir".into(),
+        spec.dir.display().to_string(),
+        "--vsock-cid".into(),
+        GUEST_CID.to_string(),
+    ];
+    if let Some(entry) = &spec.entry {
+        args.extend(["--entry".into(), entry.clone()]);
+    }
+    args
+}
+
+pub fn vmm_log(spec: &VmSpec) -> PathBuf {
+    spec.dir.join("vmm.log")
+}
+
+pub fn report_path(dir: &Path) -> PathBuf {
+    dir.join("vmm.json")
+}
+
+impl KvmVmm {
+    /// Starts `vmbench vmm`; its output goes to `vmm.log` in the VM directory.
+    pub fn start_vmm(&self, spec: &VmSpec) -> super::qemu::Result<Child> {
+        // A report left from an earlier run in this directory must not be read as this one's.
+        let _ = std::fs::remove_file(report_path(&spec.dir));
+        spawn_logged(&self.vmbench, vmm_args(spec), &vmm_log(spec))
+    }
+}
+
+/// Asks the VMM to stop (SIGTERM: it ends the VM and writes its report),
+/// then kills it if it has not exited within [`STOP_GRACE`].
+pub fn stop(vmm: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    unsafe { libc::kill(vmm.id() as libc::pid_t, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < STOP_GRACE {
+        if let Some(status) = vmm.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    vmm.kill()?;
+    vmm.wait()
+}
+
+/// The VMM's account of the VM, if it wrote one.
+pub fn read_report(dir: &Path) -> Result<Report, String> {
+    let path = report_path(dir);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("Cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is malformed: {e}", path.display()))
+}
+
+/// What the VMM printed (its error, for a VM that failed).
+pub fn vmm_message(spec: &VmSpec) -> String {
+    tail(&vmm_log(spec), 1600)
+}
+
+/// Sockets this backend leaves in the VM directory.
+pub fn sockets(spec: &VmSpec) -> Vec<PathBuf> {
+    vec![spec.dir.join(VSOCK_UDS_BASE)]
+}
