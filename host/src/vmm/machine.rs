@@ -30,7 +30,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -158,6 +158,56 @@ pub struct Report {
     pub unclaimed_mmio: BTreeMap<u64, u64>,
     /// Driver accesses the virtio-mmio transports ignored, all slots together.
     pub virtio_bad_accesses: u64,
+    pub memory: MemoryUse,
+}
+
+/// The VMM's memory at the end: its peak resident set, how much of that is
+/// guest memory the guest touched, and the rest, the VMM's own overhead.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct MemoryUse {
+    pub max_rss_kib: u64,
+    pub guest_resident_kib: u64,
+    pub vmm_overhead_kib: u64,
+}
+
+/// Resident pages of guest memory (mincore(2) over every region).
+fn guest_resident_kib(mem: &GuestMemoryMmap) -> u64 {
+    let page = 4096usize;
+    let mut resident_pages = 0u64;
+    for region in mem.iter() {
+        let Ok(host) = mem.get_host_address(region.start_addr()) else {
+            continue;
+        };
+        let len = region.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: [host, host + len) is the region's own page-aligned mapping,
+        // alive while `mem` is; `vec` has one byte per page of it.
+        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if rc == 0 {
+            resident_pages += vec.iter().filter(|b| *b & 1 == 1).count() as u64;
+        }
+    }
+    resident_pages * (page as u64 / 1024)
+}
+
+fn memory_use(mem: &GuestMemoryMmap) -> MemoryUse {
+    // VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak
+    // across fork and exec into ru_maxrss, so it would count vmbench's.
+    let max_rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let guest_resident_kib = guest_resident_kib(mem);
+    MemoryUse {
+        max_rss_kib,
+        guest_resident_kib,
+        vmm_overhead_kib: max_rss_kib.saturating_sub(guest_resident_kib),
+    }
 }
 
 /// One vCPU's account.
@@ -454,6 +504,7 @@ impl Machine {
             unclaimed_ports: pio.unclaimed.clone(),
             unclaimed_mmio: shared.mmio.unclaimed(),
             virtio_bad_accesses,
+            memory: memory_use(&mem),
         };
         drop(pio);
         write_report(&dir, &report);
