@@ -541,6 +541,32 @@ mod tests {
     }
 
     #[test]
+    fn backends_resolve_against_the_kvm_verdict() {
+        let native = KvmVerdict::Native {
+            ns_per_iteration: 1.0,
+        };
+        let absent = KvmVerdict::Absent {
+            reason: "no /dev/kvm".into(),
+        };
+        let names = |choices: &[BackendChoice], v: &KvmVerdict| {
+            choose_backends(choices, v).map(|ls| ls.iter().map(|l| l.name()).collect::<Vec<_>>())
+        };
+        assert_eq!(names(&[BackendChoice::Auto], &native).unwrap(), ["kvm"]);
+        assert!(matches!(
+            names(&[BackendChoice::Kvm], &absent),
+            Err(Error::NoKvmBackend(reason)) if reason == "no /dev/kvm"
+        ));
+        assert!(matches!(
+            names(&[BackendChoice::Kvm, BackendChoice::Auto], &native),
+            Err(Error::DuplicateBackend)
+        ));
+        assert_eq!(
+            Error::NoKvmBackend("no /dev/kvm".into()).to_string(),
+            "--backend kvm: KVM cannot run guests here: no /dev/kvm"
+        );
+    }
+
+    #[test]
     fn accel_auto_uses_kvm_only_when_native() {
         let native = KvmVerdict::Native {
             ns_per_iteration: 1.0,

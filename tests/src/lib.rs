@@ -147,3 +147,16 @@ pub fn have_kvm(test: &str) -> bool {
         }
     }
 }
+
+/// `vmbench doctor`'s KVM line ("kvm  <level>  native: …", "… emulated: …"
+/// or "… absent (…)") and whether it says native.
+pub fn kvm_verdict() -> (bool, String) {
+    let doctor = Command::new(vmbench_bin()).arg("doctor").output().unwrap();
+    let line = String::from_utf8_lossy(&doctor.stdout)
+        .lines()
+        .find(|l| l.starts_with("kvm "))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "vmbench doctor printed no kvm line".into());
+    let native = line.split_whitespace().nth(2) == Some("native:");
+    (native, line)
+}

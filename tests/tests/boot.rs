@@ -40,6 +40,8 @@ fn two_vms_boot_ok_with_plausible_timelines() {
     let out_dir = test.out_dir();
     let out = vmbench(&[
         "boot",
+        "--backend",
+        "qemu",
         "--vms",
         "2",
         "--timeout-s",
@@ -134,6 +136,8 @@ fn guest_that_never_reports_is_a_timeout() {
     // longer than the host waits.
     let out = vmbench(&[
         "boot",
+        "--backend",
+        "qemu",
         "--vms",
         "1",
         "--timeout-s",
@@ -175,6 +179,8 @@ fn corrupt_initramfs_is_a_clear_error() {
     .unwrap();
     let out = vmbench(&[
         "boot",
+        "--backend",
+        "qemu",
         "--initramfs",
         bad.to_str().unwrap(),
         "--out",
@@ -200,6 +206,8 @@ fn missing_kernel_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let out = vmbench(&[
         "boot",
+        "--backend",
+        "qemu",
         "--kernel",
         "/nonexistent/vmlinux",
         "--out",

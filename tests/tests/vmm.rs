@@ -231,17 +231,7 @@ fn linux_boots_through_our_entry_path() {
             kernel.display()
         );
     }
-    let doctor = Command::new(vmbench_bin()).arg("doctor").output().unwrap();
-    // doctor's kvm line: "kvm  <level>  native: …" or "… emulated: …" or "… absent (…)".
-    let native = String::from_utf8_lossy(&doctor.stdout)
-        .lines()
-        .find(|l| l.starts_with("kvm "))
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(2)
-                .map(|verdict| verdict == "native:")
-        })
-        .unwrap_or(false);
+    let (native, _) = vmbench_e2e::kvm_verdict();
     // The kernel has a PVH note: the default entry is PVH; the 64-bit Linux
     // entry must work as well.
     for entry in ["pvh", "linux64"] {
