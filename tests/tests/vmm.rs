@@ -23,6 +23,24 @@ const DEVICES_GUEST: &[u8] = &[
     0xf4, // hlt (not reached)
 ];
 
+/// Reads the first virtio-mmio slot's MagicValue (a 4-byte MMIO read at
+/// 0xd0000000, reached through the VMM's boot page tables), prints its four
+/// bytes on COM1, writes ACKNOWLEDGE to the Status register (0x70) and resets.
+const VIRTIO_MMIO_GUEST: &[u8] = &[
+    0xb8, 0x00, 0x00, 0x00, 0xd0, // mov eax, 0xd0000000
+    0x8b, 0x00, // mov eax, [rax]
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xee, // out dx, al
+    0xc1, 0xe8, 0x08, 0xee, // shr eax, 8; out dx, al
+    0xc1, 0xe8, 0x08, 0xee, // shr eax, 8; out dx, al
+    0xc1, 0xe8, 0x08, 0xee, // shr eax, 8; out dx, al
+    0xb0, b'\n', 0xee, // mov al, '\n'; out dx, al
+    0xbb, 0x70, 0x00, 0x00, 0xd0, // mov ebx, 0xd0000070
+    0xc7, 0x03, 0x01, 0x00, 0x00, 0x00, // mov dword [rbx], 1
+    0xb0, 0xfe, 0xe6, 0x64, // mov al, 0xfe; out 0x64, al
+    0xf4, // hlt (not reached)
+];
+
 /// `vmbench vmm --kernel KERNEL --mem-mib MIB --dir DIR EXTRA…`.
 fn run_vmm(kernel: &Path, mem_mib: u32, dir: &Path, extra: &[&str]) -> Output {
     Command::new(vmbench_bin())
@@ -104,6 +122,34 @@ fn guest_reaches_serial_marker_mmio_and_resets() {
             report["vcpus"][0]["kvm_stats"]
         ),
     }
+}
+
+#[test]
+fn guest_reads_and_writes_a_virtio_mmio_register() {
+    if !have_kvm("guest_reads_and_writes_a_virtio_mmio_register") {
+        return;
+    }
+    let (out, dir) = run_guest_with(VIRTIO_MMIO_GUEST, &["--vsock-cid", "3"]);
+    assert!(out.status.success(), "{}", dump(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("serial.log")).unwrap(),
+        "virt\n",
+        "the vsock device's MagicValue"
+    );
+    let report = vmm_json(dir.path());
+    assert_eq!(report["end"]["kind"], "reset", "{report}");
+    let exits = &report["vcpus"][0]["exits"];
+    // 0xd0000000 and 0xd0000070 in decimal.
+    assert_eq!(exits["by_mmio_addr"]["3489660928"]["count"], 1, "{report}");
+    assert_eq!(exits["by_mmio_addr"]["3489661040"]["count"], 1, "{report}");
+    assert_eq!(exits["by_kind"]["mmio_read"]["count"], 1, "{report}");
+    assert_eq!(exits["by_kind"]["mmio_write"]["count"], 1, "{report}");
+    assert_eq!(report["virtio_bad_accesses"], 0, "{report}");
+    let vsock = &report["devices"]["0xd0000000:19"];
+    assert_eq!(vsock["guest_cid"], 3, "{report}");
+    assert!(report["unclaimed_mmio"].as_object().unwrap().is_empty());
+    // The device's host socket existed while the VM ran.
+    assert!(dir.path().join("vsock.sock").exists());
 }
 
 #[test]

@@ -13,7 +13,8 @@ pub const PVH_INFO_ADDR: u64 = 0x6000;
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// The boot stack grows down from here.
 pub const BOOT_STACK_ADDR: u64 = 0x8ff0;
-/// Page tables: PML4, then one PDPT, then one PD of 2 MiB pages.
+/// Page tables: PML4, then one PDPT, then four PDs of 2 MiB pages
+/// (0xb000-0xefff), mapping the first 4 GiB.
 pub const PML4_ADDR: u64 = 0x9000;
 pub const PDPT_ADDR: u64 = 0xa000;
 pub const PD_ADDR: u64 = 0xb000;

@@ -39,6 +39,7 @@ use super::devices::bus::{lock, MmioBus, MmioSlot, PioBus, Request};
 use super::devices::marker::BootMarker;
 use super::devices::serial::SerialPort;
 use super::devices::virtio::mmio::{MmioTransport, VirtioDevice};
+use super::devices::virtio::vsock::VsockDevice;
 use super::devices::virtio::Interrupt;
 use super::event_loop::EventLoop;
 use super::exits::{ExitStats, Kind, Target};
@@ -561,12 +562,15 @@ fn virtio_devices(
     mem: &GuestMemoryMmap,
 ) -> Result<MmioBus, Error> {
     let mut devices: Vec<(&'static str, MakeDevice)> = Vec::new();
-    if let Some(_vsock) = &config.vsock {
-        let _ = mem;
-        return Err(Error::Device {
-            what: "vsock device",
-            source: std::io::Error::other("not built yet"),
-        });
+    if let Some(vsock) = &config.vsock {
+        let (vsock, mem) = (vsock.clone(), mem.clone());
+        devices.push((
+            "vsock device",
+            Box::new(move |interrupt| {
+                let device = VsockDevice::new(vsock.guest_cid, &vsock.uds_base, mem, interrupt)?;
+                Ok(Box::new(device) as Box<dyn VirtioDevice>)
+            }),
+        ));
     }
     let mut bus = MmioBus::default();
     for (index, (what, make)) in devices.drain(..).enumerate() {

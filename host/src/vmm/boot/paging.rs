@@ -1,30 +1,45 @@
-//! Identity page tables for the 64-bit entry: the first 1 GiB mapped with
-//! 2 MiB pages, enough for the kernel to run until it builds its own.
+//! Identity page tables for the 64-bit entry: the first 4 GiB mapped with
+//! 2 MiB pages. Linux needs only its first GiB until it builds its own
+//! tables; the rest lets a guest that never does (vmbench's test guests)
+//! reach the virtio-mmio window below 4 GiB. That top GiB is the MMIO gap,
+//! so it is mapped uncached, as device memory must be.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::WriteError;
 
 const PRESENT_WRITABLE: u64 = 0x3;
+/// Write-through and cache-disable.
+const UNCACHED: u64 = 0x18;
 const PAGE_SIZE_2M: u64 = 0x80;
 
-/// Bytes identity-mapped: 512 entries of 2 MiB.
-pub const MAPPED_BYTES: u64 = 512 << 21;
+/// Page directories, one per GiB; they lie one after another from `pd`.
+pub const PAGE_DIRECTORIES: u64 = 4;
+/// Bytes identity-mapped: 512 entries of 2 MiB per page directory.
+pub const MAPPED_BYTES: u64 = PAGE_DIRECTORIES * (512 << 21);
+/// Where the uncached device region starts (the MMIO gap).
+const UNCACHED_FROM: u64 = crate::vmm::layout::MMIO_GAP_START;
 
-/// Writes PML4 → PDPT → PD at the given addresses; returns the CR3 value.
+/// Writes PML4 → PDPT → page directories (at `pd`, `pd + 4 KiB`, …);
+/// returns the CR3 value.
 pub fn write<M: GuestMemory>(mem: &M, pml4: u64, pdpt: u64, pd: u64) -> Result<u64, WriteError> {
     let put = |what, addr: u64, value: u64| {
         mem.write_obj(value, GuestAddress(addr))
             .map_err(|source| WriteError { what, addr, source })
     };
     put("PML4", pml4, pdpt | PRESENT_WRITABLE)?;
-    put("PDPT", pdpt, pd | PRESENT_WRITABLE)?;
-    for i in 0..512u64 {
-        put(
-            "page directory",
-            pd + i * 8,
-            (i << 21) | PRESENT_WRITABLE | PAGE_SIZE_2M,
-        )?;
+    for gib in 0..PAGE_DIRECTORIES {
+        let table = pd + gib * 0x1000;
+        put("PDPT", pdpt + gib * 8, table | PRESENT_WRITABLE)?;
+        for i in 0..512u64 {
+            let page = (gib << 30) | (i << 21);
+            let cache = if page >= UNCACHED_FROM { UNCACHED } else { 0 };
+            put(
+                "page directory",
+                table + i * 8,
+                page | PRESENT_WRITABLE | PAGE_SIZE_2M | cache,
+            )?;
+        }
     }
     Ok(pml4)
 }
@@ -51,22 +66,46 @@ mod tests {
     }
 
     #[test]
-    fn first_gibibyte_is_identity_mapped() {
+    fn first_four_gibibytes_are_identity_mapped() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let cr3 = write(&mem, 0x9000, 0xa000, 0xb000).unwrap();
         assert_eq!(cr3, 0x9000);
-        for va in [0, 0x1234, 0x10_0000, 0x20_0001, MAPPED_BYTES - 1] {
+        for va in [
+            0,
+            0x1234,
+            0x10_0000,
+            0x20_0001,
+            0x4000_0000,
+            0xd000_0050,
+            MAPPED_BYTES - 1,
+        ] {
             assert_eq!(translate(&mem, cr3, va), Some(va), "{va:#x}");
         }
         assert_eq!(translate(&mem, cr3, MAPPED_BYTES), None);
     }
 
     #[test]
+    fn only_the_mmio_gap_is_uncached() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        write(&mem, 0x9000, 0xa000, 0xb000).unwrap();
+        let pde = |va: u64| {
+            read(
+                &mem,
+                0xb000 + (va >> 30) * 0x1000 + ((va >> 21) & 0x1ff) * 8,
+            )
+        };
+        assert_eq!(pde(0x10_0000) & UNCACHED, 0);
+        assert_eq!(pde(UNCACHED_FROM - 1) & UNCACHED, 0);
+        assert_eq!(pde(UNCACHED_FROM) & UNCACHED, UNCACHED);
+        assert_eq!(pde(0xd000_0000) & UNCACHED, UNCACHED);
+    }
+
+    #[test]
     fn too_small_memory_is_an_error() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0xb800)]).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0xd800)]).unwrap();
         let err = write(&mem, 0x9000, 0xa000, 0xb000).unwrap_err();
         assert!(
-            err.to_string().contains("page directory at 0xb800"),
+            err.to_string().contains("page directory at 0xd800"),
             "{err}"
         );
     }

@@ -11,6 +11,7 @@
 //! and calls [`mmio::VirtioDevice::process_events`] when it is readable.
 
 pub mod mmio;
+pub mod vsock;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
