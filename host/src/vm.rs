@@ -447,11 +447,27 @@ impl<'a> Watch<'a> {
     }
 
     /// The kvm backend's account: the first KVM_RUN (the `vmm` phase ends
-    /// there) and every exit.
+    /// there) and every exit. Its boot marks replace the ones forwarded
+    /// through the marker socket: the VMM took them at the exit itself, the
+    /// collector only when the byte arrived.
     fn read_vmm_report(&mut self) {
         match kvm::read_report(&self.spec.dir) {
             Ok(report) => {
                 self.record.host_ns.vmm_ready = report.first_run_ns;
+                if !report.boot_markers.is_empty() {
+                    self.record.boot_markers = report
+                        .boot_markers
+                        .iter()
+                        .map(|&(code, host_ns)| BootMarker { code, host_ns })
+                        .collect();
+                    if let Some(&(_, at)) = report
+                        .boot_markers
+                        .iter()
+                        .find(|(code, _)| *code == MARKER_USERSPACE_START)
+                    {
+                        self.record.host_ns.init_start = Some(at);
+                    }
+                }
                 self.record.exits = Some(report);
             }
             Err(e) => self
@@ -575,6 +591,15 @@ mod tests {
         timeout: Duration,
         guest: impl FnOnce(PathBuf) -> T + Send + 'static,
     ) -> (VmRecord, T) {
+        watch_with(&fake_launcher(), vmm, timeout, guest)
+    }
+
+    fn watch_with<T: Send + 'static>(
+        launcher: &Launcher,
+        vmm: &mut Command,
+        timeout: Duration,
+        guest: impl FnOnce(PathBuf) -> T + Send + 'static,
+    ) -> (VmRecord, T) {
         let dir = tempfile::tempdir().unwrap();
         let spec = spec(dir.path(), timeout);
         std::fs::write(
@@ -591,7 +616,7 @@ mod tests {
         record.host_ns.spawn = Some(now_ns());
         let mut on_progress = |_: &VmRecord, _| {};
         let deadline = Instant::now() + timeout;
-        Watch::new(&spec, &fake_launcher(), &mut record, &mut on_progress)
+        Watch::new(&spec, launcher, &mut record, &mut on_progress)
             .run(&mut child, &vsock, &marker, deadline);
         (record, guest.join().unwrap())
     }
@@ -648,6 +673,71 @@ mod tests {
         assert_eq!(record.phases_ms.guest_kernel, Some(500.0));
         assert_eq!(record.phases_ms.guest_userspace, Some(10.0));
         assert!(record.phases_ms.shutdown.unwrap() > 0.0);
+    }
+
+    #[test]
+    fn kvm_backend_takes_the_vmms_own_marks() {
+        use crate::vmm::machine::{End, MemoryUse, Report};
+        let launcher = Launcher::Kvm(kvm::KvmVmm {
+            vmbench: PathBuf::from("/unused"),
+        });
+        let (record, (first_run, marked)) = watch_with(
+            &launcher,
+            Command::new("sleep").arg("1"),
+            Duration::from_secs(10),
+            |uds| {
+                let dir = uds.parent().unwrap().to_path_buf();
+                let first_run = now_ns();
+                let marked = first_run + 1_000_000;
+                let report = Report {
+                    end: End::Reset,
+                    ended_by_vcpu: Some(0),
+                    entry: "pvh".into(),
+                    first_run_ns: Some(first_run),
+                    end_ns: marked + 2_000_000,
+                    vcpus: vec![],
+                    devices: Default::default(),
+                    boot_markers: vec![(MARKER_USERSPACE_START, marked), (0x61, marked + 10)],
+                    unclaimed_ports: Default::default(),
+                    unclaimed_mmio: Default::default(),
+                    virtio_bad_accesses: 0,
+                    memory: MemoryUse::default(),
+                };
+                std::fs::write(kvm::report_path(&dir), serde_json::to_vec(&report).unwrap())
+                    .unwrap();
+                // The same marker, forwarded later through the socket.
+                std::thread::sleep(Duration::from_millis(50));
+                let mut m = UnixStream::connect(dir.join("marker.sock")).unwrap();
+                m.write_all(&[MARKER_USERSPACE_START]).unwrap();
+                let mut s = UnixStream::connect(uds).unwrap();
+                s.write_all(&frame(&hello())).unwrap();
+                let marks = GuestMarks {
+                    init_ns: 500_000_000,
+                    ready_ns: 510_000_000,
+                    ..GuestMarks::default()
+                };
+                s.write_all(&frame(&GuestMessage::Ready(marks))).unwrap();
+                (first_run, marked)
+            },
+        );
+        assert_eq!(record.status, VmStatus::Ok, "{record:?}");
+        assert_eq!(record.host_ns.vmm_ready, Some(first_run));
+        assert_eq!(
+            record.host_ns.init_start,
+            Some(marked),
+            "the VMM's exit time"
+        );
+        assert_eq!(record.phases_ms.kernel, Some(1.0));
+        let codes: Vec<(u8, u64)> = record
+            .boot_markers
+            .iter()
+            .map(|m| (m.code, m.host_ns))
+            .collect();
+        assert_eq!(
+            codes,
+            [(MARKER_USERSPACE_START, marked), (0x61, marked + 10)]
+        );
+        assert!(record.exits.is_some());
     }
 
     #[test]
