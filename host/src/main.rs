@@ -290,13 +290,20 @@ fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
         count(Kind::MmioRead),
         config.dir.join("vmm.json").display()
     );
+    let said = report
+        .guest_said
+        .as_ref()
+        .map(|s| format!(" after the kernel said \"{s}\""))
+        .unwrap_or_default();
     Ok(match report.end {
         End::Reset => {
-            println!("vmm: the guest reset the machine; {summary}");
+            println!("vmm: the guest reset the machine{said}; {summary}");
             ExitCode::SUCCESS
         }
         End::TripleFault => {
-            println!("vmm: the guest triple-faulted (its reboot with reboot=t); {summary}");
+            println!(
+                "vmm: the guest triple-faulted (how it reboots with reboot=t){said}; {summary}"
+            );
             ExitCode::SUCCESS
         }
         End::Failed { detail } => {

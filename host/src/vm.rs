@@ -692,6 +692,7 @@ mod tests {
                 let report = Report {
                     end: End::Reset,
                     ended_by_vcpu: Some(0),
+                    guest_said: None,
                     entry: "pvh".into(),
                     first_run_ns: Some(first_run),
                     end_ns: marked + 2_000_000,

@@ -308,6 +308,9 @@ fn linux_through_entry(kernel: &Path, entry: &str, native: bool) {
             "{}",
             dump(&out)
         );
+        // No initramfs, no root: Linux panics, and the VMM says so.
+        let said = vmm_json(dir.path())["guest_said"].to_string();
+        assert!(said.contains("Kernel panic"), "{said}");
     } else {
         assert_eq!(out.status.code(), Some(1), "{}", dump(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);

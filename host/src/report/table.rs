@@ -293,6 +293,11 @@ pub fn exits_report(results: &RunResults) -> String {
             report.vcpus.len(),
             report.entry,
             end_label(&report.end)
+                + &report
+                    .guest_said
+                    .as_ref()
+                    .map(|s| format!(", after \"{s}\""))
+                    .unwrap_or_default()
         );
         let mut table = vec![[
             "event", "samples", "samples%", "time%", "min µs", "max µs", "avg µs",

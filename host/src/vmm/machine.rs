@@ -145,6 +145,10 @@ pub struct Report {
     pub end: End,
     /// The vCPU whose exit ended the VM (none when stopped from outside).
     pub ended_by_vcpu: Option<u32>,
+    /// What the kernel said last about ending, from its console: a reboot, a
+    /// power off and a panic all end in the same triple fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_said: Option<String>,
     /// `pvh` or `linux64`.
     pub entry: String,
     /// CLOCK_MONOTONIC ns of the boot vCPU's first KVM_RUN (`vmm_ready`) and of the end.
@@ -496,6 +500,7 @@ impl Machine {
         let report = Report {
             end,
             ended_by_vcpu,
+            guest_said: pio.serial.last_word(),
             entry: entry.to_string(),
             first_run_ns: vcpus.first().and_then(|v| v.first_run_ns),
             end_ns: now_ns(),

@@ -1,7 +1,10 @@
 //! COM1: vm-superio's 16550A state machine, its output going to the VM's
 //! serial.log and its interrupt to an eventfd (an irqfd for IRQ 4 once the
-//! VM has an irqchip).
+//! VM has an irqchip). The last few console lines are also kept, so the VMM
+//! can say what the kernel said last when the VM ended (a reboot, a power
+//! off and a panic all end in the same triple fault).
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -20,18 +23,88 @@ impl Trigger for EventFdTrigger {
     }
 }
 
+/// Lines kept, and the bytes kept of each.
+const TAIL_LINES: usize = 8;
+const TAIL_LINE_BYTES: usize = 256;
+
+/// The console's last complete lines, and the one being written.
+#[derive(Default)]
+struct TailState {
+    lines: VecDeque<String>,
+    current: Vec<u8>,
+}
+
+/// Passes the output on and keeps its tail.
+struct Tee {
+    out: Box<dyn Write + Send>,
+    tail: Arc<Mutex<TailState>>,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        let mut tail = super::bus::lock(&self.tail);
+        for &byte in &buf[..n] {
+            match byte {
+                b'\n' => {
+                    let line = String::from_utf8_lossy(&tail.current)
+                        .trim_end()
+                        .to_string();
+                    tail.current.clear();
+                    if tail.lines.len() == TAIL_LINES {
+                        tail.lines.pop_front();
+                    }
+                    tail.lines.push_back(line);
+                }
+                _ if tail.current.len() < TAIL_LINE_BYTES => tail.current.push(byte),
+                _ => {}
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 pub struct SerialPort {
     uart: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+    tail: Arc<Mutex<TailState>>,
     /// Writes the UART refused (its output failed or the interrupt could not be raised).
     pub errors: u64,
 }
 
 impl SerialPort {
     pub fn new(interrupt: EventFd, out: Box<dyn Write + Send>) -> Self {
+        let tail = Arc::new(Mutex::new(TailState::default()));
+        let tee = Tee {
+            out,
+            tail: tail.clone(),
+        };
         SerialPort {
-            uart: Serial::new(EventFdTrigger(interrupt), out),
+            uart: Serial::new(EventFdTrigger(interrupt), Box::new(tee)),
+            tail,
             errors: 0,
         }
+    }
+
+    /// What the kernel said last about ending: Linux's `reboot: Restarting
+    /// system`, `reboot: Power down` or `Kernel panic - not syncing: …`
+    /// among the last console lines (its timestamp dropped), if any.
+    pub fn last_word(&self) -> Option<String> {
+        let tail = super::bus::lock(&self.tail);
+        let partial = String::from_utf8_lossy(&tail.current).to_string();
+        tail.lines
+            .iter()
+            .chain(std::iter::once(&partial))
+            .rev()
+            .find_map(|line| {
+                let at = line
+                    .find("Kernel panic")
+                    .or_else(|| line.find("reboot: "))?;
+                Some(line[at..].trim().to_string())
+            })
     }
 
     /// A port whose output is kept in memory (for tests).
@@ -81,5 +154,39 @@ mod tests {
         }
         assert_eq!(out.lock().unwrap().as_slice(), b"Linux version");
         assert_eq!(port.errors, 0);
+    }
+
+    fn say(port: &mut SerialPort, text: &str) {
+        text.bytes().for_each(|b| port.write(0, b));
+    }
+
+    #[test]
+    fn the_kernels_last_word_on_ending_is_kept() {
+        let (mut port, _) = SerialPort::in_memory();
+        assert_eq!(port.last_word(), None);
+        say(&mut port, "[    1.20] Run /init as init process\r\n");
+        assert_eq!(port.last_word(), None);
+        say(&mut port, "[    2.50] reboot: Power down\r\n");
+        say(
+            &mut port,
+            "[    2.51] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000\n",
+        );
+        say(&mut port, "[    2.52] Kernel Offset: disabled\n");
+        assert_eq!(
+            port.last_word().as_deref(),
+            Some("Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000")
+        );
+        say(&mut port, "[    3.00] reboot: Restarting system");
+        assert_eq!(
+            port.last_word().as_deref(),
+            Some("reboot: Restarting system"),
+            "an unfinished line counts"
+        );
+        // Only the last lines are kept, each cut short.
+        for _ in 0..20 {
+            say(&mut port, &"x".repeat(1000));
+            say(&mut port, "\n");
+        }
+        assert_eq!(port.last_word(), None);
     }
 }
