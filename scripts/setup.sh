@@ -42,6 +42,8 @@ fi
 kernel-config/build.sh
 say "building the static guest agent"
 scripts/build-agent.sh
+say "building the vsock test guest"
+scripts/build-test-guest.sh
 say "building vmbench"
 cargo build --release --quiet -p vmbench
 say "ready: target/release/vmbench"

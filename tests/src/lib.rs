@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod vsock;
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -44,6 +46,17 @@ pub fn agent_bin() -> PathBuf {
 
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// For a test that cannot run here: prints `SKIPPED: <test>: <reason>`, or
+/// panics under CI, where every install step has run and nothing may be
+/// missing.
+pub fn skip_unless_ci(test: &str, reason: &str) {
+    assert!(
+        !in_ci(),
+        "{test}: under CI every install step has run, yet {reason}"
+    );
+    println!("SKIPPED: {test}: {reason}");
 }
 
 /// Whether `vmbench doctor` says guests can boot here. When they cannot, prints
