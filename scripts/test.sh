@@ -18,7 +18,8 @@ status=0
 (
   rc=0
   CARGO_TARGET_DIR=target/vsock-guest-host cargo test "${guest[@]}" 2>&1 || rc=1
-  cargo test --workspace 2>&1 || rc=1
+  # --show-output: a passing test that skipped says so (libtest hides its stdout otherwise).
+  cargo test --workspace -- --show-output 2>&1 || rc=1
   exit $rc
 ) | tee target/test.log || status=1
 # Each skipped test printed why; list them so a reader of the CI log sees them together.

@@ -637,6 +637,17 @@ mod tests {
         })
     }
 
+    /// What a well-behaved agent sends: Hello, then Ready 10 ms after PID 1 began.
+    fn say_hello_and_ready(s: &mut UnixStream) {
+        s.write_all(&frame(&hello())).unwrap();
+        let marks = GuestMarks {
+            init_ns: 500_000_000,
+            ready_ns: 510_000_000,
+            ..GuestMarks::default()
+        };
+        s.write_all(&frame(&GuestMessage::Ready(marks))).unwrap();
+    }
+
     #[test]
     fn good_report_is_acknowledged_and_ok() {
         let (record, got_ack) = watch(
@@ -644,13 +655,7 @@ mod tests {
             Duration::from_secs(10),
             |uds| {
                 let mut s = UnixStream::connect(uds).unwrap();
-                s.write_all(&frame(&hello())).unwrap();
-                let marks = GuestMarks {
-                    init_ns: 500_000_000,
-                    ready_ns: 510_000_000,
-                    ..GuestMarks::default()
-                };
-                s.write_all(&frame(&GuestMessage::Ready(marks))).unwrap();
+                say_hello_and_ready(&mut s);
                 let mut dec = FrameDecoder::new();
                 let mut buf = [0u8; 16];
                 loop {
@@ -711,13 +716,7 @@ mod tests {
                 let mut m = UnixStream::connect(dir.join("marker.sock")).unwrap();
                 m.write_all(&[MARKER_USERSPACE_START]).unwrap();
                 let mut s = UnixStream::connect(uds).unwrap();
-                s.write_all(&frame(&hello())).unwrap();
-                let marks = GuestMarks {
-                    init_ns: 500_000_000,
-                    ready_ns: 510_000_000,
-                    ..GuestMarks::default()
-                };
-                s.write_all(&frame(&GuestMessage::Ready(marks))).unwrap();
+                say_hello_and_ready(&mut s);
                 (first_run, marked)
             },
         );

@@ -4,7 +4,7 @@
 //! even where KVM emulates guest code.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use vmbench_e2e::{dump, have_kvm, tiny_elf, vmbench_bin};
 
@@ -322,6 +322,61 @@ fn linux_through_entry(kernel: &Path, entry: &str, native: bool) {
         assert!(
             stderr.contains("rip=0xffffffff"),
             "registers of a kernel-mode vCPU: {stderr}"
+        );
+    }
+}
+
+/// 32 `vmbench vmm` processes at once on this 2-core machine: each starts,
+/// runs and ends cleanly with a complete report, its VMM within the memory
+/// budget (10 MiB beyond the guest memory the guest touched). How fast they
+/// start is a benchmark, not a test: `cargo bench -p vmbench-e2e --bench vmm_startup`.
+const CONCURRENT_VMS: usize = 32;
+const OVERHEAD_BUDGET_KIB: u64 = 10 * 1024;
+
+#[test]
+fn thirty_two_concurrent_vms_run_and_end_cleanly() {
+    if !have_kvm("thirty_two_concurrent_vms_run_and_end_cleanly") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let kernel = work.path().join("guest.elf");
+    std::fs::write(&kernel, tiny_elf(DEVICES_GUEST)).unwrap();
+    let running: Vec<(PathBuf, Child)> = (0..CONCURRENT_VMS)
+        .map(|i| {
+            let dir = work.path().join(format!("vm-{i}"));
+            std::fs::create_dir(&dir).unwrap();
+            let child = Command::new(vmbench_bin())
+                .arg("vmm")
+                .arg("--kernel")
+                .arg(&kernel)
+                .args(["--mem-mib", "256", "--dir"])
+                .arg(&dir)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (dir, child)
+        })
+        .collect();
+    for (dir, child) in running {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}: {}", dir.display(), dump(&out));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("vmm.json")).unwrap()).unwrap();
+        assert_eq!(report["end"]["kind"], "reset", "{report}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("serial.log")).unwrap(),
+            "ok\n"
+        );
+        let first_run = report["first_run_ns"].as_u64().unwrap();
+        let marker = report["boot_markers"][0][1].as_u64().unwrap();
+        assert!(first_run <= marker && marker <= report["end_ns"].as_u64().unwrap());
+        let memory = &report["memory"];
+        assert!(memory["max_rss_kib"].as_u64().unwrap() > 0, "{report}");
+        let overhead = memory["vmm_overhead_kib"].as_u64().unwrap();
+        assert!(
+            overhead <= OVERHEAD_BUDGET_KIB,
+            "VMM overhead {overhead} KiB beyond the {OVERHEAD_BUDGET_KIB} KiB budget: {report}"
         );
     }
 }

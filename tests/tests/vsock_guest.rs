@@ -35,13 +35,42 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(45);
 /// vhost-device-vsock's 64 KiB) and many packets (at most 4052 bytes each).
 const ECHO_BYTES: usize = 100 * 1024;
 
+/// A VM's directory, whichever VMM runs it: logs, and the host end of the
+/// guest's vsock (`CONNECT <port>` at `vsock.sock`; guest connections to
+/// host port P arrive at `vsock.sock_P`).
+struct GuestDir(tempfile::TempDir);
+
+impl GuestDir {
+    fn new() -> Self {
+        GuestDir(tempfile::tempdir().unwrap())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+
+    fn uds(&self) -> PathBuf {
+        self.path("vsock.sock")
+    }
+
+    /// Listens where the guest's connections to host `port` arrive.
+    fn listen(&self, port: u32) -> UnixListener {
+        UnixListener::bind(self.path(&format!("vsock.sock_{port}"))).unwrap()
+    }
+
+    /// A file's text, empty if it is not there.
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+}
+
 /// A guest under QEMU with its vhost-device-vsock, in a directory of its own.
 /// Fields drop in order: QEMU is killed first, then its backend, then the
 /// directory goes.
 struct QemuGuest {
     qemu: Option<KillOnDrop>,
     vhost: Option<KillOnDrop>,
-    dir: tempfile::TempDir,
+    dir: GuestDir,
     qemu_bin: PathBuf,
     vhost_bin: PathBuf,
 }
@@ -68,30 +97,15 @@ impl QemuGuest {
         Some(QemuGuest {
             qemu: None,
             vhost: None,
-            dir: tempfile::tempdir().unwrap(),
+            dir: GuestDir::new(),
             qemu_bin: qemu_bin.unwrap(),
             vhost_bin: vhost_bin.unwrap(),
         })
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The host end of the guest's vsock: `CONNECT <port>` here, and guest
-    /// connections to port P arrive at `vsock.sock_P`.
-    fn uds(&self) -> PathBuf {
-        self.path("vsock.sock")
-    }
-
-    /// Listens where the guest's connections to host `port` arrive.
-    fn listen(&self, port: u32) -> UnixListener {
-        UnixListener::bind(self.path(&format!("vsock.sock_{port}"))).unwrap()
-    }
-
     /// A log file for a child's stdout and stderr both.
     fn log_file(&self, name: &str) -> (Stdio, Stdio) {
-        let file = std::fs::File::create(self.path(name)).unwrap();
+        let file = std::fs::File::create(self.dir.path(name)).unwrap();
         let again = file.try_clone().unwrap();
         (file.into(), again.into())
     }
@@ -99,11 +113,11 @@ impl QemuGuest {
     /// Starts vhost-device-vsock, waits for its socket (QEMU fails without
     /// it), then starts QEMU with the guest and `append` as its command line.
     fn boot(&mut self, append: &str) {
-        let vhost_socket = self.path("vhu.sock");
+        let vhost_socket = self.dir.path("vhu.sock");
         let vm = format!(
             "guest-cid={GUEST_CID},socket={},uds-path={}",
             vhost_socket.display(),
-            self.uds().display()
+            self.dir.uds().display()
         );
         let (stdout, stderr) = self.log_file("vhost.log");
         let vhost = KillOnDrop::spawn(
@@ -118,7 +132,7 @@ impl QemuGuest {
         if let Err(e) = wait_for_path(&vhost_socket, STEP_TIMEOUT) {
             panic!("{e}\n{}", self.logs());
         }
-        let serial = format!("file:{}", self.path("serial.log").display());
+        let serial = format!("file:{}", self.dir.path("serial.log").display());
         let chardev = format!("socket,id=c0,path={}", vhost_socket.display());
         let (stdout, stderr) = self.log_file("qemu.log");
         let qemu = KillOnDrop::spawn(
@@ -155,20 +169,16 @@ impl QemuGuest {
             Ok(status) => panic!("QEMU failed: {status}\n{}", self.logs()),
             Err(e) => panic!("{e}\n{}", self.logs()),
         }
-        self.read("serial.log")
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+        self.dir.read("serial.log")
     }
 
     /// Everything that tells what happened, for a failure message.
     fn logs(&self) -> String {
         format!(
             "--- serial.log\n{}--- qemu.log\n{}--- vhost.log\n{}",
-            self.read("serial.log"),
-            self.read("qemu.log"),
-            self.read("vhost.log")
+            self.dir.read("serial.log"),
+            self.dir.read("qemu.log"),
+            self.dir.read("vhost.log")
         )
     }
 }
@@ -179,7 +189,7 @@ fn connect_mode_greets_and_echoes_100_kib_under_qemu() {
     else {
         return;
     };
-    let listener = guest.listen(5000);
+    let listener = guest.dir.listen(5000);
     guest.boot("vsockguest.connect=5000 vsockguest.message=tok-1");
     let data = patterned_bytes(ECHO_BYTES, 1);
     let served = serve_guest_connection(&listener, b"tok-1\n", &data, STEP_TIMEOUT);
@@ -199,7 +209,7 @@ fn listen_mode_accepts_the_host_and_echoes_under_qemu() {
     guest.boot("vsockguest.listen=6000");
     let data = patterned_bytes(ECHO_BYTES, 2);
     // CONNECT is retried until the guest answers: it may still be booting.
-    if let Err(e) = connect_and_echo(&guest.uds(), 6000, &data, STEP_TIMEOUT) {
+    if let Err(e) = connect_and_echo(&guest.dir.uds(), 6000, &data, STEP_TIMEOUT) {
         panic!("{e}\n{}", guest.logs());
     }
     let serial = guest.finish();
@@ -235,7 +245,7 @@ fn connect_to_a_port_nobody_listens_on_fails_under_qemu() {
 /// The guest under `vmbench vmm` with a vsock device, in a directory of its own.
 struct VmmGuest {
     vmm: Option<KillOnDrop>,
-    dir: tempfile::TempDir,
+    dir: GuestDir,
 }
 
 impl VmmGuest {
@@ -253,24 +263,12 @@ impl VmmGuest {
         }
         Some(VmmGuest {
             vmm: None,
-            dir: tempfile::tempdir().unwrap(),
+            dir: GuestDir::new(),
         })
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn uds(&self) -> PathBuf {
-        self.path("vsock.sock")
-    }
-
-    fn listen(&self, port: u32) -> UnixListener {
-        UnixListener::bind(self.path(&format!("vsock.sock_{port}"))).unwrap()
-    }
-
     fn boot(&mut self, entry: &str, cmdline: &str) {
-        let log = std::fs::File::create(self.path("vmm.log")).unwrap();
+        let log = std::fs::File::create(self.dir.path("vmm.log")).unwrap();
         let vmm = KillOnDrop::spawn(
             "vmbench vmm",
             Command::new(vmbench_bin())
@@ -279,7 +277,7 @@ impl VmmGuest {
                 .arg(vsock_guest_bin())
                 .args(["--mem-mib", "64", "--vsock-cid", "3", "--entry", entry])
                 .args(["--cmdline", cmdline, "--dir"])
-                .arg(self.dir.path())
+                .arg(self.dir.0.path())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log),
@@ -295,19 +293,15 @@ impl VmmGuest {
             Ok(status) => panic!("vmbench vmm failed: {status}\n{}", self.logs()),
             Err(e) => panic!("{e}\n{}", self.logs()),
         }
-        let report = serde_json::from_str(&self.read("vmm.json")).unwrap();
-        (self.read("serial.log"), report)
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+        let report = serde_json::from_str(&self.dir.read("vmm.json")).unwrap();
+        (self.dir.read("serial.log"), report)
     }
 
     fn logs(&self) -> String {
         format!(
             "--- serial.log\n{}--- vmm.log\n{}",
-            self.read("serial.log"),
-            self.read("vmm.log")
+            self.dir.read("serial.log"),
+            self.dir.read("vmm.log")
         )
     }
 }
@@ -325,7 +319,7 @@ fn connect_mode_greets_and_echoes_100_kib_under_vmbench_vmm() {
         else {
             return;
         };
-        let listener = guest.listen(5000);
+        let listener = guest.dir.listen(5000);
         guest.boot(entry, "vsockguest.connect=5000 vsockguest.message=tok-1");
         let data = patterned_bytes(ECHO_BYTES, 3);
         let served = serve_guest_connection(&listener, b"tok-1\n", &data, STEP_TIMEOUT);
@@ -371,7 +365,7 @@ fn listen_mode_accepts_the_host_and_echoes_under_vmbench_vmm() {
     };
     guest.boot("pvh", "vsockguest.listen=6000");
     let data = patterned_bytes(ECHO_BYTES, 4);
-    if let Err(e) = connect_and_echo(&guest.uds(), 6000, &data, STEP_TIMEOUT) {
+    if let Err(e) = connect_and_echo(&guest.dir.uds(), 6000, &data, STEP_TIMEOUT) {
         panic!("{e}\n{}", guest.logs());
     }
     let (serial, report) = guest.finish();

@@ -655,6 +655,19 @@ mod tests {
             }
         }
 
+        /// A live device with RX buffers and one guest connection (guest
+        /// port 1000 to host port 1234), accepted by a host listener.
+        fn connected() -> (Rig, Driver<'static>, UnixStream) {
+            let mut rig = rig();
+            let listener = UnixListener::bind(rig.dir.path().join("vsock.sock_1234")).unwrap();
+            let mut driver = rig.driver();
+            rig.activate(&driver);
+            rig.give_rx(&mut driver, 8, 4096);
+            rig.send(&mut driver, Hdr::to_host(1234, op::REQUEST), b"");
+            let (host, _) = listener.accept().unwrap();
+            (rig, driver, host)
+        }
+
         fn count(&self, name: &str) -> u64 {
             self.device.counters().get(name).copied().unwrap_or(0)
         }
@@ -695,13 +708,7 @@ mod tests {
 
     #[test]
     fn guest_connection_reaches_the_host_socket_both_ways() {
-        let mut rig = rig();
-        let listener = UnixListener::bind(rig.dir.path().join("vsock.sock_1234")).unwrap();
-        let mut driver = rig.driver();
-        rig.activate(&driver);
-        rig.give_rx(&mut driver, 8, 4096);
-        rig.send(&mut driver, Hdr::to_host(1234, op::REQUEST), b"");
-        let (mut host, _) = listener.accept().unwrap();
+        let (mut rig, mut driver, mut host) = Rig::connected();
         let got = rig.received(&mut driver);
         assert_eq!(ops(&got), vec![op::RESPONSE]);
         let response = got[0].0;
@@ -1004,13 +1011,7 @@ mod tests {
 
     #[test]
     fn a_guest_overrunning_its_credit_is_reset() {
-        let mut rig = rig();
-        let listener = UnixListener::bind(rig.dir.path().join("vsock.sock_1234")).unwrap();
-        let mut driver = rig.driver();
-        rig.activate(&driver);
-        rig.give_rx(&mut driver, 8, 4096);
-        rig.send(&mut driver, Hdr::to_host(1234, op::REQUEST), b"");
-        let (_host, _) = listener.accept().unwrap();
+        let (mut rig, mut driver, _host) = Rig::connected();
         assert_eq!(ops(&rig.received(&mut driver)), vec![op::RESPONSE]);
         // The host never reads: after the socket buffer and our 256 KiB, a reset.
         let chunk = vec![0x5a_u8; 60 * 1024];
@@ -1023,13 +1024,7 @@ mod tests {
 
     #[test]
     fn reset_closes_every_host_connection() {
-        let mut rig = rig();
-        let listener = UnixListener::bind(rig.dir.path().join("vsock.sock_1234")).unwrap();
-        let mut driver = rig.driver();
-        rig.activate(&driver);
-        rig.give_rx(&mut driver, 8, 4096);
-        rig.send(&mut driver, Hdr::to_host(1234, op::REQUEST), b"");
-        let (mut host, _) = listener.accept().unwrap();
+        let (mut rig, _driver, mut host) = Rig::connected();
         rig.device.reset();
         let mut rest = Vec::new();
         host.read_to_end(&mut rest).unwrap();
