@@ -56,6 +56,12 @@ struct VmmArgs {
     /// `<dir>/vsock.sock` with `CONNECT <port>\n` (Firecracker's convention).
     #[arg(long)]
     vsock_cid: Option<u64>,
+    /// Give the guest a virtio-blk disk (repeatable; the first is its /dev/vda,
+    /// e.g. with --cmdline "... root=/dev/vda"): a raw or qcow2 image, opened
+    /// read-write; `PATH,ro` makes it read-only for the guest. A qcow2 image's
+    /// backing files are only ever read: the guest's writes stay in the image.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<vmbench::vmm::machine::DiskConfig>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -273,6 +279,7 @@ fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
             EntryArg::Linux64 => EntryChoice::Linux64,
         },
         vsock,
+        disks: args.disks,
     };
     let report = Machine::new(&config)?.run();
     let count = |kind| {

@@ -380,3 +380,193 @@ fn thirty_two_concurrent_vms_run_and_end_cleanly() {
         );
     }
 }
+
+/// Does `qemu-img` run here? Prints `SKIPPED:` for `what` when it does not.
+fn have_qemu_img(what: &str) -> bool {
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("SKIPPED: {what}: qemu-img is not installed");
+    }
+    ok
+}
+
+fn qemu_img_create(args: &[&str]) {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", dump(&out));
+}
+
+/// Every way a `--disk` can be bad ends `vmbench vmm` with exit 2 and one
+/// line on stderr naming the file and the problem. The images are opened
+/// before /dev/kvm, so this runs without KVM.
+#[test]
+fn bad_disks_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let kernel = p("guest.elf");
+    std::fs::write(&kernel, tiny_elf(DEVICES_GUEST)).unwrap();
+    std::fs::write(p("empty.raw"), b"").unwrap();
+    std::fs::write(p("initrd.img"), [0x1f, 0x8b, 8, 0, 0, 0, 0, 0]).unwrap();
+    // (disk argument, what stderr must say besides the file's name)
+    let mut cases: Vec<(String, PathBuf, &str)> = vec![
+        (
+            p("missing.qcow2").display().to_string(),
+            p("missing.qcow2"),
+            "does not exist",
+        ),
+        (
+            format!("{},ro", p("empty.raw").display()),
+            p("empty.raw"),
+            "is not a disk image: it is empty",
+        ),
+        (
+            p("initrd.img").display().to_string(),
+            p("initrd.img"),
+            "is not a disk image: it looks like a gzip file",
+        ),
+    ];
+    if have_qemu_img("bad_disks_are_one_line_errors (qcow2 cases)") {
+        let good = p("good.qcow2");
+        qemu_img_create(&["-f", "qcow2", good.to_str().unwrap(), "64M"]);
+        let bytes = std::fs::read(&good).unwrap();
+        std::fs::write(p("truncated.qcow2"), &bytes[..1000]).unwrap();
+        let mut corrupt = bytes.clone();
+        corrupt[20..24].copy_from_slice(&99u32.to_be_bytes()); // cluster_bits
+        std::fs::write(p("corrupt.qcow2"), &corrupt).unwrap();
+        let mut zstd = bytes.clone();
+        zstd[79] |= 1 << 3; // incompatible feature: compression type
+        std::fs::write(p("zstd.qcow2"), &zstd).unwrap();
+        // -u: qemu-img does not look for the backing file.
+        qemu_img_create(&[
+            "-u",
+            "-f",
+            "qcow2",
+            "-b",
+            "gone.raw",
+            "-F",
+            "raw",
+            p("orphan.qcow2").to_str().unwrap(),
+            "64M",
+        ]);
+        for (name, expected) in [
+            ("truncated.qcow2", "is a truncated qcow2 image"),
+            ("corrupt.qcow2", "corrupt header: cluster_bits 99"),
+            (
+                "zstd.qcow2",
+                "a compression type other than zlib, which is not supported",
+            ),
+            ("orphan.qcow2", "needs backing file"),
+        ] {
+            cases.push((p(name).display().to_string(), p(name), expected));
+        }
+    }
+    for (arg, file, expected) in &cases {
+        let out = run_vmm(&kernel, 16, dir.path(), &["--disk", arg]);
+        assert_eq!(out.status.code(), Some(2), "{arg}: {}", dump(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    // The missing backing file is named as it was looked for.
+    if cases.len() > 3 {
+        let out = run_vmm(
+            &kernel,
+            16,
+            dir.path(),
+            &["--disk", p("orphan.qcow2").to_str().unwrap()],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "{}, which does not exist",
+                p("gone.raw").display()
+            )),
+            "{stderr}"
+        );
+    }
+}
+
+/// Reads the DeviceID register (offset 8) of the first `slots` virtio-mmio
+/// slots and prints each as two decimal digits on COM1, then a newline, and
+/// resets.
+fn device_ids_guest(slots: u32) -> Vec<u8> {
+    let mut code = Vec::new();
+    for slot in 0..slots {
+        let addr = 0xd000_0008u32 + slot * 0x1000;
+        code.push(0xb8); // mov eax, addr
+        code.extend(addr.to_le_bytes());
+        code.extend([0x8b, 0x00]); // mov eax, [rax]
+        code.extend([0xb9, 0x0a, 0x00, 0x00, 0x00]); // mov ecx, 10
+        code.extend([0x31, 0xd2]); // xor edx, edx
+        code.extend([0xf7, 0xf1]); // div ecx: eax = tens, edx = units
+        code.extend([0x89, 0xd3]); // mov ebx, edx
+        code.extend([0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+        code.extend([0x04, b'0', 0xee]); // add al, '0'; out dx, al
+        code.extend([0x89, 0xd8, 0x04, b'0', 0xee]); // mov eax, ebx; add al, '0'; out dx, al
+    }
+    code.extend([0x66, 0xba, 0xf8, 0x03, 0xb0, b'\n', 0xee]); // '\n' to COM1
+    code.extend([0xb0, 0xfe, 0xe6, 0x64, 0xf4]); // i8042 reset; hlt
+    code
+}
+
+/// Disks take the first virtio-mmio slots, in order, and the vsock device
+/// the next: slot 0 (0xd0000000) is the first disk, so Linux, which probes
+/// in command-line order, makes it /dev/vda.
+#[test]
+fn disks_come_first_and_the_guest_sees_them() {
+    if !have_kvm("disks_come_first_and_the_guest_sees_them")
+        || !have_qemu_img("disks_come_first_and_the_guest_sees_them")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    std::fs::write(p("base.raw"), vec![0x5a; 1 << 20]).unwrap();
+    qemu_img_create(&[
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        p("overlay.qcow2").to_str().unwrap(),
+    ]);
+    std::fs::write(p("data.raw"), vec![0; 64 << 10]).unwrap();
+    let kernel = p("guest.elf");
+    std::fs::write(&kernel, tiny_elf(&device_ids_guest(3))).unwrap();
+    let overlay = p("overlay.qcow2").display().to_string();
+    let data = format!("{},ro", p("data.raw").display());
+    let out = run_vmm(
+        &kernel,
+        16,
+        dir.path(),
+        &["--disk", &overlay, "--disk", &data, "--vsock-cid", "3"],
+    );
+    assert!(out.status.success(), "{}", dump(&out));
+    assert_eq!(
+        std::fs::read_to_string(p("serial.log")).unwrap(),
+        "020219\n",
+        "block, block, vsock"
+    );
+    let report = vmm_json(dir.path());
+    assert_eq!(report["end"]["kind"], "reset", "{report}");
+    let first = &report["devices"]["0xd0000000:2"];
+    assert_eq!(first["capacity_sectors"], 2048, "{report}");
+    assert_eq!(first["chain_images"], 2, "{report}");
+    assert_eq!(first["read_only"], 0, "{report}");
+    let second = &report["devices"]["0xd0001000:2"];
+    assert_eq!(second["capacity_sectors"], 128, "{report}");
+    assert_eq!(second["read_only"], 1, "{report}");
+    assert_eq!(
+        report["devices"]["0xd0002000:19"]["guest_cid"], 3,
+        "{report}"
+    );
+    assert_eq!(report["virtio_bad_accesses"], 0, "{report}");
+}

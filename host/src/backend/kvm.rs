@@ -11,7 +11,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::{spawn_logged, tail, VmSpec, VSOCK_UDS_BASE};
-use crate::vmm::machine::Report;
+use crate::vmm::machine::{DiskConfig, Report};
 
 /// The guest's vsock CID (each VM has its own device, so all can use 3).
 pub const GUEST_CID: u32 = 3;
@@ -47,6 +47,13 @@ pub fn vmm_args(spec: &VmSpec) -> Vec<String> {
     if let Some(entry) = &spec.entry {
         args.extend(["--entry".into(), entry.clone()]);
     }
+    for path in &spec.disks {
+        let disk = DiskConfig {
+            path: path.clone(),
+            read_only: false,
+        };
+        args.extend(["--disk".into(), disk.arg()]);
+    }
     args
 }
 
@@ -68,7 +75,7 @@ impl KvmVmm {
 }
 
 /// Asks the VMM to stop (SIGTERM: it ends the VM and writes its report),
-/// then kills it if it has not exited within [`STOP_GRACE`].
+/// then kills it if it has not exited within `STOP_GRACE`.
 pub fn stop(vmm: &mut Child) -> std::io::Result<std::process::ExitStatus> {
     // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
     unsafe { libc::kill(vmm.id() as libc::pid_t, libc::SIGTERM) };
@@ -99,4 +106,39 @@ pub fn vmm_message(spec: &VmSpec) -> String {
 /// Sockets this backend leaves in the VM directory.
 pub fn sockets(spec: &VmSpec) -> Vec<PathBuf> {
     vec![spec.dir.join(VSOCK_UDS_BASE)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Accel;
+
+    #[test]
+    fn disks_become_disk_arguments_in_order() {
+        let spec = VmSpec {
+            id: 0,
+            dir: "/vm".into(),
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            cmdline: "console=ttyS0".into(),
+            mem_mib: 256,
+            vcpus: 1,
+            accel: Accel::Kvm { native: true },
+            port: 1234,
+            timeout: Duration::from_secs(1),
+            entry: None,
+            disks: vec!["/vm/root.qcow2".into(), "/data/a,b.raw".into()],
+        };
+        let args = vmm_args(&spec);
+        let disks: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "--disk")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(disks, ["/vm/root.qcow2", "/data/a,b.raw,rw"]);
+        for (arg, path) in disks.iter().zip(&spec.disks) {
+            let parsed: DiskConfig = arg.parse().unwrap();
+            assert_eq!((&parsed.path, parsed.read_only), (path, false));
+        }
+    }
 }

@@ -49,6 +49,9 @@ pub struct VmSpec {
     pub timeout: Duration,
     /// `kvm` backend: the kernel entry to force (`pvh`, `linux64`); none = the VMM's choice.
     pub entry: Option<String>,
+    /// Disk images (raw or qcow2), opened read-write, in the order the guest
+    /// finds them: the first is its `/dev/vda`.
+    pub disks: Vec<PathBuf>,
 }
 
 /// Which backend runs a VM.

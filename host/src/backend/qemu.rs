@@ -177,6 +177,7 @@ mod tests {
             port: 1234,
             timeout: Duration::from_secs(5),
             entry: None,
+            disks: Vec::new(),
         }
     }
 

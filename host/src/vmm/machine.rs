@@ -38,6 +38,8 @@ use super::boot::{gdt, mptable, paging, params, pvh};
 use super::devices::bus::{lock, MmioBus, MmioSlot, PioBus, Request};
 use super::devices::marker::BootMarker;
 use super::devices::serial::SerialPort;
+use super::devices::virtio::block::disk::{self, Disk};
+use super::devices::virtio::block::BlockDevice;
 use super::devices::virtio::mmio::{MmioTransport, VirtioDevice};
 use super::devices::virtio::vsock::VsockDevice;
 use super::devices::virtio::Interrupt;
@@ -62,6 +64,54 @@ pub struct MachineConfig {
     pub entry: EntryChoice,
     /// A virtio-vsock device, if the guest is to have one.
     pub vsock: Option<VsockConfig>,
+    /// virtio-blk disks, in the order the guest finds them: the first is
+    /// its `/dev/vda`. They take the first MMIO slots, before the vsock device.
+    pub disks: Vec<DiskConfig>,
+}
+
+/// At most this many disks: each device needs an interrupt line of its own,
+/// and the I/O APIC has 24 (the first virtio device gets line 5).
+pub const MAX_DISKS: usize = 16;
+
+/// A disk image for the guest: raw or qcow2 (with its backing chain, which
+/// is only ever read). As an argument: `PATH`, `PATH,ro` or `PATH,rw`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// The guest sees a read-only disk and the image is opened read-only.
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (path, read_only) = match spec.rsplit_once(',') {
+            Some((path, "ro")) => (path, true),
+            Some((path, "rw")) => (path, false),
+            _ => (spec, false),
+        };
+        if path.is_empty() {
+            return Err(format!("{spec:?}: expected PATH, PATH,ro or PATH,rw"));
+        }
+        Ok(DiskConfig {
+            path: path.into(),
+            read_only,
+        })
+    }
+}
+
+impl DiskConfig {
+    /// The argument that parses back to this disk (a path with a comma gets
+    /// an explicit `,rw` so that its last part is not taken for an option).
+    pub fn arg(&self) -> String {
+        let path = self.path.display().to_string();
+        match (self.read_only, path.contains(',')) {
+            (true, _) => format!("{path},ro"),
+            (false, true) => format!("{path},rw"),
+            (false, false) => path,
+        }
+    }
 }
 
 /// Which kernel entry to use.
@@ -95,6 +145,10 @@ pub enum Error {
     },
     #[error("--mem-mib {0} is too small (at least 16)")]
     TooLittleMemory(u32),
+    #[error("--disk given {0} times: at most {MAX_DISKS} disks")]
+    TooManyDisks(usize),
+    #[error(transparent)]
+    Disk(#[from] disk::Error),
     #[error("Cannot {what}: {source}")]
     Kvm {
         what: &'static str,
@@ -325,6 +379,15 @@ impl Machine {
         if config.mem_mib < 16 {
             return Err(Error::TooLittleMemory(config.mem_mib));
         }
+        if config.disks.len() > MAX_DISKS {
+            return Err(Error::TooManyDisks(config.disks.len()));
+        }
+        // First, so that a bad image is reported as such whatever else is wrong.
+        let disks = config
+            .disks
+            .iter()
+            .map(|d| Disk::open(&d.path, d.read_only))
+            .collect::<Result<Vec<_>, _>>()?;
         install_signal_handlers()?;
         let mem_bytes = u64::from(config.mem_mib) << 20;
         let mem = guest_memory(config.mem_mib)?;
@@ -340,7 +403,7 @@ impl Machine {
         vm.create_pit2(pit)
             .map_err(kvm_err("create the in-kernel PIT"))?;
 
-        let mmio = virtio_devices(config, &vm, &mem)?;
+        let mmio = virtio_devices(config, disks, &vm, &mem)?;
         let kernel = loader::load_kernel(&mem, &config.kernel)?;
         let ram_top = mem_bytes.min(layout::MMIO_GAP_START);
         let initramfs = match &config.initramfs {
@@ -560,13 +623,26 @@ fn stop_vcpus(threads: Vec<JoinHandle<VcpuReport>>) -> Vec<VcpuReport> {
 type MakeDevice = Box<dyn FnOnce(Interrupt) -> std::io::Result<Box<dyn VirtioDevice>>>;
 
 /// The virtio devices `config` asks for, in their MMIO slots, with their
-/// interrupts and queue notifications wired into KVM.
+/// interrupts and queue notifications wired into KVM: the disks first, in
+/// order (Linux probes the devices in command-line order, so the first disk
+/// is `/dev/vda`), then the vsock device.
 fn virtio_devices(
     config: &MachineConfig,
+    disks: Vec<Disk>,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
 ) -> Result<MmioBus, Error> {
     let mut devices: Vec<(&'static str, MakeDevice)> = Vec::new();
+    for disk in disks {
+        let mem = mem.clone();
+        devices.push((
+            "virtio-blk device",
+            Box::new(move |interrupt| {
+                let device = BlockDevice::new(disk, mem, interrupt)?;
+                Ok(Box::new(device) as Box<dyn VirtioDevice>)
+            }),
+        ));
+    }
     if let Some(vsock) = &config.vsock {
         let (vsock, mem) = (vsock.clone(), mem.clone());
         devices.push((
@@ -756,6 +832,28 @@ fn write_report(dir: &Path, report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_arguments_parse_and_round_trip() {
+        let parse = |s: &str| s.parse::<DiskConfig>();
+        let disk = |path: &str, read_only| DiskConfig {
+            path: path.into(),
+            read_only,
+        };
+        assert_eq!(parse("a.qcow2"), Ok(disk("a.qcow2", false)));
+        assert_eq!(parse("/x/a.raw,ro"), Ok(disk("/x/a.raw", true)));
+        assert_eq!(parse("a,b.img"), Ok(disk("a,b.img", false)));
+        assert_eq!(parse("a,b.img,rw"), Ok(disk("a,b.img", false)));
+        assert!(parse(",ro").is_err());
+        assert!(parse("").is_err());
+        for d in [
+            disk("a.img", false),
+            disk("a.img", true),
+            disk("x,ro", false),
+        ] {
+            assert_eq!(parse(&d.arg()), Ok(d.clone()), "{}", d.arg());
+        }
+    }
 
     #[test]
     fn emulation_failure_names_the_instruction() {

@@ -14,11 +14,13 @@
 //!    accounts for every userspace exit ([`exits`]) and reads KVM's own
 //!    statistics at the end ([`kvm_stats`]).
 //!
-//! The virtio-mmio transport ([`devices::virtio::mmio`]) is in place, tested
-//! against the driver's bring-up sequence; still to come (issue 3): wiring it
-//! into the MMIO bus and the command line, the vsock device, SMP
-//! (vCPU threads: the MP table already describes them), and the `kvm`
-//! backend of `vmbench boot`.
+//! The virtio devices sit behind the virtio-mmio transport
+//! ([`devices::virtio::mmio`]), one 4 KiB slot each, announced on the
+//! kernel command line in slot order: first the disks
+//! ([`devices::virtio::block`], virtio-blk backed by raw or qcow2 images
+//! through imago; the first disk is the guest's `/dev/vda`), then the vsock
+//! device ([`devices::virtio::vsock`]). Their queues are served on one
+//! device thread ([`event_loop`]).
 
 pub mod boot;
 pub mod cpu;

@@ -10,6 +10,7 @@
 //! the event loop thread polls the device's [`mmio::VirtioDevice::event_fd`]
 //! and calls [`mmio::VirtioDevice::process_events`] when it is readable.
 
+pub mod block;
 pub mod mmio;
 pub mod vsock;
 
