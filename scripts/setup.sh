@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { echo "setup: $*" >&2; }
 
 packages=(qemu-system-x86 qemu-utils linux-source-6.1 build-essential flex bison bc
-          libelf-dev libssl-dev cpio xz-utils e2fsprogs)
+          libelf-dev libssl-dev cpio xz-utils e2fsprogs debootstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

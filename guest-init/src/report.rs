@@ -1,6 +1,6 @@
-//! The report to the host: connect over vsock, send `Hello` and `Ready`, wait
-//! for `Ack`. Every failure is one console line and ends the run (the caller
-//! powers off).
+//! The report to the host: connect over vsock, send `Hello`, then `Ready`
+//! (and, for a systemd guest, its `Systemd` report) or `Failed`, and wait for
+//! `Ack`. Every failure is one console line; the caller powers off either way.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -11,22 +11,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
 use vmbench_proto::{
     decode_body, encode_frame, FrameDecoder, GuestMarks, GuestMessage, Hello, HostMessage,
-    HOST_CID, PROTO_VERSION,
+    SystemdReport, HOST_CID, PROTO_VERSION,
 };
 
 use crate::clock::boottime_ns;
 use crate::console;
 use crate::settings::{self, Settings};
 
-/// The whole report; returns once the host has acknowledged it or on failure.
-pub fn run(init_ns: u64) {
-    crate::mounts::mount_all();
-    let mut marks = GuestMarks {
-        init_ns,
-        mounts_done_ns: boottime_ns(),
-        ..GuestMarks::default()
-    };
-
+/// The kernel command line's settings; bad ones are reported on the console.
+pub fn settings() -> Settings {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
         console::line(&[("warn", "no_cmdline"), ("error", &e.to_string())]);
         String::new()
@@ -39,63 +32,100 @@ pub fn run(init_ns: u64) {
             ("value", &p.value),
         ]);
     }
+    settings
+}
 
-    let (socket, attempts) = match connect_host(&settings) {
-        Ok(connected) => connected,
-        Err(failure) => {
-            console::line(&[
-                ("error", "host_unreachable"),
-                ("cid", &HOST_CID.to_string()),
-                ("port", &settings.port.to_string()),
-                ("attempts", &failure.attempts.to_string()),
-                ("elapsed_ms", &failure.elapsed_ms.to_string()),
-                ("last_error", &failure.last_error),
-            ]);
-            return;
+/// One connection to the host and the marks that go into `Ready`.
+pub struct Conversation {
+    stream: File,
+    settings: Settings,
+    pub marks: GuestMarks,
+}
+
+impl Conversation {
+    /// Connects (retrying while the host side comes up) and says `Hello`;
+    /// `init_ns` is CLOCK_BOOTTIME when PID 1 started.
+    pub fn open(settings: &Settings, mut marks: GuestMarks, init_ns: u64) -> Option<Conversation> {
+        let (socket, attempts) = match connect_host(settings) {
+            Ok(connected) => connected,
+            Err(failure) => {
+                console::line(&[
+                    ("error", "host_unreachable"),
+                    ("cid", &HOST_CID.to_string()),
+                    ("port", &settings.port.to_string()),
+                    ("attempts", &failure.attempts.to_string()),
+                    ("elapsed_ms", &failure.elapsed_ms.to_string()),
+                    ("last_error", &failure.last_error),
+                ]);
+                return None;
+            }
+        };
+        marks.connected_ns = boottime_ns();
+        marks.connect_attempts = attempts;
+        let mut conversation = Conversation {
+            stream: File::from(socket),
+            settings: settings.clone(),
+            marks,
+        };
+        let hello = Hello {
+            proto_version: PROTO_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            vm_id: settings.vm_id,
+            kernel_release: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(0),
+            mem_total_kib: mem_total_kib().unwrap_or(0),
+            boottime_at_init_ns: init_ns,
+        };
+        conversation
+            .send("hello", &GuestMessage::Hello(hello))
+            .then_some(conversation)
+    }
+
+    fn send(&mut self, what: &str, message: &GuestMessage) -> bool {
+        let sent = encode_frame(message)
+            .map_err(|e| e.to_string())
+            .and_then(|frame| self.stream.write_all(&frame).map_err(|e| e.to_string()));
+        if let Err(e) = &sent {
+            console::line(&[("error", "send_failed"), ("message", what), ("detail", e)]);
         }
-    };
-    marks.connected_ns = boottime_ns();
-    marks.connect_attempts = attempts;
-    let mut stream = File::from(socket);
-
-    let hello = Hello {
-        proto_version: PROTO_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        vm_id: settings.vm_id,
-        kernel_release: nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(0),
-        mem_total_kib: mem_total_kib().unwrap_or(0),
-        boottime_at_init_ns: init_ns,
-    };
-    if let Err(e) = send(&mut stream, &GuestMessage::Hello(hello)) {
-        console::line(&[
-            ("error", "send_failed"),
-            ("message", "hello"),
-            ("detail", &e),
-        ]);
-        return;
+        sent.is_ok()
     }
 
-    crate::marker::write(vmbench_proto::MARKER_USERSPACE_READY);
-    marks.ready_ns = boottime_ns();
-    if let Err(e) = send(&mut stream, &GuestMessage::Ready(marks)) {
-        console::line(&[
-            ("error", "send_failed"),
-            ("message", "ready"),
-            ("detail", &e),
-        ]);
-        return;
+    /// The guest has booted: marker, mark, `Ready`.
+    pub fn ready(&mut self, systemd_follows: bool) -> bool {
+        crate::marker::write(vmbench_proto::MARKER_USERSPACE_READY);
+        self.marks.ready_ns = boottime_ns();
+        self.marks.systemd_follows = systemd_follows;
+        let marks = self.marks.clone();
+        self.send("ready", &GuestMessage::Ready(marks))
     }
-    match wait_ack(&mut stream, settings.ack_timeout_ms) {
-        Ok(()) => console::line(&[
-            ("event", "reported"),
-            ("vm_id", &settings.vm_id.to_string()),
-        ]),
-        Err(e) => console::line(&[("warn", "no_ack"), ("detail", &e)]),
+
+    pub fn systemd(&mut self, report: SystemdReport) -> bool {
+        self.send("systemd", &GuestMessage::Systemd(report))
+    }
+
+    pub fn failed(&mut self, what: &str) {
+        self.send(
+            "failed",
+            &GuestMessage::Failed {
+                what: what.to_string(),
+            },
+        );
+    }
+
+    /// Waits (bounded) for the host to say it has the report.
+    pub fn wait_ack(&mut self) {
+        match wait_ack(&mut self.stream, self.settings.ack_timeout_ms) {
+            Ok(()) => console::line(&[
+                ("event", "reported"),
+                ("vm_id", &self.settings.vm_id.to_string()),
+            ]),
+            Err(e) => console::line(&[("warn", "no_ack"), ("detail", &e)]),
+        }
     }
 }
 
@@ -141,11 +171,6 @@ fn connect_host(settings: &Settings) -> Result<(OwnedFd, u32), ConnectFailure> {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
-}
-
-fn send(stream: &mut File, message: &GuestMessage) -> Result<(), String> {
-    let frame = encode_frame(message).map_err(|e| e.to_string())?;
-    stream.write_all(&frame).map_err(|e| e.to_string())
 }
 
 fn wait_ack(stream: &mut File, timeout_ms: u64) -> Result<(), String> {

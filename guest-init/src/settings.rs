@@ -14,6 +14,16 @@ pub struct Settings {
     pub connect_timeout_ms: u64,
     /// `vmbench.ack_timeout_ms=`: how long to wait for the host's Ack before powering off.
     pub ack_timeout_ms: u64,
+    /// `vmbench.root=`: a root disk to switch to from the initramfs (e.g. `/dev/vda`).
+    pub root: Option<String>,
+    /// `vmbench.rootfstype=`: its file system.
+    pub root_fstype: String,
+    /// `vmbench.root_ro=1`: mount it read-only.
+    pub root_ro: bool,
+    /// `vmbench.root_wait_ms=`: how long to wait for its device node.
+    pub root_wait_ms: u64,
+    /// `vmbench.root_init=`: what to exec on a systemd root disk.
+    pub root_init: String,
 }
 
 impl Default for Settings {
@@ -23,6 +33,11 @@ impl Default for Settings {
             port: DEFAULT_PORT,
             connect_timeout_ms: 10_000,
             ack_timeout_ms: 3_000,
+            root: None,
+            root_fstype: "ext4".to_string(),
+            root_ro: false,
+            root_wait_ms: 10_000,
+            root_init: "/sbin/init".to_string(),
         }
     }
 }
@@ -52,6 +67,30 @@ pub fn parse(cmdline: &str) -> (Settings, Vec<Problem>) {
                 .map(|v| settings.connect_timeout_ms = v)
                 .is_ok(),
             "ack_timeout_ms" => value.parse().map(|v| settings.ack_timeout_ms = v).is_ok(),
+            "root" if value.starts_with('/') => {
+                settings.root = Some(value.to_string());
+                true
+            }
+            "rootfstype" if !value.is_empty() => {
+                settings.root_fstype = value.to_string();
+                true
+            }
+            "root_ro" => match value {
+                "1" => {
+                    settings.root_ro = true;
+                    true
+                }
+                "0" => {
+                    settings.root_ro = false;
+                    true
+                }
+                _ => false,
+            },
+            "root_wait_ms" => value.parse().map(|v| settings.root_wait_ms = v).is_ok(),
+            "root_init" if value.starts_with('/') => {
+                settings.root_init = value.to_string();
+                true
+            }
             _ => false,
         };
         if !ok {
@@ -83,6 +122,19 @@ mod tests {
             }
         );
         assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn root_disk_settings() {
+        let (s, problems) =
+            parse("vmbench.root=/dev/vda vmbench.rootfstype=ext2 vmbench.root_ro=1 vmbench.root_init=/lib/systemd/systemd");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.root.as_deref(), Some("/dev/vda"));
+        assert_eq!((s.root_fstype.as_str(), s.root_ro), ("ext2", true));
+        assert_eq!(s.root_init, "/lib/systemd/systemd");
+        let (s, problems) = parse("vmbench.root=vda vmbench.root_ro=yes");
+        assert_eq!(s.root, None, "a device is a path");
+        assert_eq!(problems.len(), 2);
     }
 
     #[test]

@@ -338,6 +338,7 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
                 port: config.port,
                 timeout: config.timeout,
                 entry: config.entry.clone(),
+                disks: Vec::new(),
             };
             let tx = tx.clone();
             scope.spawn(move || {
@@ -468,8 +469,12 @@ pub fn aggregate(vms: &[VmRecord], cpu: CpuMs, wall_ms: f64) -> Aggregate {
         vmm_ms: summary(|v| v.phases_ms.vmm),
         kernel_ms: summary(|v| v.phases_ms.kernel),
         guest_kernel_ms: summary(|v| v.phases_ms.guest_kernel),
+        initrd_ms: summary(|v| v.phases_ms.initrd.or(v.phases_ms.guest_initrd)),
         userspace_ms: summary(|v| v.phases_ms.userspace_any()),
         shutdown_ms: summary(|v| v.phases_ms.shutdown),
+        systemd_kernel_ms: summary(|v| v.systemd.as_ref()?.phases_ms.kernel),
+        systemd_initrd_ms: summary(|v| v.systemd.as_ref()?.phases_ms.initrd),
+        systemd_userspace_ms: summary(|v| v.systemd.as_ref()?.phases_ms.userspace),
     }
 }
 

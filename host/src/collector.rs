@@ -32,6 +32,7 @@ fn name(message: &GuestMessage) -> &'static str {
         GuestMessage::Hello(_) => "Hello",
         GuestMessage::Ready(_) => "Ready",
         GuestMessage::Failed { .. } => "Failed",
+        GuestMessage::Systemd(_) => "Systemd",
     }
 }
 

@@ -9,7 +9,7 @@
 //! - [`backend`] runs a guest (today: QEMU microvm);
 //! - [`vm`] watches one VM: its sockets, its VMM's exit, its deadline;
 //! - [`collector`] judges the guest's protocol bytes;
-//! - [`timeline`] turns marks into phases;
+//! - [`timeline`] turns marks into phases; [`systemd`] reads a systemd guest's own account;
 //! - [`results`], [`report`] write results.json and print tables;
 //! - [`boot`] runs N VMs and ties it together; [`doctor`] says what this host can run.
 
@@ -23,6 +23,7 @@ pub mod kvm_probe;
 pub mod locate;
 pub mod report;
 pub mod results;
+pub mod systemd;
 pub mod timeline;
 pub mod vm;
 pub mod vmm;

@@ -122,6 +122,11 @@ pub struct VmRecord {
     /// own statistics per vCPU, device counters.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub exits: Option<crate::vmm::machine::Report>,
+    /// A systemd guest's own account: its phases as `systemd-analyze time`
+    /// reads them, every unit's activation times, and the check of both
+    /// against what `systemd-analyze time` printed in the guest.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub systemd: Option<crate::systemd::SystemdRecord>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +152,7 @@ impl VmRecord {
             boot_markers: Vec::new(),
             vmm_exit: None,
             exits: None,
+            systemd: None,
         }
     }
 }
@@ -174,8 +180,18 @@ pub struct Aggregate {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub kernel_ms: Option<Summary>,
     pub guest_kernel_ms: Option<Summary>,
+    /// Root disks: the agent's initramfs until the switch to the disk, host clock.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub initrd_ms: Option<Summary>,
     pub userspace_ms: Option<Summary>,
     pub shutdown_ms: Option<Summary>,
+    /// systemd guests: the phases as `systemd-analyze time` reads them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub systemd_kernel_ms: Option<Summary>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub systemd_initrd_ms: Option<Summary>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub systemd_userspace_ms: Option<Summary>,
 }
 
 /// Writes `results` to `path` atomically: readers see the old or the new file, never half of one.

@@ -7,10 +7,16 @@
 //! | `vmm`             | host  | vmm_ready − spawn (kvm backend only)   |
 //! | `kernel`          | host  | init_start − vmm_ready (kvm only)      |
 //! | `vmm_and_kernel`  | host  | init_start − spawn                     |
-//! | `userspace`       | host  | ready − init_start                     |
+//! | `initrd`          | host  | switch_root − init_start (root disks)  |
+//! | `userspace`       | host  | ready − (switch_root, else init_start) |
 //! | `shutdown`        | host  | exit − ready                           |
 //! | `guest_kernel`    | guest | BOOTTIME at PID-1 entry                |
-//! | `guest_userspace` | guest | BOOTTIME at Ready − at PID-1 entry     |
+//! | `guest_initrd`    | guest | at the root switch − at PID-1 entry    |
+//! | `guest_userspace` | guest | at Ready − at the switch (else PID 1)  |
+//!
+//! With a root disk, the agent runs first from the initramfs and switches to
+//! the disk; `userspace` is then the real root's, as `systemd-analyze`
+//! counts it, and the initramfs's time is `initrd`.
 //!
 //! Host and guest both see userspace; when they disagree by more than
 //! [`USERSPACE_DISAGREEMENT_MS`] (plus 10%), the measurement itself is suspect
@@ -25,6 +31,9 @@ pub struct HostMarks {
     pub spawn: Option<u64>,
     pub vmm_ready: Option<u64>,
     pub init_start: Option<u64>,
+    /// The agent in the initramfs switched to the root disk (boot marker 0x62).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_root: Option<u64>,
     pub hello: Option<u64>,
     pub ready: Option<u64>,
     pub exit: Option<u64>,
@@ -41,12 +50,16 @@ pub struct Phases {
     pub kernel: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmm_and_kernel: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub userspace: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_kernel: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_initrd: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_userspace: Option<f64>,
 }
@@ -67,15 +80,20 @@ impl Phases {
         guest_init_ns: Option<u64>,
         guest: Option<&GuestMarks>,
     ) -> Phases {
+        let nonzero = |ns: u64| (ns > 0).then_some(ns);
+        let guest_switch = guest.and_then(|g| nonzero(g.switch_root_ns));
         Phases {
             total: span_ms(host.spawn, host.ready),
             vmm: span_ms(host.spawn, host.vmm_ready),
             kernel: span_ms(host.vmm_ready, host.init_start),
             vmm_and_kernel: span_ms(host.spawn, host.init_start),
-            userspace: span_ms(host.init_start, host.ready),
+            initrd: span_ms(host.init_start, host.switch_root),
+            userspace: span_ms(host.switch_root.or(host.init_start), host.ready),
             shutdown: span_ms(host.ready, host.exit),
             guest_kernel: guest_init_ns.map(|ns| ns as f64 / 1e6),
-            guest_userspace: guest.and_then(|g| span_ms(Some(g.init_ns), Some(g.ready_ns))),
+            guest_initrd: guest.and_then(|g| span_ms(nonzero(g.init_ns), guest_switch)),
+            guest_userspace: guest
+                .and_then(|g| span_ms(guest_switch.or(nonzero(g.init_ns)), nonzero(g.ready_ns))),
         }
     }
 
@@ -108,6 +126,7 @@ mod tests {
             spawn: Some(1000 * MS),
             vmm_ready: Some(1004 * MS),
             init_start: Some(1804 * MS),
+            switch_root: None,
             hello: Some(1810 * MS),
             ready: Some(1820 * MS),
             exit: Some(1850 * MS),
@@ -127,6 +146,43 @@ mod tests {
         assert_eq!(p.guest_kernel, Some(700.0));
         assert_eq!(p.guest_userspace, Some(14.0));
         assert_eq!(p.disagreement(), None);
+    }
+
+    #[test]
+    fn a_root_switch_splits_initrd_from_userspace() {
+        let host = HostMarks {
+            spawn: Some(1000 * MS),
+            init_start: Some(1800 * MS),
+            switch_root: Some(1830 * MS),
+            ready: Some(9830 * MS),
+            ..HostMarks::default()
+        };
+        let guest = GuestMarks {
+            init_ns: 700 * MS,
+            switch_root_ns: 728 * MS,
+            ready_ns: 8725 * MS,
+            ..GuestMarks::default()
+        };
+        let p = Phases::derive(&host, Some(700 * MS), Some(&guest));
+        assert_eq!(p.initrd, Some(30.0));
+        assert_eq!(p.userspace, Some(8000.0));
+        assert_eq!(p.guest_initrd, Some(28.0));
+        assert_eq!(p.guest_userspace, Some(7997.0));
+        assert_eq!(p.disagreement(), None);
+        // No switch: no initrd phase, userspace from PID 1.
+        let p = Phases::derive(
+            &HostMarks {
+                switch_root: None,
+                ..host
+            },
+            Some(700 * MS),
+            Some(&GuestMarks {
+                switch_root_ns: 0,
+                ..guest
+            }),
+        );
+        assert_eq!((p.initrd, p.guest_initrd), (None, None));
+        assert_eq!(p.userspace, Some(8030.0));
     }
 
     #[test]

@@ -13,11 +13,14 @@ use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use vmbench_proto::{encode_frame, GuestMessage, HostMessage, MARKER_USERSPACE_START};
+use vmbench_proto::{
+    encode_frame, GuestMessage, HostMessage, MARKER_SWITCH_ROOT, MARKER_USERSPACE_START,
+};
 
 use crate::backend::{kvm, Launcher, VmSpec, UNIX_PATH_MAX_BYTES};
 use crate::collector::Session;
 use crate::results::{BootMarker, GuestInfo, VmRecord, VmStatus};
+use crate::systemd::SystemdRecord;
 use crate::timeline::Phases;
 
 /// CLOCK_MONOTONIC in nanoseconds: the host clock of every mark.
@@ -185,6 +188,8 @@ struct Watch<'a> {
     guest_init_ns: Option<u64>,
     guest_failure: Option<String>,
     protocol_error: Option<String>,
+    /// `Ready` announced a systemd report; the Ack waits for it on this connection.
+    systemd_pending: Option<usize>,
     exit: Option<ExitStatus>,
     timed_out: bool,
 }
@@ -206,6 +211,7 @@ impl<'a> Watch<'a> {
             guest_init_ns: None,
             guest_failure: None,
             protocol_error: None,
+            systemd_pending: None,
             exit: None,
             timed_out: false,
         }
@@ -368,6 +374,9 @@ impl<'a> Watch<'a> {
                         {
                             self.record.host_ns.init_start = Some(ts);
                         }
+                        if code == MARKER_SWITCH_ROOT && self.record.host_ns.switch_root.is_none() {
+                            self.record.host_ns.switch_root = Some(ts);
+                        }
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -428,21 +437,61 @@ impl<'a> Watch<'a> {
             }
             GuestMessage::Ready(marks) => {
                 self.record.host_ns.ready.get_or_insert(ts);
+                let systemd_follows = marks.systemd_follows;
                 self.record.guest_ns = Some(marks);
-                let ack = encode_frame(&HostMessage::Ack).expect("Ack encodes");
-                // A few bytes into an empty socket buffer: this does not block.
-                let stream = &mut self.connections[index].stream;
-                if let Err(e) = stream.write_all(&ack) {
-                    self.record
-                        .warnings
-                        .push(format!("Could not acknowledge Ready: {e}"));
+                if systemd_follows {
+                    // The report is not whole yet: the Ack waits for it.
+                    self.systemd_pending = Some(index);
+                } else {
+                    self.acknowledge(index);
                 }
                 self.update_phases();
                 (self.on_progress)(self.record, Milestone::Ready);
             }
+            GuestMessage::Systemd(report) => {
+                if self.systemd_pending != Some(index) {
+                    self.connections[index].open = false;
+                    self.protocol_error.get_or_insert(
+                        "Guest sent a systemd report that its Ready did not announce".into(),
+                    );
+                    return;
+                }
+                self.systemd_pending = None;
+                let record = SystemdRecord::from_report(report);
+                if record.agrees_with_analyze == Some(false) {
+                    let why = crate::systemd::check_against_analyze(
+                        &record.phases_ms,
+                        &record.analyze_time,
+                    )
+                    .err()
+                    .unwrap_or_default();
+                    self.record.warnings.push(format!(
+                        "vmbench's reading of systemd's timestamps disagrees with systemd-analyze time in the guest: {why}"
+                    ));
+                }
+                for problem in &record.problems {
+                    self.record.warnings.push(format!(
+                        "The agent could not gather from systemd: {problem}"
+                    ));
+                }
+                self.record.systemd = Some(record);
+                self.acknowledge(index);
+            }
             GuestMessage::Failed { what } => {
                 self.guest_failure.get_or_insert(what);
             }
+        }
+    }
+
+    /// Tells the guest its report is recorded (it powers off on this).
+    fn acknowledge(&mut self, index: usize) {
+        let ack = encode_frame(&HostMessage::Ack).expect("Ack encodes");
+        // A few bytes into an empty socket buffer: this does not block.
+        let stream = &mut self.connections[index].stream;
+        if let Err(e) = stream.write_all(&ack) {
+            self.record
+                .warnings
+                .push(format!("Could not acknowledge the report: {e}"));
         }
     }
 
@@ -460,12 +509,18 @@ impl<'a> Watch<'a> {
                         .iter()
                         .map(|&(code, host_ns)| BootMarker { code, host_ns })
                         .collect();
-                    if let Some(&(_, at)) = report
-                        .boot_markers
-                        .iter()
-                        .find(|(code, _)| *code == MARKER_USERSPACE_START)
-                    {
+                    let first = |wanted: u8| {
+                        report
+                            .boot_markers
+                            .iter()
+                            .find(|(code, _)| *code == wanted)
+                            .map(|&(_, at)| at)
+                    };
+                    if let Some(at) = first(MARKER_USERSPACE_START) {
                         self.record.host_ns.init_start = Some(at);
+                    }
+                    if let Some(at) = first(MARKER_SWITCH_ROOT) {
+                        self.record.host_ns.switch_root = Some(at);
                     }
                 }
                 self.record.exits = Some(report);
@@ -536,6 +591,11 @@ impl<'a> Watch<'a> {
         if let Some(warning) = self.record.phases_ms.disagreement() {
             self.record.warnings.push(warning);
         }
+        if self.systemd_pending.take().is_some() {
+            self.record
+                .warnings
+                .push("The guest announced a systemd report but it never arrived".to_string());
+        }
         self.record.status = status;
         self.record.error = error;
     }
@@ -573,6 +633,7 @@ mod tests {
             port: 1234,
             timeout,
             entry: None,
+            disks: Vec::new(),
         }
     }
 
@@ -738,6 +799,126 @@ mod tests {
             [(MARKER_USERSPACE_START, marked), (0x61, marked + 10)]
         );
         assert!(record.exits.is_some());
+    }
+
+    /// Reads frames from the host until one arrives or `wait` passes.
+    fn host_reply(s: &mut UnixStream, wait: Duration) -> Option<HostMessage> {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut dec = FrameDecoder::new();
+        let mut buf = [0u8; 16];
+        loop {
+            let n = match s.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => n,
+            };
+            dec.push(&buf[..n]);
+            if let Some(body) = dec.next_body().unwrap() {
+                return Some(decode_body::<HostMessage>(&body).unwrap());
+            }
+        }
+    }
+
+    fn systemd_report() -> vmbench_proto::SystemdReport {
+        use vmbench_proto::{SystemdTimestamps, UnitTimes};
+        vmbench_proto::SystemdReport {
+            version: "252".into(),
+            timestamps: SystemdTimestamps {
+                userspace_us: 1_000_000,
+                finish_us: 4_000_000,
+                ..SystemdTimestamps::default()
+            },
+            units: vec![UnitTimes {
+                id: "multi-user.target".into(),
+                activating_us: 3_900_000,
+                active_us: 3_950_000,
+                ..UnitTimes::default()
+            }],
+            default_target: "multi-user.target".into(),
+            analyze_time: "Startup finished in 1.000s (kernel) + 3.000s (userspace) = 4.000s\n\
+                           multi-user.target reached after 2.950s in userspace.\n"
+                .into(),
+            problems: vec![],
+        }
+    }
+
+    #[test]
+    fn a_systemd_report_completes_the_report_before_the_ack() {
+        let (record, (early, ack)) = watch(
+            Command::new("sleep").arg("2"),
+            Duration::from_secs(10),
+            |uds| {
+                let mut s = UnixStream::connect(uds).unwrap();
+                s.write_all(&frame(&hello())).unwrap();
+                let marks = GuestMarks {
+                    init_ns: 500_000_000,
+                    switch_root_ns: 520_000_000,
+                    ready_ns: 3_500_000_000,
+                    systemd_follows: true,
+                    ..GuestMarks::default()
+                };
+                s.write_all(&frame(&GuestMessage::Ready(marks))).unwrap();
+                let early = host_reply(&mut s, Duration::from_millis(300));
+                s.write_all(&frame(&GuestMessage::Systemd(systemd_report())))
+                    .unwrap();
+                (early, host_reply(&mut s, Duration::from_secs(5)))
+            },
+        );
+        assert_eq!(early, None, "no Ack before the announced systemd report");
+        assert_eq!(ack, Some(HostMessage::Ack));
+        assert_eq!(record.status, VmStatus::Ok, "{record:?}");
+        let systemd = record.systemd.as_ref().unwrap();
+        assert_eq!(systemd.phases_ms.kernel, Some(1000.0));
+        assert_eq!(systemd.phases_ms.userspace, Some(3000.0));
+        assert_eq!(systemd.agrees_with_analyze, Some(true));
+        assert_eq!(record.phases_ms.guest_initrd, Some(20.0));
+        assert!(record.warnings.is_empty(), "{:?}", record.warnings);
+    }
+
+    #[test]
+    fn an_unannounced_systemd_report_is_a_protocol_error() {
+        let (record, ()) = watch(
+            Command::new("sleep").arg("30"),
+            Duration::from_secs(20),
+            |uds| {
+                let mut s = UnixStream::connect(uds).unwrap();
+                s.write_all(&frame(&hello())).unwrap();
+                s.write_all(&frame(&GuestMessage::Systemd(systemd_report())))
+                    .unwrap();
+            },
+        );
+        assert_eq!(record.status, VmStatus::ProtocolError, "{record:?}");
+        assert!(record.error.unwrap().contains("did not announce"));
+    }
+
+    #[test]
+    fn a_systemd_report_that_disagrees_with_systemd_analyze_is_a_warning() {
+        let (record, ()) = watch(
+            Command::new("sleep").arg("2"),
+            Duration::from_secs(10),
+            |uds| {
+                let mut s = UnixStream::connect(uds).unwrap();
+                s.write_all(&frame(&hello())).unwrap();
+                let marks = GuestMarks {
+                    systemd_follows: true,
+                    ..GuestMarks::default()
+                };
+                s.write_all(&frame(&GuestMessage::Ready(marks))).unwrap();
+                let mut report = systemd_report();
+                report.analyze_time =
+                    "Startup finished in 1.000s (kernel) + 9.000s (userspace) = 10.000s".into();
+                s.write_all(&frame(&GuestMessage::Systemd(report))).unwrap();
+                host_reply(&mut s, Duration::from_secs(5));
+            },
+        );
+        assert_eq!(record.status, VmStatus::Ok);
+        assert!(
+            record
+                .warnings
+                .iter()
+                .any(|w| w.contains("disagrees with systemd-analyze")),
+            "{:?}",
+            record.warnings
+        );
     }
 
     #[test]

@@ -121,6 +121,7 @@ mod tests {
             connected_ns: 3,
             ready_ns: 4,
             connect_attempts: 1,
+            ..GuestMarks::default()
         })
     }
 

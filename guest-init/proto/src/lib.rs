@@ -9,10 +9,14 @@
 //!   [postcard]-encoded message. A body longer than [`MAX_FRAME_BYTES`], or an
 //!   empty one, is refused: the guest is untrusted input.
 //! - Conversation: the guest sends [`GuestMessage::Hello`] first, then
-//!   [`GuestMessage::Ready`] once it considers itself booted. The host answers
-//!   `Ready` with [`HostMessage::Ack`]; the guest waits for it (bounded) before
-//!   powering off, so the report is known to have left the VM before the VM ends.
-//!   A guest that fails sends [`GuestMessage::Failed`] instead of `Ready`.
+//!   [`GuestMessage::Ready`] the moment it considers itself booted (so the
+//!   host's timestamp of its arrival is the boot's end). A systemd guest then
+//!   sends what it gathered from systemd, [`GuestMessage::Systemd`], which
+//!   `Ready` announces ([`GuestMarks::systemd_follows`]): gathering takes
+//!   time that is not boot time. The host answers with [`HostMessage::Ack`]
+//!   once it has the whole report; the guest waits for it (bounded) before
+//!   powering off, so the report is known to have left the VM before the VM
+//!   ends. A guest that fails sends [`GuestMessage::Failed`] instead.
 //! - Versions: `Hello` is variant 0 of [`GuestMessage`] and its first field is
 //!   [`PROTO_VERSION`]; those two facts never change, so a host can read the
 //!   version of any guest and name both versions when they differ
@@ -27,7 +31,7 @@ pub use frame::{decode_body, encode_frame, FrameDecoder, FRAME_HEADER_BYTES, MAX
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks. Bump on any change to a message.
-pub const PROTO_VERSION: u32 = 1;
+pub const PROTO_VERSION: u32 = 2;
 
 /// The vsock port the guest connects to unless `vmbench.port=` says otherwise.
 pub const DEFAULT_PORT: u32 = 1234;
@@ -45,6 +49,13 @@ pub const MARKER_USERSPACE_START: u8 = 0x60;
 
 /// Boot-marker code guest-init writes just before it reports `Ready`.
 pub const MARKER_USERSPACE_READY: u8 = 0x61;
+
+/// Boot-marker code the agent in the initramfs writes as it switches to the
+/// root disk: the end of the initrd phase.
+pub const MARKER_SWITCH_ROOT: u8 = 0x62;
+
+/// Boot-marker code the agent writes when systemd starts it as a service.
+pub const MARKER_SERVICE_START: u8 = 0x63;
 
 /// The first message of every connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +89,73 @@ pub struct GuestMarks {
     pub ready_ns: u64,
     /// Connection attempts it took to reach the host.
     pub connect_attempts: u32,
+    /// The root disk was mounted (0: the guest has no root disk).
+    pub root_mounted_ns: u64,
+    /// The agent in the initramfs switched to the root disk: the initrd
+    /// phase ended (0: no switch).
+    pub switch_root_ns: u64,
+    /// systemd started the agent as a service (0: not a systemd guest).
+    pub service_start_ns: u64,
+    /// A [`GuestMessage::Systemd`] report follows this `Ready`.
+    pub systemd_follows: bool,
+}
+
+/// What a systemd guest's manager says about its boot, as `systemctl show`
+/// gives it: CLOCK_MONOTONIC microseconds, 0 where systemd has no value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemdTimestamps {
+    /// Before the kernel: firmware and boot loader (EFI systems only), as
+    /// offsets before the kernel started.
+    pub firmware_us: u64,
+    pub loader_us: u64,
+    /// The kernel started (normally 0).
+    pub kernel_us: u64,
+    /// systemd started in an initrd.
+    pub initrd_us: u64,
+    /// systemd started on the real root.
+    pub userspace_us: u64,
+    /// The boot finished (the default target and its jobs are done).
+    pub finish_us: u64,
+    pub security_start_us: u64,
+    pub security_finish_us: u64,
+    pub generators_start_us: u64,
+    pub generators_finish_us: u64,
+    pub units_load_start_us: u64,
+    pub units_load_finish_us: u64,
+}
+
+/// One unit's activation, CLOCK_MONOTONIC microseconds (0: did not happen);
+/// with `after` these rebuild `systemd-analyze blame` and `critical-chain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitTimes {
+    pub id: String,
+    /// Left the inactive state (began activating): InactiveExitTimestamp.
+    pub activating_us: u64,
+    /// Became active: ActiveEnterTimestamp.
+    pub active_us: u64,
+    /// Began deactivating: ActiveExitTimestamp.
+    pub deactivating_us: u64,
+    /// Became inactive again: InactiveEnterTimestamp.
+    pub inactive_us: u64,
+    /// The units it is ordered after.
+    pub after: Vec<String>,
+}
+
+/// A systemd guest's own account of its boot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemdReport {
+    /// systemd's version string (`systemctl show -p Version`).
+    pub version: String,
+    pub timestamps: SystemdTimestamps,
+    /// Every loaded unit.
+    pub units: Vec<UnitTimes>,
+    /// The unit the boot was for (`systemctl get-default`).
+    pub default_target: String,
+    /// `systemd-analyze time` as it printed in the guest, to check the
+    /// host's reading of the timestamps against.
+    pub analyze_time: String,
+    /// What could not be gathered, one line each.
+    pub problems: Vec<String>,
 }
 
 /// Guest to host.
@@ -89,6 +167,8 @@ pub enum GuestMessage {
     Ready(GuestMarks),
     /// The agent hit an error it could not get past; it powers off next.
     Failed { what: String },
+    /// A systemd guest's own account, after a `Ready` that announced it.
+    Systemd(SystemdReport),
 }
 
 /// Host to guest.
@@ -228,6 +308,34 @@ mod tests {
             decode_hello(body_of(&frame)),
             Err(Error::Garbage { .. })
         ));
+    }
+
+    #[test]
+    fn systemd_report_round_trips() {
+        let report = SystemdReport {
+            version: "252.38-1~deb12u1".into(),
+            timestamps: SystemdTimestamps {
+                userspace_us: 1_200_000,
+                finish_us: 9_800_000,
+                ..SystemdTimestamps::default()
+            },
+            units: vec![UnitTimes {
+                id: "systemd-journald.service".into(),
+                activating_us: 1_500_000,
+                active_us: 1_900_000,
+                after: vec!["systemd-journald.socket".into()],
+                ..UnitTimes::default()
+            }],
+            default_target: "multi-user.target".into(),
+            analyze_time: "Startup finished in 1.200s (kernel) + 8.600s (userspace) = 9.800s"
+                .into(),
+            problems: vec![],
+        };
+        let frame = encode_frame(&GuestMessage::Systemd(report.clone())).unwrap();
+        assert_eq!(
+            decode_body::<GuestMessage>(body_of(&frame)).unwrap(),
+            GuestMessage::Systemd(report)
+        );
     }
 
     #[test]

@@ -53,9 +53,82 @@ const VM_COLUMNS: &[Column] = &[
     ("kernel ms", |v| v.phases_ms.kernel),
     ("to init ms", |v| v.phases_ms.vmm_and_kernel),
     ("guest kernel ms", |v| v.phases_ms.guest_kernel),
+    ("initrd ms", |v| {
+        v.phases_ms.initrd.or(v.phases_ms.guest_initrd)
+    }),
     ("userspace ms", |v| v.phases_ms.userspace_any()),
     ("shutdown ms", |v| v.phases_ms.shutdown),
 ];
+
+/// How many of the slowest units the systemd section lists.
+const BLAME_UNITS: usize = 5;
+
+/// systemd guests: each VM's phases as `systemd-analyze time` reads them
+/// beside the host's view, whether that reading agreed with what
+/// `systemd-analyze time` printed in the guest, and the slowest units.
+fn systemd_section(vms: &[VmRecord]) -> String {
+    let with: Vec<&VmRecord> = vms.iter().filter(|v| v.systemd.is_some()).collect();
+    let Some(first) = with.first() else {
+        return String::new();
+    };
+    let mut rows = vec![[
+        "systemd's view",
+        "kernel ms",
+        "initrd ms",
+        "userspace ms",
+        "total ms",
+        "target ms",
+        "host initrd ms",
+        "host userspace ms",
+        "systemd-analyze",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for vm in &with {
+        let Some(sd) = &vm.systemd else { continue };
+        let p = &sd.phases_ms;
+        rows.push(vec![
+            format!("vm-{}", vm.id),
+            ms(p.kernel),
+            ms(p.initrd),
+            ms(p.userspace),
+            ms(p.total),
+            ms(p.target_reached),
+            ms(vm.phases_ms.initrd),
+            ms(vm.phases_ms.userspace),
+            match sd.agrees_with_analyze {
+                Some(true) => "agrees".into(),
+                Some(false) => "DIFFERS".into(),
+                None => "-".into(),
+            },
+        ]);
+    }
+    let mut out = String::from(
+        "
+",
+    );
+    out.push_str(&render(&rows));
+    let _ = writeln!(
+        out,
+        "(systemd {}: kernel = until systemd started, which includes vmbench's initramfs; target = {} reached after userspace began)",
+        first.systemd.as_ref().map_or("", |s| s.version.as_str()),
+        first.systemd.as_ref().map_or("", |s| s.default_target.as_str()),
+    );
+    if let Some(sd) = &first.systemd {
+        let blame = sd.blame();
+        if !blame.is_empty() {
+            let _ = writeln!(
+                out,
+                "slowest units of vm-{} (systemd-analyze blame):",
+                first.id
+            );
+            for (unit, took) in blame.iter().take(BLAME_UNITS) {
+                let _ = writeln!(out, "  {took:>9.1} ms  {unit}");
+            }
+        }
+    }
+    out
+}
 
 /// The per-VM table; a column no VM has a value for (a phase this backend
 /// cannot see) is left out rather than printed as dashes.
@@ -112,6 +185,7 @@ fn summary_row(name: &str, summary: Option<&Summary>) -> Vec<String> {
 /// The per-VM table and the aggregate, as `vmbench boot` prints them.
 pub fn boot_report(results: &RunResults) -> String {
     let mut out = vm_table(&results.vms);
+    out.push_str(&systemd_section(&results.vms));
     let not_ok: Vec<&VmRecord> = results.vms.iter().filter(|v| v.error.is_some()).collect();
     for vm in &not_ok {
         let _ = writeln!(
@@ -148,11 +222,21 @@ pub fn boot_report(results: &RunResults) -> String {
             rows.push(summary_row("vmm", agg.vmm_ms.as_ref()));
             rows.push(summary_row("kernel (host)", agg.kernel_ms.as_ref()));
         }
+        rows.push(summary_row("guest kernel", agg.guest_kernel_ms.as_ref()));
+        if agg.initrd_ms.is_some() {
+            rows.push(summary_row("initrd", agg.initrd_ms.as_ref()));
+        }
         rows.extend([
-            summary_row("guest kernel", agg.guest_kernel_ms.as_ref()),
             summary_row("userspace", agg.userspace_ms.as_ref()),
             summary_row("shutdown", agg.shutdown_ms.as_ref()),
         ]);
+        if agg.systemd_userspace_ms.is_some() {
+            rows.extend([
+                summary_row("systemd kernel", agg.systemd_kernel_ms.as_ref()),
+                summary_row("systemd initrd", agg.systemd_initrd_ms.as_ref()),
+                summary_row("systemd userspace", agg.systemd_userspace_ms.as_ref()),
+            ]);
+        }
         out.push_str(&render(&rows));
         if let Some(by_backend) = &results.aggregate_by_backend {
             out.push('\n');
@@ -390,6 +474,43 @@ mod tests {
         assert!(
             !text.contains("vmm ms") && !text.contains("shutdown ms"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn systemd_guests_get_their_own_section() {
+        use vmbench_proto::{SystemdReport, SystemdTimestamps, UnitTimes};
+        let mut vm = VmRecord::new(3, std::path::Path::new("/x"));
+        vm.phases_ms.initrd = Some(31.0);
+        vm.phases_ms.userspace = Some(4100.0);
+        vm.systemd = Some(crate::systemd::SystemdRecord::from_report(SystemdReport {
+            version: "252".into(),
+            timestamps: SystemdTimestamps {
+                userspace_us: 900_000,
+                finish_us: 4_900_000,
+                ..SystemdTimestamps::default()
+            },
+            units: vec![UnitTimes {
+                id: "slow.service".into(),
+                activating_us: 1_000_000,
+                active_us: 2_500_000,
+                ..UnitTimes::default()
+            }],
+            default_target: "multi-user.target".into(),
+            analyze_time: "Startup finished in 900ms (kernel) + 4.000s (userspace) = 4.900s".into(),
+            problems: vec![],
+        }));
+        let text = systemd_section(&[vm]);
+        let row = text.lines().find(|l| l.starts_with("vm-3")).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["vm-3", "900.0", "-", "4000.0", "4900.0", "-", "31.0", "4100.0", "agrees"]
+        );
+        assert!(text.contains("1500.0 ms  slow.service"), "{text}");
+        assert_eq!(
+            systemd_section(&[VmRecord::new(0, std::path::Path::new("/x"))]),
+            ""
         );
     }
 
