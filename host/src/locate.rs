@@ -34,6 +34,11 @@ pub fn cache_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/vmbench"))
 }
 
+/// Where `vmbench rootfs` keeps the images it builds: `<cache>/images`.
+pub fn images_dir() -> Result<PathBuf> {
+    Ok(cache_dir()?.join("images"))
+}
+
 /// The workspace this binary was built from, if it is still there.
 pub fn workspace_dir() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,14 +9,14 @@
 //! [`check_bootable`] let the host refuse such an image before booting.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use flate2::bufread::GzDecoder;
 use flate2::GzBuilder;
 
+use crate::atomic::write_atomically;
 use crate::cpio::{
     self, CpioEntry, Node, PATH_MAX_BYTES, PERMISSION_BITS, S_IFLNK, S_IFMT, S_IFREG, TRAILER_NAME,
 };
@@ -353,68 +353,6 @@ fn gunzip_member(member: &[u8]) -> io::Result<(Vec<u8>, usize)> {
     // The bufread decoder consumes exactly the member, trailer included.
     let member_len = member.len() - decoder.get_ref().len();
     Ok((contents, member_len))
-}
-
-fn write_atomically(out: &Path, bytes: &[u8]) -> io::Result<()> {
-    let file_name = out.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the output path has no file name",
-        )
-    })?;
-    let dir = match out.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    // Same directory, so the rename cannot cross file systems.
-    let (mut file, temp) = create_temp(dir, file_name)?;
-    file.write_all(bytes)?;
-    // Data reaches the disk before the name does, so a crash cannot leave a
-    // complete-looking but empty image. The rename itself need not be
-    // durable: losing it only means building the image again.
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temp.path, out)?;
-    temp.keep();
-    Ok(())
-}
-
-/// A temporary file that is removed when dropped unless kept, so that any
-/// failure between creating and renaming it leaves nothing behind.
-struct TempPath {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl TempPath {
-    fn keep(mut self) {
-        self.keep = true;
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn create_temp(dir: &Path, file_name: &std::ffi::OsStr) -> io::Result<(File, TempPath)> {
-    let mut last_error = None;
-    for attempt in 0..100 {
-        let mut name = OsString::from(".");
-        name.push(file_name);
-        name.push(format!(".{}.{attempt}.tmp", std::process::id()));
-        let path = dir.join(name);
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(file) => return Ok((file, TempPath { path, keep: false })),
-            // Another thread of this process is writing the same image.
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => last_error = Some(error),
-            Err(error) => return Err(error),
-        }
-    }
-    Err(last_error.expect("the loop ran"))
 }
 
 /// Path components other than "" and ".", which lookup skips.
