@@ -132,18 +132,22 @@ fn as_service(service_start_ns: u64) {
     let Some(mut conversation) = report::Conversation::open(&settings, marks, init_ns) else {
         return;
     };
-    match systemd::wait_for_boot() {
-        Ok(state) => console::line(&[("event", "boot_finished"), ("state", &state)]),
+    let state = match systemd::wait_for_boot() {
+        Ok(state) => {
+            console::line(&[("event", "boot_finished"), ("state", &state)]);
+            state
+        }
         Err(e) => {
             conversation.failed(&format!("cannot tell when the boot finished: {e}"));
             conversation.wait_ack();
             return;
         }
-    }
+    };
     if !conversation.ready(true) {
         return;
     }
-    let report = systemd::gather();
+    let mut report = systemd::gather();
+    report.system_state = state;
     if conversation.systemd(report) {
         conversation.wait_ack();
     }

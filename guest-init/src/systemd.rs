@@ -189,6 +189,22 @@ pub fn gather() -> SystemdReport {
         }
         Err(e) => report.problems.push(e),
     }
+    match run(
+        "systemctl",
+        &[
+            "list-units",
+            "--failed",
+            "--all",
+            "--plain",
+            "--no-legend",
+            "--full",
+        ],
+    ) {
+        Ok(list) => {
+            report.failed_units = unit_names(&list).into_iter().map(str::to_string).collect()
+        }
+        Err(e) => report.problems.push(e),
+    }
     match run("systemd-analyze", &["time"]) {
         Ok(text) => report.analyze_time = text.trim().to_string(),
         Err(e) => report.problems.push(e),

@@ -14,7 +14,9 @@ use crate::inputs::{self, KernelFormat};
 use crate::kvm_probe::{self, KvmVerdict};
 use crate::locate;
 use crate::report::stats::Summary;
-use crate::results::{self, Aggregate, Environment, RunResults, VmRecord, VmStatus};
+use crate::results::{
+    self, Aggregate, Environment, OverlayUse, RootfsInfo, RunResults, VmRecord, VmStatus,
+};
 use crate::vm::{self, Milestone};
 
 /// `--accel`.
@@ -50,6 +52,10 @@ pub struct BootConfig {
     pub vcpus: u32,
     pub accel: AccelChoice,
     pub timeout: Duration,
+    /// A root disk image each VM boots from, through its own overlay.
+    pub rootfs: Option<PathBuf>,
+    /// Keep the overlays after the run.
+    pub keep_overlays: bool,
     pub out: Option<PathBuf>,
     /// Extra kernel command-line words, after vmbench's own.
     pub append: Vec<String>,
@@ -85,6 +91,13 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--rootfs: {0}")]
+    Rootfs(vmbench_rootfs::Error),
+    #[error("Cannot create the overlay for vm-{id}: {source}")]
+    Overlay {
+        id: u32,
+        source: vmbench_rootfs::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -106,6 +119,104 @@ pub fn base_cmdline(vm_id: u32, port: u32) -> String {
     // panic=-1 and reboot=t: a guest that panics or powers off ends its VMM
     // at once (triple fault; QEMU's -no-reboot makes that an exit).
     format!("console=ttyS0 panic=-1 reboot=t vmbench.id={vm_id} vmbench.port={port}")
+}
+
+/// The root disk, as the guest's first virtio-blk device: the agent in the
+/// initramfs switches to it.
+const ROOT_DISK_CMDLINE: &str = "vmbench.root=/dev/vda";
+
+/// Each VM's overlay of the root disk, in its directory.
+const OVERLAY_NAME: &str = "rootfs.qcow2";
+
+/// Checks the root disk image and says what it is: its chain, and its
+/// base's identity (the sidecar's hash when it still fits the file, else
+/// the file's own).
+fn rootfs_info(path: &Path, progress_on: bool) -> Result<RootfsInfo> {
+    let image = vmbench_rootfs::validate_image(path).map_err(Error::Rootfs)?;
+    let base = image.chain.last().map_or(path, |l| l.path.as_path());
+    let base_bytes = std::fs::metadata(base).map(|m| m.len()).ok();
+    let sidecar = image
+        .base_info
+        .as_ref()
+        .filter(|info| Some(info.size_bytes) == base_bytes);
+    let base_sha256 = match sidecar {
+        Some(info) => info.sha256.clone(),
+        None => {
+            progress(
+                progress_on,
+                &format!(
+                    "vmbench: hashing the root disk {} (no vmbench rootfs sidecar)",
+                    base.display()
+                ),
+            );
+            vmbench_rootfs::provenance::sha256_file(base).map_err(Error::Rootfs)?
+        }
+    };
+    Ok(RootfsInfo {
+        path: image.path.display().to_string(),
+        format: image.format.as_str().to_string(),
+        virtual_size_bytes: image.virtual_size_bytes,
+        chain: image
+            .chain
+            .iter()
+            .map(|l| l.path.display().to_string())
+            .collect(),
+        base_sha256,
+        built_by: sidecar.and_then(|info| serde_json::to_value(&info.provenance).ok()),
+    })
+}
+
+/// One overlay per VM, made before any VM starts, so that a failure (a full
+/// disk) stops the run with nothing booted; on failure the ones made are
+/// removed.
+fn create_overlays(base: &Path, dirs: &[PathBuf]) -> Result<Vec<OverlayUse>> {
+    let mut made: Vec<OverlayUse> = Vec::new();
+    for (id, dir) in dirs.iter().enumerate() {
+        let path = dir.join(OVERLAY_NAME);
+        let undo = |made: &[OverlayUse]| {
+            for overlay in made {
+                let _ = std::fs::remove_file(&overlay.path);
+            }
+        };
+        if let Err(source) = std::fs::create_dir_all(dir) {
+            undo(&made);
+            return Err(Error::Write {
+                path: dir.clone(),
+                source,
+            });
+        }
+        let start = std::time::Instant::now();
+        let created = vmbench_rootfs::create_overlay(
+            base,
+            &path,
+            vmbench_rootfs::overlay::Durability::Unsynced,
+        );
+        if let Err(source) = created {
+            undo(&made);
+            return Err(Error::Overlay {
+                id: id as u32,
+                source,
+            });
+        }
+        made.push(OverlayUse {
+            path: path.display().to_string(),
+            create_ms: start.elapsed().as_secs_f64() * 1e3,
+            disk_used_kib: None,
+            kept: true,
+        });
+    }
+    Ok(made)
+}
+
+/// After the VM: how much the overlay took, then remove it unless kept.
+fn settle_overlay(overlay: &mut OverlayUse, keep: bool) {
+    use std::os::unix::fs::MetadataExt;
+    overlay.disk_used_kib = std::fs::metadata(&overlay.path)
+        .ok()
+        .map(|m| m.blocks() * 512 / 1024);
+    if !keep && std::fs::remove_file(&overlay.path).is_ok() {
+        overlay.kept = false;
+    }
 }
 
 fn default_out_dir() -> PathBuf {
@@ -203,6 +314,11 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     };
     let initramfs = inputs::check_initramfs(&initramfs_path)?;
 
+    let rootfs = match &config.rootfs {
+        Some(path) => Some(rootfs_info(path, config.progress)?),
+        None => None,
+    };
+
     let calibration = kvm_probe::calibrate();
     let launchers = choose_backends(&config.backends, &calibration.verdict)?;
     let accel = choose_accel(config.accel, &calibration.verdict)?;
@@ -254,12 +370,14 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
 
     let append = config.append.join(" ");
     let cmdline_of = |id: u32| {
-        let base = base_cmdline(id, config.port);
-        if append.is_empty() {
-            base
-        } else {
-            format!("{base} {append}")
+        let mut line = base_cmdline(id, config.port);
+        if rootfs.is_some() {
+            line = format!("{line} {ROOT_DISK_CMDLINE}");
         }
+        if !append.is_empty() {
+            line = format!("{line} {append}");
+        }
+        line
     };
     let cpu = environment::host_cpu();
     let mut results = RunResults {
@@ -287,6 +405,7 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
             vmm_version: vmm_versions.join("; "),
             vhost_device_vsock_version: vhost_version,
             kernel_cmdline: cmdline_of(0),
+            rootfs: rootfs.clone(),
             mem_mib: config.mem_mib,
             vcpus: config.vcpus,
             timeout_s: config.timeout.as_secs_f64(),
@@ -302,6 +421,19 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
             path: results_path.clone(),
             source,
         })
+    };
+    // Before the run is announced or results.json exists: a failure here
+    // (a full disk) leaves nothing that looks like a run.
+    let overlays: Vec<Option<OverlayUse>> = match &config.rootfs {
+        Some(base) => {
+            let dirs: Vec<PathBuf> = (0..total_vms).map(|id| vm_dir(&out, id)).collect();
+            let made = create_overlays(base, &dirs)?;
+            for (record, overlay) in results.vms.iter_mut().zip(&made) {
+                record.overlay = Some(overlay.clone());
+            }
+            made.into_iter().map(Some).collect()
+        }
+        None => vec![None; total_vms as usize],
     };
     write(&results)?;
     progress(
@@ -338,13 +470,25 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
                 port: config.port,
                 timeout: config.timeout,
                 entry: config.entry.clone(),
-                disks: Vec::new(),
+                disks: overlays[id as usize]
+                    .iter()
+                    .map(|o| PathBuf::from(&o.path))
+                    .collect(),
             };
             let tx = tx.clone();
+            let mut overlay = overlays[id as usize].clone();
+            let keep = config.keep_overlays;
             scope.spawn(move || {
-                let mut on_progress =
-                    |record: &VmRecord, milestone| drop(tx.send((record.clone(), Some(milestone))));
-                let record = vm::run(&spec, backend, &mut on_progress);
+                let mut on_progress = |record: &VmRecord, milestone| {
+                    let mut record = record.clone();
+                    record.overlay = overlay.clone();
+                    drop(tx.send((record, Some(milestone))))
+                };
+                let mut record = vm::run(&spec, backend, &mut on_progress);
+                if let Some(overlay) = overlay.as_mut() {
+                    settle_overlay(overlay, keep);
+                }
+                record.overlay = overlay;
                 let _ = tx.send((record, None));
             });
         }
@@ -475,6 +619,14 @@ pub fn aggregate(vms: &[VmRecord], cpu: CpuMs, wall_ms: f64) -> Aggregate {
         systemd_kernel_ms: summary(|v| v.systemd.as_ref()?.phases_ms.kernel),
         systemd_initrd_ms: summary(|v| v.systemd.as_ref()?.phases_ms.initrd),
         systemd_userspace_ms: summary(|v| v.systemd.as_ref()?.phases_ms.userspace),
+        overlay_create_ms: Summary::of(
+            vms.iter()
+                .filter_map(|v| Some(v.overlay.as_ref()?.create_ms)),
+        ),
+        overlay_disk_used_kib: Summary::of(
+            vms.iter()
+                .filter_map(|v| Some(v.overlay.as_ref()?.disk_used_kib? as f64)),
+        ),
     }
 }
 

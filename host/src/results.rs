@@ -52,9 +52,43 @@ pub struct Environment {
     pub vmm_version: String,
     pub vhost_device_vsock_version: String,
     pub kernel_cmdline: String,
+    /// `--rootfs`: the root disk every VM boots from (through its own overlay).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rootfs: Option<RootfsInfo>,
     pub mem_mib: u32,
     pub vcpus: u32,
     pub timeout_s: f64,
+}
+
+/// The root disk image of a run: which file, and which content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RootfsInfo {
+    pub path: String,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    pub virtual_size_bytes: u64,
+    /// The files of its backing chain, the image first, its base last.
+    pub chain: Vec<String>,
+    /// SHA-256 of the base (the chain's last file): from its `vmbench
+    /// rootfs` sidecar when the sizes match, else computed.
+    pub base_sha256: String,
+    /// How `vmbench rootfs` made the base (`plain`/`systemd` and its
+    /// recipe), if it did.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub built_by: Option<serde_json::Value>,
+}
+
+/// A VM's own overlay of the root disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverlayUse {
+    pub path: String,
+    /// Creating it (before the VM started).
+    pub create_ms: f64,
+    /// Disk space it took once the VM had ended: what the guest wrote.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub disk_used_kib: Option<u64>,
+    /// Still there after the run (`--keep`).
+    pub kept: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +161,9 @@ pub struct VmRecord {
     /// against what `systemd-analyze time` printed in the guest.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub systemd: Option<crate::systemd::SystemdRecord>,
+    /// `--rootfs`: this VM's overlay.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub overlay: Option<OverlayUse>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +190,7 @@ impl VmRecord {
             vmm_exit: None,
             exits: None,
             systemd: None,
+            overlay: None,
         }
     }
 }
@@ -192,6 +230,12 @@ pub struct Aggregate {
     pub systemd_initrd_ms: Option<Summary>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub systemd_userspace_ms: Option<Summary>,
+    /// `--rootfs`, over every VM: creating its overlay, and the disk space
+    /// the overlay took after the VM ended.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub overlay_create_ms: Option<Summary>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub overlay_disk_used_kib: Option<Summary>,
 }
 
 /// Writes `results` to `path` atomically: readers see the old or the new file, never half of one.

@@ -55,6 +55,11 @@ pub struct SystemdPhases {
 pub struct SystemdRecord {
     pub version: String,
     pub default_target: String,
+    /// `running`, or `degraded` when units failed (see `failed_units`).
+    #[serde(default)]
+    pub system_state: String,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub failed_units: Vec<String>,
     pub phases_ms: SystemdPhases,
     pub timestamps_us: SystemdTimestamps,
     /// `systemd-analyze time` as the guest printed it.
@@ -104,6 +109,8 @@ impl SystemdRecord {
         SystemdRecord {
             version: report.version,
             default_target: report.default_target,
+            system_state: report.system_state,
+            failed_units: report.failed_units,
             phases_ms,
             timestamps_us: report.timestamps,
             analyze_time: report.analyze_time,

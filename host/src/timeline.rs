@@ -9,14 +9,17 @@
 //! | `vmm_and_kernel`  | host  | init_start − spawn                     |
 //! | `initrd`          | host  | switch_root − init_start (root disks)  |
 //! | `userspace`       | host  | ready − (switch_root, else init_start) |
-//! | `shutdown`        | host  | exit − ready                           |
+//! | `shutdown`        | host  | exit − reported (the whole report in)  |
 //! | `guest_kernel`    | guest | BOOTTIME at PID-1 entry                |
 //! | `guest_initrd`    | guest | at the root switch − at PID-1 entry    |
 //! | `guest_userspace` | guest | at Ready − at the switch (else PID 1)  |
 //!
 //! With a root disk, the agent runs first from the initramfs and switches to
 //! the disk; `userspace` is then the real root's, as `systemd-analyze`
-//! counts it, and the initramfs's time is `initrd`.
+//! counts it, and the initramfs's time is `initrd`. A systemd guest sends
+//! `Ready` the moment its boot finished and then what it gathered from
+//! systemd; `reported` is when that last part arrived, so the gathering
+//! counts neither as boot nor as shutdown.
 //!
 //! Host and guest both see userspace; when they disagree by more than
 //! [`USERSPACE_DISAGREEMENT_MS`] (plus 10%), the measurement itself is suspect
@@ -36,6 +39,9 @@ pub struct HostMarks {
     pub switch_root: Option<u64>,
     pub hello: Option<u64>,
     pub ready: Option<u64>,
+    /// The whole report had arrived: `ready`, or the systemd report after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<u64>,
     pub exit: Option<u64>,
 }
 
@@ -89,7 +95,7 @@ impl Phases {
             vmm_and_kernel: span_ms(host.spawn, host.init_start),
             initrd: span_ms(host.init_start, host.switch_root),
             userspace: span_ms(host.switch_root.or(host.init_start), host.ready),
-            shutdown: span_ms(host.ready, host.exit),
+            shutdown: span_ms(host.reported.or(host.ready), host.exit),
             guest_kernel: guest_init_ns.map(|ns| ns as f64 / 1e6),
             guest_initrd: guest.and_then(|g| span_ms(nonzero(g.init_ns), guest_switch)),
             guest_userspace: guest
@@ -129,6 +135,7 @@ mod tests {
             switch_root: None,
             hello: Some(1810 * MS),
             ready: Some(1820 * MS),
+            reported: None,
             exit: Some(1850 * MS),
         };
         let guest = GuestMarks {
@@ -166,6 +173,18 @@ mod tests {
         let p = Phases::derive(&host, Some(700 * MS), Some(&guest));
         assert_eq!(p.initrd, Some(30.0));
         assert_eq!(p.userspace, Some(8000.0));
+        assert_eq!(p.shutdown, None, "no exit yet");
+        let with_report = HostMarks {
+            reported: Some(14_830 * MS),
+            exit: Some(15_000 * MS),
+            ..host
+        };
+        let p2 = Phases::derive(&with_report, None, None);
+        assert_eq!(
+            p2.shutdown,
+            Some(170.0),
+            "from the last report, not from Ready"
+        );
         assert_eq!(p.guest_initrd, Some(28.0));
         assert_eq!(p.guest_userspace, Some(7997.0));
         assert_eq!(p.disagreement(), None);

@@ -443,6 +443,7 @@ impl<'a> Watch<'a> {
                     // The report is not whole yet: the Ack waits for it.
                     self.systemd_pending = Some(index);
                 } else {
+                    self.record.host_ns.reported.get_or_insert(ts);
                     self.acknowledge(index);
                 }
                 self.update_phases();
@@ -457,6 +458,7 @@ impl<'a> Watch<'a> {
                     return;
                 }
                 self.systemd_pending = None;
+                self.record.host_ns.reported.get_or_insert(ts);
                 let record = SystemdRecord::from_report(report);
                 if record.agrees_with_analyze == Some(false) {
                     let why = crate::systemd::check_against_analyze(
@@ -467,6 +469,13 @@ impl<'a> Watch<'a> {
                     .unwrap_or_default();
                     self.record.warnings.push(format!(
                         "vmbench's reading of systemd's timestamps disagrees with systemd-analyze time in the guest: {why}"
+                    ));
+                }
+                if !record.failed_units.is_empty() {
+                    self.record.warnings.push(format!(
+                        "The guest's boot ended {} with failed units: {}",
+                        record.system_state,
+                        record.failed_units.join(", ")
                     ));
                 }
                 for problem in &record.problems {
@@ -834,6 +843,8 @@ mod tests {
                 ..UnitTimes::default()
             }],
             default_target: "multi-user.target".into(),
+            system_state: "running".into(),
+            failed_units: vec![],
             analyze_time: "Startup finished in 1.000s (kernel) + 3.000s (userspace) = 4.000s\n\
                            multi-user.target reached after 2.950s in userspace.\n"
                 .into(),
@@ -871,6 +882,12 @@ mod tests {
         assert_eq!(systemd.phases_ms.userspace, Some(3000.0));
         assert_eq!(systemd.agrees_with_analyze, Some(true));
         assert_eq!(record.phases_ms.guest_initrd, Some(20.0));
+        let h = record.host_ns;
+        assert!(
+            h.ready.unwrap() + 250_000_000 <= h.reported.unwrap(),
+            "reported when the systemd report came, 300 ms after Ready: {h:?}"
+        );
+        assert!(h.reported < h.exit);
         assert!(record.warnings.is_empty(), "{:?}", record.warnings);
     }
 

@@ -143,3 +143,73 @@ fn kvm_and_qemu_side_by_side() {
         assert_eq!(out.status.code(), Some(1));
     }
 }
+
+/// `--rootfs` on the kvm backend: each VM's overlay becomes the VMM's
+/// virtio-blk disk (`vmbench vmm --disk`), the first device, `/dev/vda`.
+#[test]
+fn kvm_backend_boots_from_overlays_of_a_root_disk() {
+    let name = "kvm_backend_boots_from_overlays_of_a_root_disk";
+    let _alone = alone();
+    if !have_kvm(name) || !can_boot_guests(name) {
+        return;
+    }
+    let (native, verdict) = kvm_verdict();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    let base = dir.path().join("base.ext4");
+    let built = vmbench(&[
+        "rootfs",
+        "ext4",
+        "--from",
+        tree.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{}", dump(&built));
+    let before = std::fs::read(&base).unwrap();
+    let out_dir = out_dir(&dir);
+    let vms = if native { "2" } else { "1" };
+    let out = vmbench(&[
+        "boot",
+        "--backend",
+        "kvm",
+        "--rootfs",
+        base.to_str().unwrap(),
+        "--vms",
+        vms,
+        "--timeout-s",
+        "60",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read(&base).unwrap() == before,
+        "the base was written to"
+    );
+    let r = results(&out_dir);
+    for vm in r["vms"].as_array().unwrap() {
+        // The VMM had the overlay as its first device, a virtio-blk disk.
+        let devices = &vm["exits"]["devices"];
+        let disk = &devices["0xd0000000:2"];
+        assert!(disk.is_object(), "no block device in slot 0: {devices}");
+        assert_eq!(disk["read_only"], 0, "{disk}");
+        assert!(
+            devices["0xd0001000:19"].is_object(),
+            "vsock moved to slot 1: {devices}"
+        );
+        assert_eq!(vm["overlay"]["kept"], false, "{vm}");
+    }
+    if native {
+        assert!(out.status.success(), "{}", dump(&out));
+        for vm in r["vms"].as_array().unwrap() {
+            assert_eq!(vm["status"], "ok", "{vm}");
+            assert!(vm["phases_ms"]["initrd"].as_f64().unwrap() > 0.0, "{vm}");
+            let disk = &vm["exits"]["devices"]["0xd0000000:2"];
+            assert!(disk["reads"].as_u64().unwrap_or(0) > 0, "{disk}");
+        }
+    } else {
+        println!("SKIPPED: {name}: Linux cannot boot on this host's KVM ({verdict}); checked that the VMM got the overlay as its disk");
+        assert_eq!(r["vms"][0]["status"], "failed");
+    }
+}

@@ -151,6 +151,11 @@ pub struct SystemdReport {
     pub units: Vec<UnitTimes>,
     /// The unit the boot was for (`systemctl get-default`).
     pub default_target: String,
+    /// `systemctl is-system-running` once the boot was over: `running`, or
+    /// `degraded` when units failed.
+    pub system_state: String,
+    /// The units that failed (`systemctl list-units --failed`).
+    pub failed_units: Vec<String>,
     /// `systemd-analyze time` as it printed in the guest, to check the
     /// host's reading of the timestamps against.
     pub analyze_time: String,
@@ -327,6 +332,8 @@ mod tests {
                 ..UnitTimes::default()
             }],
             default_target: "multi-user.target".into(),
+            system_state: "running".into(),
+            failed_units: vec![],
             analyze_time: "Startup finished in 1.200s (kernel) + 8.600s (userspace) = 9.800s"
                 .into(),
             problems: vec![],

@@ -81,6 +81,21 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         "-no-reboot".into(),
         "-serial".into(),
         format!("file:{}", spec.serial_log().display()),
+    ]);
+    for (index, disk) in spec.disks.iter().enumerate() {
+        // QEMU's option syntax: a comma in a value is written twice.
+        let file = disk.display().to_string().replace(',', ",,");
+        args.extend([
+            "-drive".into(),
+            format!(
+                "file={file},format={},if=none,id=disk{index}",
+                disk_format(disk)
+            ),
+            "-device".into(),
+            format!("virtio-blk-device,drive=disk{index}"),
+        ]);
+    }
+    args.extend([
         "-chardev".into(),
         format!("socket,id=vsock,path={}", vhost_user_socket(spec).display()),
         "-device".into(),
@@ -100,6 +115,23 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         spec.cmdline.clone(),
     ]);
     args
+}
+
+/// `qcow2` or `raw`, as the image's first bytes say (QEMU must be told: it
+/// refuses to probe a raw image for writing, and guessing would let a guest
+/// write a qcow2 header into a raw disk and have it read back as one).
+fn disk_format(path: &std::path::Path) -> &'static str {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let is_qcow2 = std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"QFI\xfb";
+    if is_qcow2 {
+        "qcow2"
+    } else {
+        "raw"
+    }
 }
 
 /// vhost-device-vsock's arguments for one VM.
@@ -210,6 +242,36 @@ mod tests {
         );
         assert_eq!(after(&args, "-append"), ["console=ttyS0 vmbench.id=2"]);
         assert!(!args.contains(&"-cpu".to_string()));
+    }
+
+    #[test]
+    fn disks_are_virtio_blk_devices_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let qcow2 = dir.path().join("root,1.qcow2");
+        std::fs::write(&qcow2, b"QFI\xfb\0\0\0\x03").unwrap();
+        let raw = dir.path().join("data.raw");
+        std::fs::write(&raw, [0u8; 512]).unwrap();
+        let mut s = spec();
+        s.disks = vec![qcow2.clone(), raw.clone()];
+        let args = qemu_args(&s);
+        assert_eq!(
+            after(&args, "-drive"),
+            [
+                format!(
+                    "file={},format=qcow2,if=none,id=disk0",
+                    qcow2.display().to_string().replace(',', ",,")
+                ),
+                format!("file={},format=raw,if=none,id=disk1", raw.display()),
+            ]
+        );
+        let devices = after(&args, "-device");
+        assert_eq!(
+            devices[..2],
+            [
+                "virtio-blk-device,drive=disk0",
+                "virtio-blk-device,drive=disk1"
+            ]
+        );
     }
 
     #[test]

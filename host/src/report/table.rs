@@ -81,6 +81,7 @@ fn systemd_section(vms: &[VmRecord]) -> String {
         "host initrd ms",
         "host userspace ms",
         "systemd-analyze",
+        "state",
     ]
     .map(String::from)
     .to_vec()];
@@ -100,6 +101,11 @@ fn systemd_section(vms: &[VmRecord]) -> String {
                 Some(true) => "agrees".into(),
                 Some(false) => "DIFFERS".into(),
                 None => "-".into(),
+            },
+            match (sd.system_state.as_str(), sd.failed_units.len()) {
+                ("", _) => "-".into(),
+                (state, 0) => state.to_string(),
+                (state, n) => format!("{state} ({n} failed)"),
             },
         ]);
     }
@@ -257,6 +263,19 @@ pub fn boot_report(results: &RunResults) -> String {
             env.mem_mib,
             env.vcpus,
         );
+        if let (Some(create), Some(rootfs)) = (&agg.overlay_create_ms, &env.rootfs) {
+            let _ = writeln!(
+                out,
+                "root disk {} ({}, base sha256 {}): overlays made in {:.2} ms (median), {} KiB written per VM (median)",
+                rootfs.path,
+                rootfs.format,
+                &rootfs.base_sha256[..rootfs.base_sha256.len().min(12)],
+                create.median,
+                agg.overlay_disk_used_kib
+                    .as_ref()
+                    .map_or("-".to_string(), |s| format!("{:.0}", s.median)),
+            );
+        }
     }
     out
 }
@@ -498,6 +517,8 @@ mod tests {
             }],
             default_target: "multi-user.target".into(),
             analyze_time: "Startup finished in 900ms (kernel) + 4.000s (userspace) = 4.900s".into(),
+            system_state: "degraded".into(),
+            failed_units: vec!["systemd-sysctl.service".into()],
             problems: vec![],
         }));
         let text = systemd_section(&[vm]);
@@ -505,7 +526,10 @@ mod tests {
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cells,
-            ["vm-3", "900.0", "-", "4000.0", "4900.0", "-", "31.0", "4100.0", "agrees"]
+            [
+                "vm-3", "900.0", "-", "4000.0", "4900.0", "-", "31.0", "4100.0", "agrees",
+                "degraded", "(1", "failed)"
+            ]
         );
         assert!(text.contains("1500.0 ms  slow.service"), "{text}");
         assert_eq!(

@@ -1,0 +1,366 @@
+//! End to end: root disks. `vmbench rootfs` builds the images, `vmbench boot
+//! --rootfs` gives every VM its own qcow2 overlay of one base and boots from
+//! it (the agent switches from the initramfs to the disk), under QEMU with
+//! TCG here (a Linux guest cannot run on this host's emulated KVM).
+//!
+//! - Two VMs on overlays of one plain ext4 base report `ok`, with an initrd
+//!   phase; the base is never written (its sha256 is unchanged), the overlays
+//!   hold what the guests wrote and are removed after the run unless `--keep`.
+//! - Bad root disks are refused before any VM starts, with one line.
+//! - A full disk while writing the overlays is a clear error leaving nothing.
+//! - A Debian bookworm systemd guest (debootstrap, about 35 s, cached in
+//!   ~/.cache/vmbench/images) reports systemd's phases, which must agree with
+//!   `systemd-analyze time` run in the same guest, and every unit's times.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+use vmbench_e2e::{can_boot_guests, dump, in_ci, results, vmbench};
+
+/// The tests boot TCG guests: one at a time, so they do not slow each other
+/// past their timeouts on a 2-core machine.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn alone() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "{}", dump(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A small plain tree with a marker file, built into a raw ext4 image.
+fn plain_base(dir: &Path) -> PathBuf {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/motd"), "vmbench root disk\n").unwrap();
+    let base = dir.join("base.ext4");
+    let out = vmbench(&[
+        "rootfs",
+        "ext4",
+        "--from",
+        tree.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", dump(&out));
+    base
+}
+
+fn boot_args<'a>(base: &'a Path, out: &'a Path, vms: &'a str) -> Vec<&'a str> {
+    vec![
+        "boot",
+        "--backend",
+        "qemu",
+        "--accel",
+        "tcg",
+        "--rootfs",
+        base.to_str().unwrap(),
+        "--vms",
+        vms,
+        "--out",
+        out.to_str().unwrap(),
+    ]
+}
+
+#[test]
+fn two_vms_boot_from_overlays_of_one_ext4_base() {
+    let name = "two_vms_boot_from_overlays_of_one_ext4_base";
+    if !can_boot_guests(name) {
+        return;
+    }
+    let _alone = alone();
+    let dir = tempfile::tempdir().unwrap();
+    let base = plain_base(dir.path());
+    let before = sha256(&base);
+    let run = dir.path().join("run");
+    let out = vmbench(&boot_args(&base, &run, "2"));
+    assert!(out.status.success(), "{}", dump(&out));
+    assert_eq!(sha256(&base), before, "the base image was written to");
+    let r = results(&run);
+    let rootfs = &r["environment"]["rootfs"];
+    assert_eq!(rootfs["base_sha256"], before.as_str(), "{rootfs}");
+    assert_eq!(rootfs["format"], "raw");
+    assert_eq!(rootfs["built_by"]["kind"], "plain", "{rootfs}");
+    assert!(r["environment"]["kernel_cmdline"]
+        .as_str()
+        .unwrap()
+        .contains("vmbench.root=/dev/vda"));
+    for vm in r["vms"].as_array().unwrap() {
+        assert_eq!(vm["status"], "ok", "{vm}");
+        let phases = &vm["phases_ms"];
+        for phase in ["initrd", "guest_initrd", "userspace", "guest_kernel"] {
+            assert!(phases[phase].as_f64().unwrap() > 0.0, "{phase}: {vm}");
+        }
+        assert!(vm["guest_ns"]["root_mounted_ns"].as_u64().unwrap() > 0);
+        let overlay = &vm["overlay"];
+        assert!(overlay["create_ms"].as_f64().unwrap() > 0.0, "{overlay}");
+        assert!(overlay["disk_used_kib"].as_u64().unwrap() > 0, "{overlay}");
+        assert_eq!(overlay["kept"], false);
+        let path = PathBuf::from(overlay["path"].as_str().unwrap());
+        assert!(
+            !path.exists(),
+            "the overlay was not removed: {}",
+            path.display()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("overlays made in"), "{stdout}");
+}
+
+/// `--keep`: the overlay stays, names the base as its backing file, and holds
+/// the guest's writes (the agent mounted the disk read-write; ext4 wrote its
+/// superblock and journal); reading through it shows the base's files.
+#[test]
+fn kept_overlays_hold_the_guests_writes_over_the_base() {
+    let name = "kept_overlays_hold_the_guests_writes_over_the_base";
+    if !can_boot_guests(name) {
+        return;
+    }
+    let _alone = alone();
+    let dir = tempfile::tempdir().unwrap();
+    let base = plain_base(dir.path());
+    let before = sha256(&base);
+    let run = dir.path().join("run");
+    let mut args = boot_args(&base, &run, "1");
+    args.push("--keep");
+    let out = vmbench(&args);
+    assert!(out.status.success(), "{}", dump(&out));
+    assert_eq!(sha256(&base), before);
+    let overlay = run.join("vm-0/rootfs.qcow2");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "{}", dump(&info));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(
+        info["full-backing-filename"].as_str().unwrap(),
+        base.canonicalize().unwrap().to_str().unwrap()
+    );
+    // What the guest wrote is in the overlay, and only there.
+    let raw = dir.path().join("through-overlay.raw");
+    let convert = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&overlay)
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(convert.status.success(), "{}", dump(&convert));
+    assert_ne!(
+        sha256(&raw),
+        before,
+        "the guest's writes are not in the overlay"
+    );
+    let motd = Command::new("debugfs")
+        .args(["-R", "cat /etc/motd"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&motd.stdout), "vmbench root disk\n");
+}
+
+/// One line on stderr naming the problem, exit 2, and no VM started.
+fn refused(base: &Path, run: &Path, expect: &str) {
+    let out = vmbench(&boot_args(base, run, "1"));
+    assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(expect), "expected {expect:?}: {stderr}");
+    assert!(!run.join("results.json").exists(), "a run was started");
+}
+
+#[test]
+fn bad_root_disks_are_refused_before_any_vm_starts() {
+    let name = "bad_root_disks_are_refused_before_any_vm_starts";
+    if !can_boot_guests(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let base = plain_base(dir.path());
+
+    refused(&dir.path().join("absent.ext4"), &run, "absent.ext4");
+
+    let zeros = dir.path().join("zeros.raw");
+    std::fs::write(&zeros, vec![0u8; 4 << 20]).unwrap();
+    refused(&zeros, &run, "ext4");
+
+    let overlay = dir.path().join("good.qcow2");
+    let out = vmbench(&[
+        "rootfs",
+        "overlay",
+        "--base",
+        base.to_str().unwrap(),
+        "--out",
+        overlay.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", dump(&out));
+    let bytes = std::fs::read(&overlay).unwrap();
+
+    let truncated = dir.path().join("truncated.qcow2");
+    std::fs::write(&truncated, &bytes[..60]).unwrap();
+    refused(&truncated, &run, "truncated.qcow2");
+
+    let corrupt = dir.path().join("corrupt.qcow2");
+    let mut broken = bytes.clone();
+    broken[4..8].copy_from_slice(&[0, 0, 0, 9]); // qcow2 version 9
+    std::fs::write(&corrupt, &broken).unwrap();
+    refused(&corrupt, &run, "corrupt.qcow2");
+
+    // The overlay names the base by its absolute path: move the base away.
+    let moved = dir.path().join("moved.ext4");
+    std::fs::rename(&base, &moved).unwrap();
+    refused(&overlay, &run, "base.ext4");
+}
+
+/// The output directory on a 2 MiB tmpfs: the overlays of 16 VMs (about
+/// 200 KiB each) do not fit. The run stops before any VM starts, says why,
+/// and leaves no overlay behind.
+#[test]
+fn a_full_disk_while_writing_overlays_is_a_clear_error() {
+    let name = "a_full_disk_while_writing_overlays_is_a_clear_error";
+    if !can_boot_guests(name) {
+        return;
+    }
+    // SAFETY: geteuid only reads this process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            !in_ci(),
+            "{name}: CI runs as root, which mounting a tmpfs needs"
+        );
+        println!("SKIPPED: {name}: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = plain_base(dir.path());
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mount = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert!(mount.status.success(), "{}", dump(&mount));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let run = small.join("run");
+    let out = vmbench(&boot_args(&base, &run, "16"));
+    assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("Cannot create the overlay") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    let left: Vec<String> = walk(&run)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "qcow2" || e == "tmp"))
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// Debian bookworm with systemd, booted from an overlay under QEMU and TCG:
+/// the agent reports systemd's own account once the boot has finished.
+#[test]
+fn debian_systemd_guest_reports_systemds_phases() {
+    let name = "debian_systemd_guest_reports_systemds_phases";
+    if !can_boot_guests(name) {
+        return;
+    }
+    // SAFETY: geteuid only reads this process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(!in_ci(), "{name}: CI runs as root, which debootstrap needs");
+        println!("SKIPPED: {name}: debootstrap needs root");
+        return;
+    }
+    let _alone = alone();
+    // Built once into the image cache (about 35 s); later runs reuse it.
+    let built = vmbench(&["rootfs", "debian"]);
+    assert!(built.status.success(), "{}", dump(&built));
+    let image = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    let image = PathBuf::from(image.lines().last().unwrap());
+    assert!(image.is_file(), "{}: {}", image.display(), dump(&built));
+    let before = sha256(&image);
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut args = boot_args(&image, &run, "1");
+    args.extend(["--timeout-s", "300"]);
+    let out = vmbench(&args);
+    assert!(out.status.success(), "{}", dump(&out));
+    assert_eq!(sha256(&image), before, "the base image was written to");
+    let r = results(&run);
+    let vm = &r["vms"][0];
+    assert_eq!(vm["status"], "ok", "{vm}");
+    let sd = &vm["systemd"];
+    assert_eq!(sd["agrees_with_analyze"], true, "{}", sd["analyze_time"]);
+    assert_eq!(
+        sd["system_state"], "running",
+        "failed units: {}",
+        sd["failed_units"]
+    );
+    assert!(sd["version"].as_str().unwrap().starts_with("252"), "{sd}");
+    for phase in ["kernel", "userspace", "total", "target_reached"] {
+        assert!(
+            sd["phases_ms"][phase].as_f64().unwrap() > 0.0,
+            "{phase}: {sd}"
+        );
+    }
+    let units = sd["units"].as_array().unwrap();
+    assert!(units.len() > 50, "{} units", units.len());
+    let journald = units
+        .iter()
+        .find(|u| u["id"] == "systemd-journald.service")
+        .expect("journald among the units");
+    assert!(journald["active_us"].as_u64().unwrap() > journald["activating_us"].as_u64().unwrap());
+    assert!(!journald["after"].as_array().unwrap().is_empty());
+    // The host's view beside systemd's: the agent's initramfs, then the real root.
+    let phases = &vm["phases_ms"];
+    assert!(phases["initrd"].as_f64().unwrap() > 0.0, "{phases}");
+    assert!(
+        phases["userspace"].as_f64().unwrap() >= sd["phases_ms"]["userspace"].as_f64().unwrap(),
+        "the host sees userspace end when Ready arrives, after systemd's finish: {phases} {sd}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("systemd's view"), "{stdout}");
+    println!(
+        "{name}: systemd-analyze time in the guest: {}",
+        sd["analyze_time"].as_str().unwrap().replace('\n', " / ")
+    );
+    println!(
+        "{name}: vmbench: systemd kernel {} ms, userspace {} ms, total {} ms; host: initrd {} ms, userspace {} ms, total {} ms; overlay {} KiB",
+        sd["phases_ms"]["kernel"], sd["phases_ms"]["userspace"], sd["phases_ms"]["total"],
+        phases["initrd"], phases["userspace"], phases["total"], vm["overlay"]["disk_used_kib"]
+    );
+}
