@@ -48,6 +48,8 @@ pub struct BootConfig {
     pub kernel: Option<PathBuf>,
     pub initramfs: Option<PathBuf>,
     pub agent: Option<PathBuf>,
+    /// With `rootfs`: no initramfs; the kernel mounts the root disk and runs its init.
+    pub no_initramfs: bool,
     pub mem_mib: u32,
     pub vcpus: u32,
     pub accel: AccelChoice,
@@ -93,6 +95,8 @@ pub enum Error {
     },
     #[error("--rootfs: {0}")]
     Rootfs(vmbench_rootfs::Error),
+    #[error("--no-initramfs needs --rootfs: without an initramfs the guest's init comes from the root disk")]
+    NoInitramfsWithoutRootfs,
     #[error("Cannot create the overlay for vm-{id}: {source}")]
     Overlay {
         id: u32,
@@ -124,6 +128,10 @@ pub fn base_cmdline(vm_id: u32, port: u32) -> String {
 /// The root disk, as the guest's first virtio-blk device: the agent in the
 /// initramfs switches to it.
 const ROOT_DISK_CMDLINE: &str = "vmbench.root=/dev/vda";
+
+/// The same without an initramfs: the kernel mounts it and runs its init
+/// (systemd, or the agent in a plain image).
+const DIRECT_ROOT_CMDLINE: &str = "root=/dev/vda rw rootfstype=ext4";
 
 /// Each VM's overlay of the root disk, in its directory.
 const OVERLAY_NAME: &str = "rootfs.qcow2";
@@ -302,17 +310,24 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
             );
         }
     }
-    let initramfs_path = match &config.initramfs {
-        Some(path) => path.clone(),
-        None => {
-            let agent = match &config.agent {
-                Some(path) => path.clone(),
-                None => locate::default_agent()?,
-            };
-            inputs::agent_initramfs(&agent, &cache)?
-        }
+    if config.no_initramfs && config.rootfs.is_none() {
+        return Err(Error::NoInitramfsWithoutRootfs);
+    }
+    let initramfs = if config.no_initramfs {
+        None
+    } else {
+        let path = match &config.initramfs {
+            Some(path) => path.clone(),
+            None => {
+                let agent = match &config.agent {
+                    Some(path) => path.clone(),
+                    None => locate::default_agent()?,
+                };
+                inputs::agent_initramfs(&agent, &cache)?
+            }
+        };
+        Some(inputs::check_initramfs(&path)?)
     };
-    let initramfs = inputs::check_initramfs(&initramfs_path)?;
 
     let rootfs = match &config.rootfs {
         Some(path) => Some(rootfs_info(path, config.progress)?),
@@ -372,7 +387,12 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     let cmdline_of = |id: u32| {
         let mut line = base_cmdline(id, config.port);
         if rootfs.is_some() {
-            line = format!("{line} {ROOT_DISK_CMDLINE}");
+            let root = if config.no_initramfs {
+                DIRECT_ROOT_CMDLINE
+            } else {
+                ROOT_DISK_CMDLINE
+            };
+            line = format!("{line} {root}");
         }
         if !append.is_empty() {
             line = format!("{line} {append}");
@@ -399,8 +419,12 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
                 KernelFormat::BzImage => "bzimage".into(),
             },
             guest_kernel_source: kernel_inputs.map(|ki| ki.source),
-            initramfs: initramfs.path.display().to_string(),
-            initramfs_sha256: initramfs.sha256.clone(),
+            initramfs: initramfs
+                .as_ref()
+                .map_or("none".to_string(), |i| i.path.display().to_string()),
+            initramfs_sha256: initramfs
+                .as_ref()
+                .map_or(String::new(), |i| i.sha256.clone()),
             vmbench_version: environment::vmbench_version(),
             vmm_version: vmm_versions.join("; "),
             vhost_device_vsock_version: vhost_version,
@@ -462,7 +486,7 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
                 id,
                 dir: vm_dir(&out, id),
                 kernel: kernel.path.clone(),
-                initramfs: initramfs.path.clone(),
+                initramfs: initramfs.as_ref().map(|i| i.path.clone()),
                 cmdline: cmdline_of(id),
                 mem_mib: config.mem_mib,
                 vcpus: config.vcpus,

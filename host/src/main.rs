@@ -138,6 +138,12 @@ struct BootArgs {
     /// Keep each VM's overlay after the run (default: removed once measured).
     #[arg(long, requires = "rootfs")]
     keep: bool,
+    /// With --rootfs: no initramfs; the kernel mounts the root disk and runs
+    /// its /sbin/init (systemd, or the agent in a `vmbench rootfs ext4`
+    /// image), as the distribution would boot. There is then no initrd
+    /// phase, and for a systemd guest no host mark of PID 1's start.
+    #[arg(long, requires = "rootfs", conflicts_with_all = ["initramfs", "agent"])]
+    no_initramfs: bool,
     /// Seconds a VM may take from start to exit before it is killed and
     /// recorded as a timeout. Default: 60, or 300 with --rootfs (a systemd
     /// guest under TCG takes about 40 s).
@@ -279,6 +285,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         kernel: args.kernel,
         initramfs: args.initramfs,
         agent: args.agent,
+        no_initramfs: args.no_initramfs,
         mem_mib: args.mem_mib,
         vcpus: args.vcpus,
         accel: match args.accel {

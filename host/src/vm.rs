@@ -634,7 +634,7 @@ mod tests {
             id: 0,
             dir: dir.to_path_buf(),
             kernel: PathBuf::from("/unused"),
-            initramfs: PathBuf::from("/unused"),
+            initramfs: Some(PathBuf::from("/unused")),
             cmdline: String::new(),
             mem_mib: 64,
             vcpus: 1,

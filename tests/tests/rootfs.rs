@@ -169,6 +169,43 @@ fn kept_overlays_hold_the_guests_writes_over_the_base() {
     assert_eq!(String::from_utf8_lossy(&motd.stdout), "vmbench root disk\n");
 }
 
+/// `--no-initramfs`: the kernel mounts the disk itself and runs the image's
+/// `/sbin/init`, which for a `vmbench rootfs ext4` image is the agent.
+#[test]
+fn a_plain_image_boots_without_an_initramfs() {
+    let name = "a_plain_image_boots_without_an_initramfs";
+    if !can_boot_guests(name) {
+        return;
+    }
+    let _alone = alone();
+    let dir = tempfile::tempdir().unwrap();
+    let base = plain_base(dir.path());
+    let run = dir.path().join("run");
+    let mut args = boot_args(&base, &run, "1");
+    args.push("--no-initramfs");
+    let out = vmbench(&args);
+    assert!(out.status.success(), "{}", dump(&out));
+    let r = results(&run);
+    assert_eq!(r["environment"]["initramfs"], "none");
+    let cmdline = r["environment"]["kernel_cmdline"].as_str().unwrap();
+    assert!(
+        cmdline.contains("root=/dev/vda rw") && !cmdline.contains("vmbench.root"),
+        "{cmdline}"
+    );
+    let vm = &r["vms"][0];
+    assert_eq!(vm["status"], "ok", "{vm}");
+    let phases = &vm["phases_ms"];
+    assert!(
+        phases["initrd"].is_null() && phases["guest_initrd"].is_null(),
+        "{phases}"
+    );
+    assert!(phases["userspace"].as_f64().unwrap() > 0.0, "{phases}");
+    assert!(phases["guest_kernel"].as_f64().unwrap() > 0.0, "{phases}");
+    // Without a root disk, --no-initramfs makes no sense.
+    let out = vmbench(&["boot", "--no-initramfs"]);
+    assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
+}
+
 /// One line on stderr naming the problem, exit 2, and no VM started.
 fn refused(base: &Path, run: &Path, expect: &str) {
     let out = vmbench(&boot_args(base, run, "1"));
@@ -354,6 +391,31 @@ fn debian_systemd_guest_reports_systemds_phases() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("systemd's view"), "{stdout}");
+
+    // The same image booted as the distribution boots itself: no initramfs,
+    // systemd as PID 1 from the disk; systemd's "kernel" is then the kernel.
+    let direct = dir.path().join("direct");
+    let mut args = boot_args(&image, &direct, "1");
+    args.extend(["--timeout-s", "300", "--no-initramfs"]);
+    let out = vmbench(&args);
+    assert!(out.status.success(), "{}", dump(&out));
+    let d = results(&direct);
+    let dvm = &d["vms"][0];
+    assert_eq!(dvm["status"], "ok", "{dvm}");
+    let dsd = &dvm["systemd"];
+    assert_eq!(dsd["agrees_with_analyze"], true, "{}", dsd["analyze_time"]);
+    assert_eq!(dsd["system_state"], "running", "{}", dsd["failed_units"]);
+    assert!(dvm["phases_ms"]["initrd"].is_null(), "{}", dvm["phases_ms"]);
+    assert!(
+        dvm["phases_ms"]["guest_kernel"].as_f64().unwrap() > 0.0,
+        "PID 1's start from systemd: {}",
+        dvm["phases_ms"]
+    );
+    assert_eq!(sha256(&image), before, "the base image was written to");
+    println!(
+        "{name}: without the initramfs, systemd-analyze time: {}",
+        dsd["analyze_time"].as_str().unwrap().replace('\n', " / ")
+    );
     println!(
         "{name}: systemd-analyze time in the guest: {}",
         sd["analyze_time"].as_str().unwrap().replace('\n', " / ")

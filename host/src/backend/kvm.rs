@@ -31,8 +31,6 @@ pub fn vmm_args(spec: &VmSpec) -> Vec<String> {
         "vmm".to_string(),
         "--kernel".into(),
         spec.kernel.display().to_string(),
-        "--initramfs".into(),
-        spec.initramfs.display().to_string(),
         "--cmdline".into(),
         spec.cmdline.clone(),
         "--mem-mib".into(),
@@ -44,6 +42,9 @@ pub fn vmm_args(spec: &VmSpec) -> Vec<String> {
         "--vsock-cid".into(),
         GUEST_CID.to_string(),
     ];
+    if let Some(initramfs) = &spec.initramfs {
+        args.extend(["--initramfs".into(), initramfs.display().to_string()]);
+    }
     if let Some(entry) = &spec.entry {
         args.extend(["--entry".into(), entry.clone()]);
     }
@@ -119,7 +120,7 @@ mod tests {
             id: 0,
             dir: "/vm".into(),
             kernel: "/k".into(),
-            initramfs: "/i".into(),
+            initramfs: Some("/i".into()),
             cmdline: "console=ttyS0".into(),
             mem_mib: 256,
             vcpus: 1,

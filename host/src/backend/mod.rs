@@ -39,7 +39,8 @@ pub struct VmSpec {
     /// The VM's own directory: serial.log, sockets, logs.
     pub dir: PathBuf,
     pub kernel: PathBuf,
-    pub initramfs: PathBuf,
+    /// None: boot straight from the root disk (`--no-initramfs`).
+    pub initramfs: Option<PathBuf>,
     pub cmdline: String,
     pub mem_mib: u32,
     pub vcpus: u32,

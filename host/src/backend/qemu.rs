@@ -109,11 +109,12 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         ),
         "-kernel".into(),
         spec.kernel.display().to_string(),
-        "-initrd".into(),
-        spec.initramfs.display().to_string(),
         "-append".into(),
         spec.cmdline.clone(),
     ]);
+    if let Some(initramfs) = &spec.initramfs {
+        args.extend(["-initrd".into(), initramfs.display().to_string()]);
+    }
     args
 }
 
@@ -201,7 +202,7 @@ mod tests {
             id: 2,
             dir: PathBuf::from("/run/vm-2"),
             kernel: PathBuf::from("/k/vmlinux"),
-            initramfs: PathBuf::from("/k/initramfs.cpio.gz"),
+            initramfs: Some(PathBuf::from("/k/initramfs.cpio.gz")),
             cmdline: "console=ttyS0 vmbench.id=2".into(),
             mem_mib: 256,
             vcpus: 2,
@@ -241,7 +242,11 @@ mod tests {
             ]
         );
         assert_eq!(after(&args, "-append"), ["console=ttyS0 vmbench.id=2"]);
+        assert_eq!(after(&args, "-initrd"), ["/k/initramfs.cpio.gz"]);
         assert!(!args.contains(&"-cpu".to_string()));
+        let mut direct = spec();
+        direct.initramfs = None;
+        assert!(!qemu_args(&direct).contains(&"-initrd".to_string()));
     }
 
     #[test]
