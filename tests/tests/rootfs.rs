@@ -269,8 +269,7 @@ fn a_full_disk_while_writing_overlays_is_a_clear_error() {
     if !can_boot_guests(name) {
         return;
     }
-    // SAFETY: geteuid only reads this process's credentials.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         assert!(
             !in_ci(),
             "{name}: CI runs as root, which mounting a tmpfs needs"
@@ -327,6 +326,46 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// debootstrap needs root: without it, `vmbench rootfs debian` says so in
+/// one line. The test runs the command as `nobody` (`setpriv`) when it is
+/// root itself, so it runs everywhere.
+#[test]
+fn debian_without_root_is_a_clear_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // An agent `nobody` can read: the check of the agent comes first.
+    let agent = dir.path().join("vmbench-init");
+    std::fs::copy(vmbench_e2e::agent_bin(), &agent).unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out_image = dir.path().join("never.ext4");
+    let mut command = Command::new(if is_root() { "setpriv" } else { "env" });
+    if is_root() {
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+    }
+    let out = command
+        .arg(vmbench_e2e::vmbench_bin())
+        .args(["rootfs", "debian", "--agent"])
+        .arg(&agent)
+        .arg("--out")
+        .arg(&out_image)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("root") && stderr.contains("debootstrap"),
+        "{stderr}"
+    );
+    assert!(!out_image.exists());
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid only reads this process's credentials.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Debian bookworm with systemd, booted from an overlay under QEMU and TCG:
 /// the agent reports systemd's own account once the boot has finished.
 #[test]
@@ -335,8 +374,7 @@ fn debian_systemd_guest_reports_systemds_phases() {
     if !can_boot_guests(name) {
         return;
     }
-    // SAFETY: geteuid only reads this process's credentials.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         assert!(!in_ci(), "{name}: CI runs as root, which debootstrap needs");
         println!("SKIPPED: {name}: debootstrap needs root");
         return;
