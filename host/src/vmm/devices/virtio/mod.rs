@@ -12,6 +12,8 @@
 
 pub mod block;
 pub mod mmio;
+#[cfg(test)]
+pub mod test_ring;
 pub mod vsock;
 
 use std::io;

@@ -457,108 +457,32 @@ mod tests {
     use proptest::prelude::*;
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
 
     use super::disk::tests::{base_byte, create_qcow2, sha256, write_raw};
     use super::request::{T_FLUSH, T_GET_ID, T_IN, T_OUT};
     use super::*;
+    use crate::vmm::devices::virtio::test_ring::{Layout, TestRing, F_NEXT, F_WRITE};
 
     const MEM_BYTES: u64 = 16 << 20;
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
-    const DESC_TABLE: u64 = 0x1000;
-    const AVAIL_RING: u64 = 0x2000;
-    const USED_RING: u64 = 0x3000;
+    /// The descriptor table (then the avail ring at +4 KiB, the used ring at +8 KiB).
+    const RINGS: u64 = 0x1000;
     const BUFFERS: u64 = 0x1_0000;
     const RING_SIZE: u16 = QUEUE_SIZE;
     /// The test disk: 1 MiB.
     const DISK_BYTES: u64 = 1 << 20;
     const DISK_SECTORS: u64 = DISK_BYTES / SECTOR_BYTES;
 
-    /// The driver's side of the split queue, from virtio-queue's mock rings
-    /// placed at explicit addresses (its `MockSplitQueue` overlaps the used
-    /// ring with the avail ring for 8 entries or more).
-    struct Ring<'m> {
-        mem: &'m GuestMemoryMmap,
-        desc: DescriptorTable<'m, GuestMemoryMmap>,
-        avail: AvailRing<'m, GuestMemoryMmap>,
-        used: UsedRing<'m, GuestMemoryMmap>,
-        next_desc: u16,
-        avail_idx: u16,
-        used_seen: u16,
-        next_buf: u64,
-    }
+    /// This queue's ring: 256 entries, buffers from 64 KiB, 64-byte aligned.
+    const LAYOUT: Layout = Layout {
+        rings_at: RINGS,
+        size: RING_SIZE,
+        max_size: QUEUE_SIZE,
+        buffers_at: BUFFERS,
+        buffer_bytes: 8 << 20,
+        align: 64,
+    };
 
-    impl<'m> Ring<'m> {
-        fn new(mem: &'m GuestMemoryMmap) -> Self {
-            Ring {
-                mem,
-                desc: DescriptorTable::new(mem, GuestAddress(DESC_TABLE), RING_SIZE),
-                avail: AvailRing::new(mem, GuestAddress(AVAIL_RING), RING_SIZE),
-                used: UsedRing::new(mem, GuestAddress(USED_RING), RING_SIZE),
-                next_desc: 0,
-                avail_idx: 0,
-                used_seen: 0,
-                next_buf: BUFFERS,
-            }
-        }
-
-        fn queue(&self) -> Queue {
-            let mut q = Queue::new(QUEUE_SIZE).unwrap();
-            q.set_size(RING_SIZE);
-            q.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-            q.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
-            q.set_used_ring_address(Some(USED_RING as u32), Some(0));
-            q.set_ready(true);
-            q
-        }
-
-        /// A buffer of `len` bytes (reused round-robin within 8 MiB).
-        fn buffer(&mut self, len: u32) -> u64 {
-            if self.next_buf + u64::from(len) > BUFFERS + (8 << 20) {
-                self.next_buf = BUFFERS;
-            }
-            let addr = self.next_buf;
-            self.next_buf += u64::from(len).next_multiple_of(64);
-            addr
-        }
-
-        /// Makes the descriptors (address, length, flags, next) available as given.
-        fn post_raw(&mut self, descs: &[(u64, u32, u16, u16)]) -> u16 {
-            let head = self.next_desc;
-            for &(addr, len, flags, next) in descs {
-                let desc = Descriptor::new(addr, len, flags, next);
-                self.desc
-                    .store(self.next_desc, RawDescriptor::from(desc))
-                    .unwrap();
-                self.next_desc = (self.next_desc + 1) % RING_SIZE;
-            }
-            self.publish(head);
-            head
-        }
-
-        fn publish(&mut self, head: u16) {
-            let slot = usize::from(self.avail_idx % RING_SIZE);
-            self.avail.ring().ref_at(slot).unwrap().store(head.to_le());
-            self.avail_idx = self.avail_idx.wrapping_add(1);
-            self.avail.idx().store(self.avail_idx.to_le());
-        }
-
-        /// Makes a chain of (address, length, flags) available, NEXT links added.
-        fn post(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
-            let first = self.next_desc;
-            let chained: Vec<_> = descs
-                .iter()
-                .enumerate()
-                .map(|(i, &(addr, len, flags))| {
-                    let next = (first + i as u16 + 1) % RING_SIZE;
-                    let last = i + 1 == descs.len();
-                    (addr, len, if last { flags } else { flags | F_NEXT }, next)
-                })
-                .collect();
-            self.post_raw(&chained)
-        }
-
+    impl TestRing<'_> {
         /// A header descriptor for `request_type` at `sector`.
         fn header(&mut self, request_type: u32, sector: u64) -> (u64, u32, u16) {
             let addr = self.buffer(16);
@@ -575,19 +499,6 @@ mod tests {
             self.mem.write_obj(0xffu8, GuestAddress(addr)).unwrap();
             (addr, 1, F_WRITE)
         }
-
-        /// (chain head, used length) of each chain the device returned since last asked.
-        fn used(&mut self) -> Vec<(u16, u32)> {
-            let idx = u16::from_le(self.used.idx().load());
-            let mut out = Vec::new();
-            while self.used_seen != idx {
-                let slot = usize::from(self.used_seen % RING_SIZE);
-                let elem = self.used.ring().ref_at(slot).unwrap().load();
-                out.push((elem.id() as u16, elem.len()));
-                self.used_seen = self.used_seen.wrapping_add(1);
-            }
-            out
-        }
     }
 
     struct Rig {
@@ -595,7 +506,7 @@ mod tests {
         mem: &'static GuestMemoryMmap,
         device: BlockDevice,
         irq: Arc<EventFd>,
-        ring: Ring<'static>,
+        ring: TestRing<'static>,
         _dir: Option<tempfile::TempDir>,
     }
 
@@ -616,7 +527,7 @@ mod tests {
             ));
             let (interrupt, irq) = Interrupt::for_tests();
             let mut device = BlockDevice::new(disk, mem.clone(), interrupt).unwrap();
-            let ring = Ring::new(mem);
+            let ring = TestRing::new(mem, LAYOUT);
             device.activate(vec![ring.queue()], device.features());
             Rig {
                 mem,
@@ -1056,7 +967,7 @@ mod tests {
         assert!(rig.ring.used().is_empty());
         // A reset and a driver starting over bring it back.
         rig.device.reset();
-        rig.ring = Ring::new(rig.mem);
+        rig.ring = TestRing::new(rig.mem, LAYOUT);
         rig.device.activate(vec![rig.ring.queue()], F_FLUSH);
         assert_eq!(rig.read(0, &[512]).0.status, S_OK);
 
@@ -1084,7 +995,7 @@ mod tests {
     fn without_flush_negotiated_every_write_is_flushed() {
         let (mut rig, _, _dir) = raw_rig(false);
         rig.device.reset();
-        rig.ring = Ring::new(rig.mem);
+        rig.ring = TestRing::new(rig.mem, LAYOUT);
         rig.device.activate(vec![rig.ring.queue()], F_SEG_MAX);
         assert_eq!(rig.write(0, &[3; 512], &[512]).status, S_OK);
         assert_eq!(rig.count("write_through_flushes"), 1);

@@ -346,127 +346,28 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use virtio_queue::desc::split::Descriptor;
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::vmm::devices::virtio::test_ring::{Layout, TestRing, F_NEXT, F_WRITE};
 
     const MAX_RST_BACKLOG_FOR_TESTS: usize = muxer::MAX_RST_BACKLOG;
     const GUEST_CID: u64 = 3;
     const MEM_BYTES: usize = 0x10_0000;
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
     /// Where each queue's rings go, and where its buffers start.
     const RINGS: [u64; 3] = [0x0, 0x4000, 0x8000];
     const BUFFERS: [u64; 3] = [0x1_0000, 0x5_0000, 0x9_0000];
     const RING_SIZE: u16 = 16;
 
-    /// The driver's side of one split queue, built from virtio-queue's mock
-    /// rings. (Not its `MockSplitQueue`: that one places the used ring
-    /// `len` bytes after the avail ring's entries start, not `2 * len`, so
-    /// for 8 entries or more the two overlap.) The indices wrap here, which
-    /// the mock's own chain builder does not do either.
-    struct Ring<'m> {
-        desc: DescriptorTable<'m, GuestMemoryMmap>,
-        avail: AvailRing<'m, GuestMemoryMmap>,
-        used: UsedRing<'m, GuestMemoryMmap>,
-        base: u64,
-        next_desc: u16,
-        avail_idx: u16,
-        used_seen: u16,
-        next_buf: u64,
-        buf_start: u64,
-    }
-
-    impl<'m> Ring<'m> {
-        fn new(mem: &'m GuestMemoryMmap, index: usize) -> Self {
-            let base = RINGS[index];
-            Ring {
-                desc: DescriptorTable::new(mem, GuestAddress(base), RING_SIZE),
-                avail: AvailRing::new(mem, GuestAddress(base + 0x1000), RING_SIZE),
-                used: UsedRing::new(mem, GuestAddress(base + 0x2000), RING_SIZE),
-                base,
-                next_desc: 0,
-                avail_idx: 0,
-                used_seen: 0,
-                next_buf: BUFFERS[index],
-                buf_start: BUFFERS[index],
-            }
-        }
-
-        fn queue(&self) -> Queue {
-            let mut q = Queue::new(QUEUE_SIZE).unwrap();
-            q.set_size(RING_SIZE);
-            let addr = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-            let (lo, hi) = addr(self.base);
-            q.set_desc_table_address(lo, hi);
-            let (lo, hi) = addr(self.base + 0x1000);
-            q.set_avail_ring_address(lo, hi);
-            let (lo, hi) = addr(self.base + 0x2000);
-            q.set_used_ring_address(lo, hi);
-            q.set_ready(true);
-            q
-        }
-
-        /// A buffer of `len` bytes in this queue's area (reused round-robin).
-        fn buffer(&mut self, len: u32) -> u64 {
-            if self.next_buf + u64::from(len) > self.buf_start + 0x3_0000 {
-                self.next_buf = self.buf_start;
-            }
-            let addr = self.next_buf;
-            self.next_buf += u64::from(len).next_multiple_of(16);
-            addr
-        }
-
-        /// Makes a chain of (address, length, flags) available; NEXT links
-        /// are added unless `raw` (then the descriptors go in as given).
-        fn post_raw(&mut self, descs: &[(u64, u32, u16, u16)]) -> u16 {
-            let head = self.next_desc;
-            for (addr, len, flags, next) in descs {
-                let desc = Descriptor::new(*addr, *len, *flags, *next);
-                self.desc
-                    .store(self.next_desc, RawDescriptor::from(desc))
-                    .unwrap();
-                self.next_desc = (self.next_desc + 1) % RING_SIZE;
-            }
-            self.publish(head);
-            head
-        }
-
-        fn publish(&mut self, head: u16) {
-            let slot = usize::from(self.avail_idx % RING_SIZE);
-            self.avail.ring().ref_at(slot).unwrap().store(head.to_le());
-            self.avail_idx = self.avail_idx.wrapping_add(1);
-            self.avail.idx().store(self.avail_idx.to_le());
-        }
-
-        fn post(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
-            let first = self.next_desc;
-            let chained: Vec<_> = descs
-                .iter()
-                .enumerate()
-                .map(|(i, &(addr, len, flags))| {
-                    let last = i + 1 == descs.len();
-                    let next = (first + i as u16 + 1) % RING_SIZE;
-                    (addr, len, if last { flags } else { flags | F_NEXT }, next)
-                })
-                .collect();
-            self.post_raw(&chained)
-        }
-
-        /// (chain head, length) of each buffer the device used since last asked.
-        fn used(&mut self) -> Vec<(u32, u32)> {
-            let idx = u16::from_le(self.used.idx().load());
-            let mut out = Vec::new();
-            while self.used_seen != idx {
-                let slot = usize::from(self.used_seen % RING_SIZE);
-                let elem = self.used.ring().ref_at(slot).unwrap().load();
-                out.push((elem.id(), elem.len()));
-                self.used_seen = self.used_seen.wrapping_add(1);
-            }
-            out
+    /// Queue `index`'s ring (rx, tx, event), 16 entries, and its buffers.
+    fn layout(index: usize) -> Layout {
+        Layout {
+            rings_at: RINGS[index],
+            size: RING_SIZE,
+            max_size: QUEUE_SIZE,
+            buffers_at: BUFFERS[index],
+            buffer_bytes: 0x3_0000,
+            align: 16,
         }
     }
 
@@ -544,13 +445,13 @@ mod tests {
         device: VsockDevice,
         irq: Arc<EventFd>,
         /// The RX buffers handed out: head -> (header address, data address).
-        rx_bufs: std::collections::HashMap<u32, (u64, u64)>,
+        rx_bufs: std::collections::HashMap<u16, (u64, u64)>,
     }
 
     /// Rings borrow the memory; the rig hands them out separately.
     struct Driver<'m> {
-        rx: Ring<'m>,
-        tx: Ring<'m>,
+        rx: TestRing<'m>,
+        tx: TestRing<'m>,
     }
 
     fn rig() -> Rig {
@@ -578,13 +479,13 @@ mod tests {
     impl Rig {
         fn driver(&self) -> Driver<'static> {
             Driver {
-                rx: Ring::new(self.mem, 0),
-                tx: Ring::new(self.mem, 1),
+                rx: TestRing::new(self.mem, layout(0)),
+                tx: TestRing::new(self.mem, layout(1)),
             }
         }
 
         fn activate(&mut self, driver: &Driver<'_>) {
-            let ev = Ring::new(self.mem, 2);
+            let ev = TestRing::new(self.mem, layout(2));
             let queues = vec![driver.rx.queue(), driver.tx.queue(), ev.queue()];
             self.device.activate(queues, 0);
         }
@@ -598,7 +499,7 @@ mod tests {
                     (hdr, PKT_HEADER_SIZE as u32, F_WRITE),
                     (data, data_len, F_WRITE),
                 ]);
-                self.rx_bufs.insert(u32::from(head), (hdr, data));
+                self.rx_bufs.insert(head, (hdr, data));
             }
         }
 
@@ -959,7 +860,11 @@ mod tests {
         let driver = rig.driver();
         let mut bad = driver.rx.queue();
         bad.set_used_ring_address(Some(MEM_BYTES as u32), Some(0));
-        let queues = vec![bad, driver.tx.queue(), Ring::new(rig.mem, 2).queue()];
+        let queues = vec![
+            bad,
+            driver.tx.queue(),
+            TestRing::new(rig.mem, layout(2)).queue(),
+        ];
         rig.device.activate(queues, 0);
         assert_eq!(rig.count("invalid_queues"), 1);
     }
