@@ -160,20 +160,7 @@ fn last_line(text: &str) -> String {
 
 /// Runs a tool, mapping "not installed" to an error that says what to install.
 fn run(tool: &'static str, command: &mut Command) -> Result<Output> {
-    command.output().map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            Error::ToolMissing {
-                tool,
-                package: "e2fsprogs",
-            }
-        } else {
-            Error::Io {
-                what: "run e2fsprogs",
-                path: PathBuf::from(tool),
-                source,
-            }
-        }
-    })
+    command.output().map_err(|source| spawn_error(tool, source))
 }
 
 /// A debugfs script that edits an image; see the module notes.
