@@ -173,3 +173,33 @@ pub fn kvm_verdict() -> (bool, String) {
     let native = line.split_whitespace().nth(2) == Some("native:");
     (native, line)
 }
+
+/// SHA-256 of a file, hex (by `sha256sum`).
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "{}", dump(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A small plain root tree with a marker file (`/etc/motd`), built into
+/// the raw ext4 image `<dir>/base.ext4` by `vmbench rootfs ext4`.
+pub fn plain_base(dir: &Path) -> PathBuf {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/motd"), "vmbench root disk\n").unwrap();
+    let base = dir.join("base.ext4");
+    let out = vmbench(&[
+        "rootfs",
+        "ext4",
+        "--from",
+        tree.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", dump(&out));
+    base
+}

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
-use vmbench_e2e::{can_boot_guests, dump, in_ci, results, vmbench};
+use vmbench_e2e::{can_boot_guests, dump, in_ci, plain_base, results, sha256, vmbench};
 
 /// The tests boot TCG guests: one at a time, so they do not slow each other
 /// past their timeouts on a 2-core machine.
@@ -24,34 +24,6 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn alone() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(out.status.success(), "{}", dump(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-/// A small plain tree with a marker file, built into a raw ext4 image.
-fn plain_base(dir: &Path) -> PathBuf {
-    let tree = dir.join("tree");
-    std::fs::create_dir_all(tree.join("etc")).unwrap();
-    std::fs::write(tree.join("etc/motd"), "vmbench root disk\n").unwrap();
-    let base = dir.join("base.ext4");
-    let out = vmbench(&[
-        "rootfs",
-        "ext4",
-        "--from",
-        tree.to_str().unwrap(),
-        "--out",
-        base.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", dump(&out));
-    base
 }
 
 fn boot_args<'a>(base: &'a Path, out: &'a Path, vms: &'a str) -> Vec<&'a str> {
