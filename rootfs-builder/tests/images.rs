@@ -137,10 +137,13 @@ fn debugfs_cat(image: &Path, path: &str) -> Vec<u8> {
     out.stdout
 }
 
+/// e2fsck comes in e2fsprogs with mkfs.ext4 and debugfs, which every caller
+/// required: a missing one fails the check rather than passing it unseen.
 fn e2fsck_clean(image: &Path) {
-    if !e2fs::tool_available("e2fsck") {
-        return;
-    }
+    assert!(
+        e2fs::tool_available("e2fsck"),
+        "e2fsck is missing though mkfs.ext4 and debugfs are here"
+    );
     let out = Command::new("e2fsck")
         .arg("-fn")
         .arg(image)
@@ -576,11 +579,16 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing() {
         return;
     }
     if !nix::unistd::geteuid().is_root() {
-        // Mounting a tmpfs needs root; no install step changes that.
+        // Mounting a tmpfs needs root; CI runs as root.
+        assert!(
+            !in_ci(),
+            "{test}: CI runs as root, which mounting a tmpfs needs"
+        );
         println!("SKIPPED: {test}: not running as root (mounting a tmpfs needs it)");
         return;
     }
     let Some(tmpfs) = Tmpfs::mount("2m") else {
+        assert!(!in_ci(), "{test}: root cannot mount a tmpfs under CI");
         println!("SKIPPED: {test}: cannot mount a tmpfs here");
         return;
     };
