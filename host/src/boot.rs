@@ -11,13 +11,13 @@ use crate::backend::qemu::Qemu;
 use crate::backend::{Accel, Launcher, VmSpec};
 use crate::environment;
 use crate::inputs::{self, KernelFormat};
-use crate::kvm_probe::{self, KvmVerdict};
 use crate::locate;
 use crate::report::stats::Summary;
 use crate::results::{
     self, Aggregate, Environment, OverlayUse, RootfsInfo, RunResults, VmRecord, VmStatus,
 };
 use crate::vm::{self, Milestone};
+use vmbench_vmm::probe::{self as kvm_probe, KvmVerdict};
 
 /// `--accel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,8 +5,8 @@ use std::fmt::Write;
 
 use crate::environment;
 use crate::inputs;
-use crate::kvm_probe::{self, KvmVerdict};
 use crate::locate;
+use vmbench_vmm::probe::{self as kvm_probe, KvmVerdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

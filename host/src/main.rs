@@ -61,7 +61,7 @@ struct VmmArgs {
     /// read-write; `PATH,ro` makes it read-only for the guest. A qcow2 image's
     /// backing files are only ever read: the guest's writes stay in the image.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
-    disks: Vec<vmbench::vmm::machine::DiskConfig>,
+    disks: Vec<vmbench_vmm::machine::DiskConfig>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -448,15 +448,11 @@ fn rootfs(command: RootfsCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
-    use vmbench::vmm::exits::Kind;
-    use vmbench::vmm::machine::{End, EntryChoice, Machine, MachineConfig, VsockConfig};
-    std::fs::create_dir_all(&args.dir)
-        .map_err(|e| anyhow::anyhow!("Cannot create --dir {}: {e}", args.dir.display()))?;
-    let vsock = args.vsock_cid.map(|guest_cid| VsockConfig {
-        guest_cid,
-        uds_base: args.dir.join(vmbench::backend::VSOCK_UDS_BASE),
-    });
+    use vmbench_vmm::machine::{EntryChoice, MachineConfig};
     let config = MachineConfig {
+        vsock: args
+            .vsock_cid
+            .map(|cid| vmbench_vmm::command::vsock_in_dir(&args.dir, cid)),
         kernel: args.kernel,
         initramfs: args.initramfs,
         cmdline: args.cmdline,
@@ -468,50 +464,14 @@ fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
             EntryArg::Pvh => EntryChoice::Pvh,
             EntryArg::Linux64 => EntryChoice::Linux64,
         },
-        vsock,
         disks: args.disks,
     };
-    let report = Machine::new(&config)?.run();
-    let count = |kind| {
-        report
-            .vcpus
-            .iter()
-            .map(|v| v.exits.count(kind))
-            .sum::<u64>()
-    };
-    let summary = format!(
-        "userspace exits: {} io out, {} io in, {} mmio write, {} mmio read; report: {}",
-        count(Kind::IoOut),
-        count(Kind::IoIn),
-        count(Kind::MmioWrite),
-        count(Kind::MmioRead),
-        config.dir.join("vmm.json").display()
-    );
-    let said = report
-        .guest_said
-        .as_ref()
-        .map(|s| format!(" after the kernel said \"{s}\""))
-        .unwrap_or_default();
-    Ok(match report.end {
-        End::Reset => {
-            println!("vmm: the guest reset the machine{said}; {summary}");
-            ExitCode::SUCCESS
-        }
-        End::TripleFault => {
-            println!(
-                "vmm: the guest triple-faulted (how it reboots with reboot=t){said}; {summary}"
-            );
-            ExitCode::SUCCESS
-        }
-        End::Failed { detail } => {
-            eprintln!("vmbench: error: the VM failed: {detail}");
-            ExitCode::FAILURE
-        }
-        End::Stopped { signal } => {
-            eprintln!("vmbench: the VM was stopped by signal {signal}; {summary}");
-            ExitCode::from(3)
-        }
-    })
+    let ended = vmbench_vmm::command::run(&config)?;
+    match ended.message() {
+        (line, true) => eprintln!("{line}"),
+        (line, false) => println!("{line}"),
+    }
+    Ok(ExitCode::from(ended.exit_code()))
 }
 
 fn main() -> ExitCode {

@@ -155,7 +155,7 @@ pub struct VmRecord {
     /// exit per vCPU (kind, port or MMIO address, latency histogram), KVM's
     /// own statistics per vCPU, device counters.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub exits: Option<crate::vmm::machine::Report>,
+    pub exits: Option<crate::vmm_account::VmmAccount>,
     /// A systemd guest's own account: its phases as `systemd-analyze time`
     /// reads them, every unit's activation times, and the check of both
     /// against what `systemd-analyze time` printed in the guest.

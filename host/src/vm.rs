@@ -282,7 +282,7 @@ impl<'a> Watch<'a> {
             self.record.vmm_exit = self.exit.map(|s| s.to_string());
         }
         if let Launcher::Kvm(_) = self.backend {
-            self.read_vmm_report();
+            self.read_vmm_account();
         }
         self.conclude();
     }
@@ -508,8 +508,8 @@ impl<'a> Watch<'a> {
     /// there) and every exit. Its boot marks replace the ones forwarded
     /// through the marker socket: the VMM took them at the exit itself, the
     /// collector only when the byte arrived.
-    fn read_vmm_report(&mut self) {
-        match kvm::read_report(&self.spec.dir) {
+    fn read_vmm_account(&mut self) {
+        match kvm::read_account(&self.spec.dir) {
             Ok(report) => {
                 self.record.host_ns.vmm_ready = report.first_run_ns;
                 if !report.boot_markers.is_empty() {
@@ -752,7 +752,7 @@ mod tests {
 
     #[test]
     fn kvm_backend_takes_the_vmms_own_marks() {
-        use crate::vmm::machine::{End, MemoryUse, Report};
+        use vmbench_vmm::account::{self, Account, End, MemoryUse};
         let launcher = Launcher::Kvm(kvm::KvmVmm {
             vmbench: PathBuf::from("/unused"),
         });
@@ -764,7 +764,8 @@ mod tests {
                 let dir = uds.parent().unwrap().to_path_buf();
                 let first_run = now_ns();
                 let marked = first_run + 1_000_000;
-                let report = Report {
+                let report = Account {
+                    schema_version: account::SCHEMA_VERSION,
                     end: End::Reset,
                     ended_by_vcpu: Some(0),
                     guest_said: None,
@@ -779,8 +780,7 @@ mod tests {
                     virtio_bad_accesses: 0,
                     memory: MemoryUse::default(),
                 };
-                std::fs::write(kvm::report_path(&dir), serde_json::to_vec(&report).unwrap())
-                    .unwrap();
+                account::write(&dir, &report).unwrap();
                 // The same marker, forwarded later through the socket.
                 std::thread::sleep(Duration::from_millis(50));
                 let mut m = UnixStream::connect(dir.join("marker.sock")).unwrap();

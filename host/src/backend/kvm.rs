@@ -11,12 +11,15 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::{spawn_logged, tail, VmSpec, VSOCK_UDS_BASE};
-use crate::vmm::machine::{DiskConfig, Report};
+use vmbench_vmm::account;
+use vmbench_vmm::machine::DiskConfig;
+
+use crate::vmm_account::VmmAccount;
 
 /// The guest's vsock CID (each VM has its own device, so all can use 3).
 pub const GUEST_CID: u32 = 3;
 
-/// How long a VMM told to stop (SIGTERM) may take to write its report.
+/// How long a VMM told to stop (SIGTERM) may take to write its account.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
@@ -62,20 +65,16 @@ pub fn vmm_log(spec: &VmSpec) -> PathBuf {
     spec.dir.join("vmm.log")
 }
 
-pub fn report_path(dir: &Path) -> PathBuf {
-    dir.join("vmm.json")
-}
-
 impl KvmVmm {
     /// Starts `vmbench vmm`; its output goes to `vmm.log` in the VM directory.
     pub fn start_vmm(&self, spec: &VmSpec) -> super::qemu::Result<Child> {
-        // A report left from an earlier run in this directory must not be read as this one's.
-        let _ = std::fs::remove_file(report_path(&spec.dir));
+        // An account left from an earlier run in this directory must not be read as this one's.
+        let _ = std::fs::remove_file(account::path_in(&spec.dir));
         spawn_logged(&self.vmbench, vmm_args(spec), &vmm_log(spec))
     }
 }
 
-/// Asks the VMM to stop (SIGTERM: it ends the VM and writes its report),
+/// Asks the VMM to stop (SIGTERM: it ends the VM and writes its account),
 /// then kills it if it has not exited within `STOP_GRACE`.
 pub fn stop(vmm: &mut Child) -> std::io::Result<std::process::ExitStatus> {
     // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
@@ -92,11 +91,8 @@ pub fn stop(vmm: &mut Child) -> std::io::Result<std::process::ExitStatus> {
 }
 
 /// The VMM's account of the VM, if it wrote one.
-pub fn read_report(dir: &Path) -> Result<Report, String> {
-    let path = report_path(dir);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("Cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{} is malformed: {e}", path.display()))
+pub fn read_account(dir: &Path) -> Result<VmmAccount, String> {
+    account::read(dir).map(|a| VmmAccount::from_vmm(&a))
 }
 
 /// What the VMM printed (its error, for a VM that failed).

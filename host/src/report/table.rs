@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::report::stats::Summary;
 use crate::results::{Aggregate, RunResults, VmRecord};
-use crate::vmm::exits::{Kind, Latency};
-use crate::vmm::machine::{End, Report};
+use crate::vmm_account::{ExitLatency as Latency, VmmAccount as Report};
 
 fn ms(value: Option<f64>) -> String {
     value
@@ -320,30 +319,25 @@ struct ExitRow {
     latency: Latency,
 }
 
-fn merge(into: &mut Latency, from: &Latency) {
-    into.count += from.count;
-    into.total_ns += from.total_ns;
-    into.min_ns = if into.count == from.count {
-        from.min_ns
-    } else {
-        into.min_ns.min(from.min_ns)
-    };
-    into.max_ns = into.max_ns.max(from.max_ns);
-}
-
 /// The userspace exits of one VM, all vCPUs together, by port and MMIO
 /// address, sorted by time spent.
 fn exit_rows(report: &Report) -> Vec<ExitRow> {
     let mut by_event: BTreeMap<String, Latency> = BTreeMap::new();
     for vcpu in &report.vcpus {
         for (port, l) in &vcpu.exits.by_port {
-            merge(by_event.entry(format!("io port {port:#x}")).or_default(), l);
+            by_event
+                .entry(format!("io port {port:#x}"))
+                .or_default()
+                .merge(l);
         }
         for (addr, l) in &vcpu.exits.by_mmio_addr {
-            merge(by_event.entry(format!("mmio {addr:#x}")).or_default(), l);
+            by_event
+                .entry(format!("mmio {addr:#x}"))
+                .or_default()
+                .merge(l);
         }
-        if let Some(l) = vcpu.exits.by_kind.get(&Kind::Other) {
-            merge(by_event.entry("other".into()).or_default(), l);
+        if let Some(l) = vcpu.exits.by_kind.get("other") {
+            by_event.entry("other".into()).or_default().merge(l);
         }
     }
     let mut rows: Vec<ExitRow> = by_event
@@ -395,7 +389,7 @@ pub fn exits_report(results: &RunResults) -> String {
             vm.backend,
             report.vcpus.len(),
             report.entry,
-            end_label(&report.end)
+            report.end.label()
                 + &report
                     .guest_said
                     .as_ref()
@@ -456,15 +450,6 @@ pub fn exits_report(results: &RunResults) -> String {
         out.push_str("\n(no exit accounts: only the kvm backend records them)\n");
     }
     out
-}
-
-fn end_label(end: &End) -> String {
-    match end {
-        End::Reset => "reset".into(),
-        End::TripleFault => "triple fault".into(),
-        End::Failed { .. } => "failed".into(),
-        End::Stopped { signal } => format!("stopped by signal {signal}"),
-    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,13 @@ pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 pub const VIRTIO_MMIO_SLOT_BYTES: u64 = 0x1000;
 pub const VIRTIO_FIRST_IRQ: u32 = 5;
 
+/// Port I/O: COM1 (8 ports), the i8042 controller's command/status port,
+/// and the boot-marker port (Cloud Hypervisor's debug port).
+pub const SERIAL_BASE: u16 = 0x3f8;
+pub const SERIAL_LAST: u16 = 0x3ff;
+pub const I8042_COMMAND: u16 = 0x64;
+pub const BOOT_MARKER_PORT: u16 = 0x80;
+
 /// 32-bit MMIO devices live in [`MMIO_GAP_START`, 4 GiB): no RAM there.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;

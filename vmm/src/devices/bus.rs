@@ -7,17 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::virtio::mmio::MmioTransport;
-use crate::vmm::layout;
+use crate::layout;
 
 use super::i8042::I8042;
 use super::marker::BootMarker;
 use super::serial::SerialPort;
 
-/// COM1.
-pub const SERIAL_BASE: u16 = 0x3f8;
-pub const SERIAL_PORTS: u16 = 8;
-/// The i8042 controller's command/status port.
-pub const I8042_COMMAND: u16 = 0x64;
+use layout::{BOOT_MARKER_PORT, I8042_COMMAND, SERIAL_BASE, SERIAL_LAST};
 
 /// What a port write asks of the VMM beyond the device's own state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +44,7 @@ impl PioBus {
 
     pub fn read(&mut self, port: u16, data: &mut [u8]) {
         match port {
-            SERIAL_BASE..=0x3ff if data.len() == 1 => {
+            SERIAL_BASE..=SERIAL_LAST if data.len() == 1 => {
                 data[0] = self.serial.read(port - SERIAL_BASE)
             }
             I8042_COMMAND if data.len() == 1 => data[0] = self.i8042.read_status(),
@@ -62,8 +58,8 @@ impl PioBus {
     /// `now_ns`: the host time of the exit, for the boot marker.
     pub fn write(&mut self, port: u16, data: &[u8], now_ns: u64) -> Request {
         match (port, data) {
-            (SERIAL_BASE..=0x3ff, [value]) => self.serial.write(port - SERIAL_BASE, *value),
-            (vmbench_proto::BOOT_MARKER_PORT, [code]) => self.marker.write(*code, now_ns),
+            (SERIAL_BASE..=SERIAL_LAST, [value]) => self.serial.write(port - SERIAL_BASE, *value),
+            (BOOT_MARKER_PORT, [code]) => self.marker.write(*code, now_ns),
             (I8042_COMMAND, [command]) => {
                 if self.i8042.write_command(*command) {
                     return Request::Reset;

@@ -5,7 +5,7 @@
 //! lets it do its work; vCPU threads only take that lock for register
 //! accesses, so the guest keeps running while devices work.
 //!
-//! [`VirtioDevice::event_fd`]: crate::vmm::devices::virtio::mmio::VirtioDevice::event_fd
+//! [`VirtioDevice::event_fd`]: crate::devices::virtio::mmio::VirtioDevice::event_fd
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::devices::bus::lock;
-use super::devices::virtio::mmio::MmioTransport;
+use crate::devices::bus::lock;
+use crate::devices::virtio::mmio::MmioTransport;
 
 const STOP: u64 = u64::MAX;
 
@@ -103,7 +103,7 @@ mod tests {
     use virtio_queue::Queue;
 
     use super::*;
-    use crate::vmm::devices::virtio::mmio::VirtioDevice;
+    use crate::devices::virtio::mmio::VirtioDevice;
 
     /// A device whose only event is an eventfd; it counts how often it ran.
     struct Counting {

@@ -349,7 +349,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::vmm::devices::virtio::test_ring::{Layout, TestRing, F_NEXT, F_WRITE};
+    use crate::devices::virtio::test_ring::{Layout, TestRing, F_NEXT, F_WRITE};
 
     const MAX_RST_BACKLOG_FOR_TESTS: usize = muxer::MAX_RST_BACKLOG;
     const GUEST_CID: u64 = 3;

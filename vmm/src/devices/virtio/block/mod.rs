@@ -23,7 +23,7 @@
 //!
 //! # Threading
 //! Requests are served synchronously on the VMM's device thread
-//! ([`crate::vmm::event_loop`]): a QueueNotify wakes it through the queue's
+//! ([`crate::event_loop`]): a QueueNotify wakes it through the queue's
 //! ioeventfd, it calls [`VirtioDevice::process_events`], which reads,
 //! writes or flushes through imago and answers each chain before taking the
 //! next. That keeps one request in flight per disk and holds the
@@ -461,7 +461,7 @@ mod tests {
     use super::disk::tests::{base_byte, create_qcow2, sha256, write_raw};
     use super::request::{T_FLUSH, T_GET_ID, T_IN, T_OUT};
     use super::*;
-    use crate::vmm::devices::virtio::test_ring::{Layout, TestRing, F_NEXT, F_WRITE};
+    use crate::devices::virtio::test_ring::{Layout, TestRing, F_NEXT, F_WRITE};
 
     const MEM_BYTES: u64 = 16 << 20;
     /// The descriptor table (then the avail ring at +4 KiB, the used ring at +8 KiB).

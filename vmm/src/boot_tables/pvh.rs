@@ -9,7 +9,7 @@ use linux_loader::loader::elf::start_info::{
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::WriteError;
-use crate::vmm::layout;
+use crate::layout;
 
 /// "xEn3" with the top bit cleared, as the ABI defines it.
 pub const START_MAGIC: u32 = 0x336e_c578;

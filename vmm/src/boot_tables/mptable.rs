@@ -12,7 +12,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::WriteError;
-use crate::vmm::layout;
+use crate::layout;
 
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;

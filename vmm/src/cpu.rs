@@ -9,8 +9,8 @@
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 
-use super::boot::gdt;
-use super::layout;
+use crate::boot_tables::gdt;
+use crate::layout;
 
 const CR0_PE: u64 = 1;
 const CR0_ET: u64 = 1 << 4;
@@ -271,7 +271,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
     use super::*;
-    use crate::vmm::boot::paging;
+    use crate::boot_tables::paging;
 
     #[test]
     fn sregs_enable_long_mode_with_our_tables() {

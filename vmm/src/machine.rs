@@ -4,7 +4,7 @@
 //! # Threads
 //! One thread per vCPU runs `KVM_RUN` and handles its exits (port I/O under
 //! the port bus's lock, MMIO through the virtio-mmio bus); one device thread
-//! ([`super::event_loop`]) serves the virtio devices' ioeventfds and host
+//! ([`crate::event_loop`]) serves the virtio devices' ioeventfds and host
 //! sockets and interrupts the guest through irqfds. The main thread waits
 //! for the first vCPU that ends the VM (or for SIGTERM/SIGINT), then stops
 //! the others: a flag each checks before `KVM_RUN`, and a real-time signal
@@ -15,11 +15,9 @@
 //! KVM internal error or failed entry ends it as a failure with the exit
 //! reason, the instruction bytes KVM reported and the vCPU's registers.
 
-use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Once};
 use std::thread::JoinHandle;
@@ -29,24 +27,25 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use serde::{Deserialize, Serialize};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use super::boot::{gdt, mptable, paging, params, pvh};
-use super::devices::bus::{lock, MmioBus, MmioSlot, PioBus, Request};
-use super::devices::marker::BootMarker;
-use super::devices::serial::SerialPort;
-use super::devices::virtio::block::disk::{self, Disk};
-use super::devices::virtio::block::BlockDevice;
-use super::devices::virtio::mmio::{MmioTransport, VirtioDevice};
-use super::devices::virtio::vsock::VsockDevice;
-use super::devices::virtio::Interrupt;
-use super::event_loop::EventLoop;
-use super::exits::{ExitStats, Kind, Target};
-use super::{cpu, layout, loader};
-use crate::vm::now_ns;
+use crate::account::{self, Account, End, MemoryUse, VcpuAccount};
+use crate::boot_tables::{gdt, mptable, paging, params, pvh};
+use crate::clock::now_ns;
+use crate::devices::bus::{lock, MmioBus, MmioSlot, PioBus, Request};
+use crate::devices::marker::BootMarker;
+use crate::devices::serial::SerialPort;
+use crate::devices::virtio::block::disk::{self, Disk};
+use crate::devices::virtio::block::BlockDevice;
+use crate::devices::virtio::mmio::{MmioTransport, VirtioDevice};
+use crate::devices::virtio::vsock::VsockDevice;
+use crate::devices::virtio::Interrupt;
+use crate::event_loop::EventLoop;
+use crate::exits::{ExitStats, Kind, Target};
+use crate::vm_dir;
+use crate::{cpu, layout, loader};
 
 /// The serial port's interrupt line.
 const SERIAL_GSI: u32 = 4;
@@ -168,7 +167,7 @@ pub enum Error {
     #[error(transparent)]
     Params(#[from] params::Error),
     #[error(transparent)]
-    Boot(#[from] super::boot::WriteError),
+    Boot(#[from] crate::boot_tables::WriteError),
     #[error(transparent)]
     Cpu(#[from] cpu::Error),
     #[error(transparent)]
@@ -177,56 +176,6 @@ pub enum Error {
 
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
-}
-
-/// How the VM ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum End {
-    /// The guest reset the machine through the i8042 controller.
-    Reset,
-    /// A triple fault (`reboot=t`): KVM reports a shutdown.
-    TripleFault,
-    /// The VM could not go on; `detail` says why, with registers where KVM had them.
-    Failed { detail: String },
-    /// The VMM was told to stop (SIGTERM or SIGINT), e.g. by `vmbench boot` on a timeout.
-    Stopped { signal: i32 },
-}
-
-/// What the VMM saw, written to `<dir>/vmm.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
-    pub end: End,
-    /// The vCPU whose exit ended the VM (none when stopped from outside).
-    pub ended_by_vcpu: Option<u32>,
-    /// What the kernel said last about ending, from its console: a reboot, a
-    /// power off and a panic all end in the same triple fault.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guest_said: Option<String>,
-    /// `pvh` or `linux64`.
-    pub entry: String,
-    /// CLOCK_MONOTONIC ns of the boot vCPU's first KVM_RUN (`vmm_ready`) and of the end.
-    pub first_run_ns: Option<u64>,
-    pub end_ns: u64,
-    pub vcpus: Vec<VcpuReport>,
-    /// Each virtio device's counters, by `<slot base>:<device type>`.
-    pub devices: BTreeMap<String, BTreeMap<String, u64>>,
-    /// Boot-marker codes with their host times.
-    pub boot_markers: Vec<(u8, u64)>,
-    pub unclaimed_ports: BTreeMap<u16, u64>,
-    pub unclaimed_mmio: BTreeMap<u64, u64>,
-    /// Driver accesses the virtio-mmio transports ignored, all slots together.
-    pub virtio_bad_accesses: u64,
-    pub memory: MemoryUse,
-}
-
-/// The VMM's memory at the end: its peak resident set, how much of that is
-/// guest memory the guest touched, and the rest, the VMM's own overhead.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct MemoryUse {
-    pub max_rss_kib: u64,
-    pub guest_resident_kib: u64,
-    pub vmm_overhead_kib: u64,
 }
 
 /// Resident pages of guest memory (mincore(2) over every region).
@@ -267,17 +216,6 @@ fn memory_use(mem: &GuestMemoryMmap) -> MemoryUse {
         guest_resident_kib,
         vmm_overhead_kib: max_rss_kib.saturating_sub(guest_resident_kib),
     }
-}
-
-/// One vCPU's account.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VcpuReport {
-    pub index: u32,
-    pub first_run_ns: Option<u64>,
-    /// Exits handled in userspace, by kind and target, with latencies.
-    pub exits: ExitStats,
-    /// KVM's own statistics for the vCPU, or why they could not be read.
-    pub kvm_stats: Result<BTreeMap<String, u64>, String>,
 }
 
 fn guest_memory(mem_mib: u32) -> Result<GuestMemoryMmap, Error> {
@@ -348,7 +286,7 @@ extern "C" fn on_stop(signal: libc::c_int) {
 }
 
 /// The kick handler (no SA_RESTART, so KVM_RUN returns EINTR) and the
-/// SIGTERM/SIGINT handlers that end the VM with a report.
+/// SIGTERM/SIGINT handlers that end the VM with its account written.
 fn install_signal_handlers() -> Result<(), Error> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
@@ -464,14 +402,14 @@ impl Machine {
         })?;
         vm.register_irqfd(&serial_irq, SERIAL_GSI)
             .map_err(kvm_err("connect the serial interrupt"))?;
-        let log_path = config.dir.join("serial.log");
+        let log_path = config.dir.join(vm_dir::SERIAL_LOG);
         let log = File::create(&log_path).map_err(|source| Error::File {
             path: log_path,
             source,
         })?;
         let serial = SerialPort::new(serial_irq, Box::new(log));
         // The collector listens here when `vmbench boot` runs this VMM.
-        let marker = match UnixStream::connect(config.dir.join("marker.sock")) {
+        let marker = match UnixStream::connect(config.dir.join(vm_dir::MARKER_SOCKET)) {
             Ok(stream) => BootMarker::with_sink(Box::new(stream)),
             Err(_) => BootMarker::default(),
         };
@@ -493,8 +431,8 @@ impl Machine {
     }
 
     /// Runs until the guest resets, triple-faults or fails, or the VMM is
-    /// told to stop; writes `<dir>/vmm.json` and returns the same report.
-    pub fn run(self) -> Report {
+    /// told to stop; writes its account to `<dir>/vmm.json` and returns it.
+    pub fn run(self) -> Account {
         let Machine {
             vcpus,
             vm,
@@ -511,7 +449,7 @@ impl Machine {
             .collect();
         let event_loop = EventLoop::spawn(transports);
         let (ended_tx, ended_rx) = mpsc::channel();
-        let mut threads: Vec<JoinHandle<VcpuReport>> = Vec::new();
+        let mut threads: Vec<JoinHandle<VcpuAccount>> = Vec::new();
         let mut spawn_error = None;
         if let Err(e) = &event_loop {
             spawn_error = Some(format!("cannot start the device thread: {e}"));
@@ -560,7 +498,8 @@ impl Machine {
             .map(|s| lock(&s.transport).bad_accesses)
             .sum();
         let pio = lock(&shared.pio);
-        let report = Report {
+        let account = Account {
+            schema_version: account::SCHEMA_VERSION,
             end,
             ended_by_vcpu,
             guest_said: pio.serial.last_word(),
@@ -576,11 +515,17 @@ impl Machine {
             memory: memory_use(&mem),
         };
         drop(pio);
-        write_report(&dir, &report);
+        // The account is also returned; a VMM that cannot write it says so.
+        if let Err(e) = account::write(&dir, &account) {
+            eprintln!(
+                "vmbench vmm: cannot write {}: {e}",
+                account::path_in(&dir).display()
+            );
+        }
         // The vCPUs are closed (their threads returned); now the VM, then the memory.
         drop(vm);
         drop(mem);
-        report
+        account
     }
 }
 
@@ -609,7 +554,7 @@ fn wait_for_end(ended: &mpsc::Receiver<(u32, End)>) -> (Option<u32>, End) {
 
 /// Kicks every vCPU thread out of KVM_RUN until all have returned (a kick
 /// that lands just before a thread enters KVM_RUN is lost, hence the repeat).
-fn stop_vcpus(threads: Vec<JoinHandle<VcpuReport>>) -> Vec<VcpuReport> {
+fn stop_vcpus(threads: Vec<JoinHandle<VcpuAccount>>) -> Vec<VcpuAccount> {
     while threads.iter().any(|t| !t.is_finished()) {
         for t in threads.iter().filter(|t| !t.is_finished()) {
             let _ = t.kill(kick_signal());
@@ -689,7 +634,7 @@ fn run_vcpu(
     index: u32,
     shared: &Shared,
     ended: &mpsc::Sender<(u32, End)>,
-) -> VcpuReport {
+) -> VcpuAccount {
     let mut exits = ExitStats::default();
     let mut first_run_ns = None;
     let mut other_exits = 0u64;
@@ -762,11 +707,11 @@ fn run_vcpu(
     if let Some(end) = end {
         let _ = ended.send((index, end));
     }
-    VcpuReport {
+    VcpuAccount {
         index,
         first_run_ns,
         exits: exits.sealed(),
-        kvm_stats: super::kvm_stats::read_vcpu(&vcpu).map_err(|e| e.to_string()),
+        kvm_stats: crate::kvm_stats::read_vcpu(&vcpu).map_err(|e| e.to_string()),
     }
 }
 
@@ -820,13 +765,6 @@ pub fn describe_internal_error(suberror: u32, ndata: u32, flags: u64, insn: &[u8
         text.push_str(&format!("; instruction bytes: {}", hex.join(" ")));
     }
     text
-}
-
-fn write_report(dir: &Path, report: &Report) {
-    if let Ok(mut file) = File::create(dir.join("vmm.json")) {
-        let _ = serde_json::to_writer_pretty(&mut file, report);
-        let _ = file.write_all(b"\n");
-    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub const PAGE_DIRECTORIES: u64 = 4;
 /// Bytes identity-mapped: 512 entries of 2 MiB per page directory.
 pub const MAPPED_BYTES: u64 = PAGE_DIRECTORIES * (512 << 21);
 /// Where the uncached device region starts (the MMIO gap).
-const UNCACHED_FROM: u64 = crate::vmm::layout::MMIO_GAP_START;
+const UNCACHED_FROM: u64 = crate::layout::MMIO_GAP_START;
 
 /// Writes PML4 → PDPT → page directories (at `pd`, `pd + 4 KiB`, …);
 /// returns the CR3 value.

@@ -1,0 +1,253 @@
+//! What results.json keeps of the kvm backend's account of a VM (the VMM's
+//! `vmm.json`, [`vmbench_vmm::account`]): the orchestrator's own types,
+//! filled from the VMM's by [`VmmAccount::from_vmm`]. The fields and their
+//! JSON shape are the VMM's, so a reader finds the same keys in both files,
+//! but a change to the VMM's format reaches results.json only through this
+//! one conversion (and results.json's own schema version).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use vmbench_vmm::account as vmm;
+use vmbench_vmm::exits as vmm_exits;
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum VmmEnd {
+    /// The guest reset the machine through the i8042 controller.
+    Reset,
+    /// A triple fault: how a guest with `reboot=t` reboots, powers off or panics.
+    TripleFault,
+    /// The VM could not go on; `detail` says why.
+    Failed { detail: String },
+    /// The VMM was stopped by a signal (vmbench's SIGTERM on a timeout).
+    Stopped { signal: i32 },
+}
+
+impl VmmEnd {
+    /// How the exits table names it.
+    pub fn label(&self) -> String {
+        match self {
+            VmmEnd::Reset => "reset".into(),
+            VmmEnd::TripleFault => "triple fault".into(),
+            VmmEnd::Failed { .. } => "failed".into(),
+            VmmEnd::Stopped { signal } => format!("stopped by signal {signal}"),
+        }
+    }
+}
+
+/// Exits of one kind or target: how many, and how long the VMM took.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExitLatency {
+    pub count: u64,
+    pub total_ns: u64,
+    pub min_ns: u64,
+    pub max_ns: u64,
+    /// Non-empty buckets: (log2 of the bucket's lower bound in ns, count).
+    pub log2_histogram: Vec<(u32, u64)>,
+}
+
+impl ExitLatency {
+    pub fn mean_ns(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.total_ns as f64 / self.count as f64
+        }
+    }
+
+    /// Adds `other`'s exits to these (histograms are left as they are).
+    pub fn merge(&mut self, other: &ExitLatency) {
+        self.min_ns = if self.count == 0 {
+            other.min_ns
+        } else {
+            self.min_ns.min(other.min_ns)
+        };
+        self.count += other.count;
+        self.total_ns = self.total_ns.saturating_add(other.total_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+}
+
+/// One vCPU's userspace exits, by kind (`io_in`, `io_out`, `mmio_read`,
+/// `mmio_write`, `other`), by I/O port and by MMIO address.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VcpuExits {
+    pub by_kind: BTreeMap<String, ExitLatency>,
+    pub by_port: BTreeMap<u16, ExitLatency>,
+    pub by_mmio_addr: BTreeMap<u64, ExitLatency>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VcpuAccount {
+    pub index: u32,
+    /// CLOCK_MONOTONIC ns of its first KVM_RUN.
+    pub first_run_ns: Option<u64>,
+    pub exits: VcpuExits,
+    /// KVM's own statistics (`{"Ok": {name: value}}`), or why they could
+    /// not be read (`{"Err": "…"}`).
+    pub kvm_stats: Result<BTreeMap<String, u64>, String>,
+}
+
+/// The VMM's memory at the end of the VM.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct VmmMemory {
+    pub max_rss_kib: u64,
+    pub guest_resident_kib: u64,
+    pub vmm_overhead_kib: u64,
+}
+
+/// The kvm backend's account of one VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmmAccount {
+    pub end: VmmEnd,
+    pub ended_by_vcpu: Option<u32>,
+    /// The kernel's last console line about ending (reboot, power off, panic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_said: Option<String>,
+    /// `pvh` or `linux64`.
+    pub entry: String,
+    /// CLOCK_MONOTONIC ns of the boot vCPU's first KVM_RUN, and of the end.
+    pub first_run_ns: Option<u64>,
+    pub end_ns: u64,
+    pub vcpus: Vec<VcpuAccount>,
+    /// Each virtio device's counters, by `<slot base>:<device type>`.
+    pub devices: BTreeMap<String, BTreeMap<String, u64>>,
+    /// (code, CLOCK_MONOTONIC ns) of each boot-marker write, taken at the exit.
+    pub boot_markers: Vec<(u8, u64)>,
+    pub unclaimed_ports: BTreeMap<u16, u64>,
+    pub unclaimed_mmio: BTreeMap<u64, u64>,
+    pub virtio_bad_accesses: u64,
+    pub memory: VmmMemory,
+}
+
+fn latency(l: &vmm_exits::Latency) -> ExitLatency {
+    ExitLatency {
+        count: l.count,
+        total_ns: l.total_ns,
+        min_ns: l.min_ns,
+        max_ns: l.max_ns,
+        log2_histogram: l.log2_histogram.clone(),
+    }
+}
+
+fn kind_name(kind: vmm_exits::Kind) -> &'static str {
+    match kind {
+        vmm_exits::Kind::IoIn => "io_in",
+        vmm_exits::Kind::IoOut => "io_out",
+        vmm_exits::Kind::MmioRead => "mmio_read",
+        vmm_exits::Kind::MmioWrite => "mmio_write",
+        vmm_exits::Kind::Other => "other",
+    }
+}
+
+impl VmmAccount {
+    pub fn from_vmm(account: &vmm::Account) -> VmmAccount {
+        VmmAccount {
+            end: match &account.end {
+                vmm::End::Reset => VmmEnd::Reset,
+                vmm::End::TripleFault => VmmEnd::TripleFault,
+                vmm::End::Failed { detail } => VmmEnd::Failed {
+                    detail: detail.clone(),
+                },
+                vmm::End::Stopped { signal } => VmmEnd::Stopped { signal: *signal },
+            },
+            ended_by_vcpu: account.ended_by_vcpu,
+            guest_said: account.guest_said.clone(),
+            entry: account.entry.clone(),
+            first_run_ns: account.first_run_ns,
+            end_ns: account.end_ns,
+            vcpus: account
+                .vcpus
+                .iter()
+                .map(|v| VcpuAccount {
+                    index: v.index,
+                    first_run_ns: v.first_run_ns,
+                    exits: VcpuExits {
+                        by_kind: v
+                            .exits
+                            .by_kind
+                            .iter()
+                            .map(|(k, l)| (kind_name(*k).to_string(), latency(l)))
+                            .collect(),
+                        by_port: v
+                            .exits
+                            .by_port
+                            .iter()
+                            .map(|(p, l)| (*p, latency(l)))
+                            .collect(),
+                        by_mmio_addr: v
+                            .exits
+                            .by_mmio_addr
+                            .iter()
+                            .map(|(a, l)| (*a, latency(l)))
+                            .collect(),
+                    },
+                    kvm_stats: v.kvm_stats.clone(),
+                })
+                .collect(),
+            devices: account.devices.clone(),
+            boot_markers: account.boot_markers.clone(),
+            unclaimed_ports: account.unclaimed_ports.clone(),
+            unclaimed_mmio: account.unclaimed_mmio.clone(),
+            virtio_bad_accesses: account.virtio_bad_accesses,
+            memory: VmmMemory {
+                max_rss_kib: account.memory.max_rss_kib,
+                guest_resident_kib: account.memory.guest_resident_kib,
+                vmm_overhead_kib: account.memory.vmm_overhead_kib,
+            },
+        }
+    }
+
+    /// Exits of `kind` (`io_out`, …) over every vCPU.
+    pub fn count(&self, kind: &str) -> u64 {
+        self.vcpus
+            .iter()
+            .filter_map(|v| v.exits.by_kind.get(kind))
+            .map(|l| l.count)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vmms_account_keeps_its_json_shape() {
+        let mut exits = vmm_exits::ExitStats::default();
+        exits.record(vmm_exits::Kind::IoOut, vmm_exits::Target::Port(0x3f8), 700);
+        exits.record(
+            vmm_exits::Kind::MmioRead,
+            vmm_exits::Target::Mmio(0xd000_0000),
+            900,
+        );
+        let account = vmm::Account {
+            schema_version: vmm::SCHEMA_VERSION,
+            end: vmm::End::Failed { detail: "x".into() },
+            ended_by_vcpu: Some(0),
+            guest_said: None,
+            entry: "pvh".into(),
+            first_run_ns: Some(5),
+            end_ns: 9,
+            vcpus: vec![vmm::VcpuAccount {
+                index: 0,
+                first_run_ns: Some(5),
+                exits: exits.sealed(),
+                kvm_stats: Err("no stats".into()),
+            }],
+            devices: BTreeMap::new(),
+            boot_markers: vec![(0x60, 7)],
+            unclaimed_ports: BTreeMap::new(),
+            unclaimed_mmio: BTreeMap::new(),
+            virtio_bad_accesses: 0,
+            memory: vmm::MemoryUse::default(),
+        };
+        let ours = serde_json::to_value(VmmAccount::from_vmm(&account)).unwrap();
+        let mut theirs = serde_json::to_value(&account).unwrap();
+        theirs.as_object_mut().unwrap().remove("schema_version");
+        assert_eq!(ours, theirs);
+        assert_eq!(VmmAccount::from_vmm(&account).count("io_out"), 1);
+    }
+}

@@ -1,0 +1,118 @@
+//! The VMM's account of a VM, `<dir>/vmm.json`: how it ended, when its
+//! first `KVM_RUN` was, the boot marks, every userspace exit per vCPU with
+//! its latency, KVM's own statistics, device counters and memory use.
+//!
+//! This is the VMM's one output format, versioned by [`SCHEMA_VERSION`] and
+//! described field by field in `docs/formats.md`. Every `_ns` time is
+//! CLOCK_MONOTONIC ([`crate::clock`]). It is written once, when the VM
+//! ends (on a stop signal too), atomically: a reader sees the whole file
+//! or none.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::exits::ExitStats;
+
+/// Bump when a field changes meaning or is removed; adding one is not a change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where the account of the VM in `dir` is.
+pub fn path_in(dir: &Path) -> PathBuf {
+    dir.join(crate::vm_dir::ACCOUNT)
+}
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum End {
+    /// The guest reset the machine through the i8042 controller.
+    Reset,
+    /// A triple fault (`reboot=t`): KVM reports a shutdown.
+    TripleFault,
+    /// The VM could not go on; `detail` says why, with registers where KVM had them.
+    Failed { detail: String },
+    /// The VMM was told to stop (SIGTERM or SIGINT), e.g. by `vmbench boot` on a timeout.
+    Stopped { signal: i32 },
+}
+
+/// What the VMM saw, written to `<dir>/vmm.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Account {
+    /// [`SCHEMA_VERSION`] of the VMM that wrote it.
+    pub schema_version: u32,
+    pub end: End,
+    /// The vCPU whose exit ended the VM (none when stopped from outside).
+    pub ended_by_vcpu: Option<u32>,
+    /// What the kernel said last about ending, from its console: a reboot, a
+    /// power off and a panic all end in the same triple fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_said: Option<String>,
+    /// `pvh` or `linux64`.
+    pub entry: String,
+    /// CLOCK_MONOTONIC ns of the boot vCPU's first KVM_RUN (`vmm_ready`) and of the end.
+    pub first_run_ns: Option<u64>,
+    pub end_ns: u64,
+    pub vcpus: Vec<VcpuAccount>,
+    /// Each virtio device's counters, by `<slot base>:<device type>`.
+    pub devices: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Boot-marker codes with their host times.
+    pub boot_markers: Vec<(u8, u64)>,
+    pub unclaimed_ports: BTreeMap<u16, u64>,
+    pub unclaimed_mmio: BTreeMap<u64, u64>,
+    /// Driver accesses the virtio-mmio transports ignored, all slots together.
+    pub virtio_bad_accesses: u64,
+    pub memory: MemoryUse,
+}
+
+/// The VMM's memory at the end: its peak resident set, how much of that is
+/// guest memory the guest touched, and the rest, the VMM's own overhead.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct MemoryUse {
+    pub max_rss_kib: u64,
+    pub guest_resident_kib: u64,
+    pub vmm_overhead_kib: u64,
+}
+
+/// One vCPU's account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VcpuAccount {
+    pub index: u32,
+    pub first_run_ns: Option<u64>,
+    /// Exits handled in userspace, by kind and target, with latencies.
+    pub exits: ExitStats,
+    /// KVM's own statistics for the vCPU, or why they could not be read.
+    pub kvm_stats: Result<BTreeMap<String, u64>, String>,
+}
+
+/// Writes `account` to `<dir>/vmm.json` through a temporary file and a
+/// rename, so a reader never sees half of it. (Not synced: the account
+/// matters to a reader on this host, and an fsync would lengthen the
+/// VMM's exit, which the orchestrator measures as shutdown.)
+pub fn write(dir: &Path, account: &Account) -> std::io::Result<()> {
+    let path = path_in(dir);
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    serde_json::to_writer_pretty(&mut file, account)?;
+    file.write_all(b"\n")?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Reads the account of the VM in `dir`; the error names the file and the problem.
+pub fn read(dir: &Path) -> Result<Account, String> {
+    let path = path_in(dir);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("Cannot read {}: {e}", path.display()))?;
+    let account: Account =
+        serde_json::from_str(&text).map_err(|e| format!("{} is malformed: {e}", path.display()))?;
+    if account.schema_version != SCHEMA_VERSION {
+        return Err(format!(
+            "{} has schema version {}, this vmbench reads {SCHEMA_VERSION}",
+            path.display(),
+            account.schema_version
+        ));
+    }
+    Ok(account)
+}
