@@ -27,12 +27,12 @@ pub struct Check {
 }
 
 #[derive(Debug, Clone)]
-pub struct Report {
+pub struct Diagnosis {
     pub checks: Vec<Check>,
     pub kvm: KvmVerdict,
 }
 
-impl Report {
+impl Diagnosis {
     /// Whether `vmbench boot` can run here (qemu backend).
     pub fn can_boot(&self) -> bool {
         self.checks.iter().all(|c| c.level != Level::Missing)
@@ -82,7 +82,7 @@ fn from_result(name: &'static str, result: Result<String, String>, fix: &str) ->
     }
 }
 
-pub fn run() -> Report {
+pub fn run() -> Diagnosis {
     let mut checks = Vec::new();
     let calibration = kvm_probe::calibrate();
     checks.push(match &calibration.verdict {
@@ -129,7 +129,7 @@ pub fn run() -> Report {
             .map_err(|e| e.to_string()),
         "scripts/build-agent.sh",
     ));
-    Report {
+    Diagnosis {
         checks,
         kvm: calibration.verdict,
     }
@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn missing_piece_blocks_boot_and_shows_its_fix() {
-        let report = Report {
+        let report = Diagnosis {
             checks: vec![
                 Check {
                     name: "qemu",

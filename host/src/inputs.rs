@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
 use object::{elf, Endianness};
-use sha2::{Digest, Sha256};
+use vmbench_rootfs::provenance::sha256_hex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,14 +44,6 @@ pub enum KernelFormat {
     ElfPvh,
     /// A bzImage (setup header magic "HdrS").
     BzImage,
-}
-
-/// A file's identity for results: its SHA-256 in hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>> {

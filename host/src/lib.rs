@@ -1,28 +1,37 @@
-//! vmbench: boots Linux guests in parallel, collects each guest's report of
-//! its boot over virtio-vsock, and turns the reports into timelines, tables
-//! and statistics — every number recorded with how it was produced.
+//! vmbench, the orchestrator: boots Linux guests in parallel, collects each
+//! guest's report of its boot over virtio-vsock, and turns the reports into
+//! timelines, tables and statistics — every number recorded with how it was
+//! produced. `ARCHITECTURE.md` at the repository root is the map.
 //!
 //! The pieces, in the order a `vmbench boot` uses them:
+//! - [`pipeline`] runs the stages of `vmbench boot` in order;
 //! - [`locate`] finds the kernel, agent, QEMU and vhost-device-vsock;
 //! - [`inputs`] checks the kernel and initramfs before any VM starts;
-//! - [`kvm_probe`] tells native KVM from emulated KVM (and picks the accelerator);
-//! - [`backend`] runs a guest (today: QEMU microvm);
-//! - [`vm`] watches one VM: its sockets, its VMM's exit, its deadline;
-//! - [`collector`] judges the guest's protocol bytes;
-//! - [`timeline`] turns marks into phases; [`systemd`] reads a systemd guest's own account;
-//! - [`results`], [`report`] write results.json and print tables;
-//! - [`boot`] runs N VMs and ties it together; [`doctor`] says what this host can run.
+//! - [`backend`] starts a guest's VMM: `kvm` (vmbench's own VMM, the
+//!   `vmbench-vmm` crate, as a `vmbench vmm` process) or `qemu` (QEMU microvm);
+//! - [`watch`] watches one VM: its sockets, its VMM's exit, its deadline, and
+//!   judges the guest's protocol bytes;
+//! - [`timeline`] turns marks into phases; [`systemd`] reads a systemd
+//!   guest's own account; [`vmm_account`] keeps the kvm backend's;
+//! - [`results`] is results.json; [`stats`] summarises samples;
+//!   [`render`] prints tables from results alone;
+//! - [`environment`] records how a result was produced; [`doctor`] says what
+//!   this host can run.
 
 pub mod backend;
-pub mod boot;
-pub mod collector;
+pub mod clock;
 pub mod doctor;
 pub mod environment;
+pub mod error_line;
 pub mod inputs;
 pub mod locate;
-pub mod report;
+pub mod log_tail;
+pub mod pipeline;
+pub mod render;
 pub mod results;
+pub mod rootfs_command;
+pub mod stats;
 pub mod systemd;
 pub mod timeline;
-pub mod vm;
 pub mod vmm_account;
+pub mod watch;

@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use vmbench::boot::{self, AccelChoice, BackendChoice, BootConfig};
-use vmbench::{doctor, report};
+use vmbench::error_line::one_line;
+use vmbench::pipeline::{self, AccelChoice, BackendChoice, BootConfig};
+use vmbench::{doctor, render, rootfs_command};
+use vmbench_vmm::machine::{EntryChoice, MachineConfig};
 
 #[derive(Parser)]
 #[command(name = "vmbench", version = env!("CARGO_PKG_VERSION"), about = "Measure how fast Linux VMs boot")]
@@ -264,12 +265,6 @@ enum RootfsCommand {
 }
 
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
-    let timeout_s = args
-        .timeout_s
-        .unwrap_or(if args.rootfs.is_some() { 300.0 } else { 60.0 });
-    if !(timeout_s.is_finite() && timeout_s > 0.0) {
-        anyhow::bail!("--timeout-s must be a positive number of seconds, not {timeout_s}");
-    }
     let config = BootConfig {
         vms: args.vms,
         backends: args
@@ -293,7 +288,7 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
             Accel::Kvm => AccelChoice::Kvm,
             Accel::Tcg => AccelChoice::Tcg,
         },
-        timeout: Duration::from_secs_f64(timeout_s),
+        timeout_s: args.timeout_s,
         rootfs: args.rootfs,
         keep_overlays: args.keep,
         out: args.out,
@@ -301,16 +296,12 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         port: args.port,
         progress: !args.quiet,
     };
-    let outcome = boot::run(&config)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcome.results)?);
-    } else {
-        print!("{}", report::table::boot_report(&outcome.results));
-        if args.exits {
-            print!("{}", report::table::exits_report(&outcome.results));
-        }
-        println!("results: {}", outcome.results_path.display());
-    }
+    let outcome = pipeline::run(&config)?;
+    let shown = render::Shown {
+        json: args.json,
+        exits: args.exits,
+    };
+    print!("{}", render::boot_output(&outcome, shown)?);
     Ok(if outcome.all_ok() {
         ExitCode::SUCCESS
     } else {
@@ -319,136 +310,32 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn rootfs(command: RootfsCommand) -> anyhow::Result<ExitCode> {
-    /// Where `vmbench rootfs ext4|from-raw|debian` build: `--out`, or the image
-    /// cache; with the agent and this build's version.
-    fn image_options(
-        agent: Option<PathBuf>,
-        out: Option<PathBuf>,
-    ) -> anyhow::Result<vmbench_rootfs::BuildOptions> {
-        let agent = match agent {
-            Some(path) => path,
-            None => vmbench::locate::default_agent()?,
-        };
-        let output = match out {
-            Some(path) => vmbench_rootfs::Output::Path(path),
-            None => vmbench_rootfs::Output::Cache(vmbench::locate::images_dir()?),
-        };
-        Ok(vmbench_rootfs::BuildOptions {
-            agent,
-            output,
-            vmbench_version: vmbench::environment::vmbench_version(),
-        })
-    }
-
-    fn progress(line: &str) {
-        eprintln!("vmbench: {line}");
-    }
-
-    /// The image's path on stdout, what happened on stderr.
-    fn report_built(built: &vmbench_rootfs::Built, started: std::time::Instant) {
-        if built.up_to_date {
-            eprintln!("vmbench: {} is up to date", built.path.display());
-        } else {
-            eprintln!(
-                "vmbench: built {} ({} MiB, sha256 {}) in {:.1} s",
-                built.path.display(),
-                built.info.size_bytes >> 20,
-                &built.info.sha256[..16],
-                started.elapsed().as_secs_f64()
-            );
-        }
-        println!("{}", built.path.display());
-    }
-
     match command {
         RootfsCommand::Initramfs {
             agent,
             out,
             add,
             no_gzip,
-        } => {
-            let agent = match agent {
-                Some(path) => path,
-                None => vmbench::locate::default_agent()?,
-            };
-            let mut image = vmbench_rootfs::agent_initramfs(&agent)?;
-            for spec in &add {
-                let (host, guest) = spec.split_once(':').ok_or_else(|| {
-                    anyhow::anyhow!("--add {spec}: expected HOST_PATH:GUEST_PATH")
-                })?;
-                let mode = std::fs::metadata(host)
-                    .map_err(|e| anyhow::anyhow!("--add {spec}: cannot read {host}: {e}"))?;
-                image.add_file_from(
-                    guest,
-                    std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777,
-                    host.as_ref(),
-                )?;
-            }
-            let compression = if no_gzip {
-                vmbench_rootfs::Compression::None
-            } else {
-                vmbench_rootfs::Compression::Gzip
-            };
-            image.write(&out, compression)?;
-            println!("{}", out.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => rootfs_command::initramfs(agent, &out, &add, no_gzip)?,
         RootfsCommand::Ext4 {
             from,
             out,
             agent,
             size_mib,
-        } => {
-            let options = image_options(agent, out)?;
-            let started = std::time::Instant::now();
-            let built =
-                vmbench_rootfs::build_plain_image(&from, size_mib, &options, &mut progress)?;
-            report_built(&built, started);
-            Ok(ExitCode::SUCCESS)
-        }
-        RootfsCommand::FromRaw { from, out, agent } => {
-            let options = image_options(agent, out)?;
-            let started = std::time::Instant::now();
-            let source = vmbench_rootfs::RawSource::detect(&from)?;
-            let built = vmbench_rootfs::build_systemd_image(&source, &options, &mut progress)?;
-            report_built(&built, started);
-            Ok(ExitCode::SUCCESS)
-        }
+        } => rootfs_command::ext4(&from, out, agent, size_mib)?,
+        RootfsCommand::FromRaw { from, out, agent } => rootfs_command::from_raw(&from, out, agent)?,
         RootfsCommand::Debian {
             out,
             suite,
             mirror,
             agent,
-        } => {
-            let options = image_options(agent, out)?;
-            let debian = vmbench_rootfs::Debian {
-                suite,
-                mirror: mirror.unwrap_or_else(vmbench_rootfs::default_mirror),
-            };
-            let started = std::time::Instant::now();
-            let built = vmbench_rootfs::build_debian_image(&debian, &options, &mut progress)?;
-            report_built(&built, started);
-            Ok(ExitCode::SUCCESS)
-        }
-        RootfsCommand::Overlay { base, out } => {
-            let started = std::time::Instant::now();
-            let overlay =
-                vmbench_rootfs::create_overlay(&base, &out, vmbench_rootfs::Durability::Synced)?;
-            eprintln!(
-                "vmbench: overlay over {} ({}, {} MiB) in {:.2} ms",
-                overlay.base.display(),
-                overlay.base_format.as_str(),
-                overlay.virtual_size_bytes >> 20,
-                started.elapsed().as_secs_f64() * 1e3
-            );
-            println!("{}", overlay.path.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => rootfs_command::debian(out, suite, mirror, agent)?,
+        RootfsCommand::Overlay { base, out } => rootfs_command::overlay(&base, &out)?,
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
-    use vmbench_vmm::machine::{EntryChoice, MachineConfig};
     let config = MachineConfig {
         vsock: args
             .vsock_cid
@@ -474,36 +361,26 @@ fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(ended.exit_code()))
 }
 
+fn doctor() -> ExitCode {
+    let diagnosis = doctor::run();
+    print!("{}", diagnosis.render());
+    if diagnosis.can_boot() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Boot(args) => boot(args),
-        Command::Doctor => {
-            let report = doctor::run();
-            print!("{}", report.render());
-            Ok(if report.can_boot() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::Doctor => Ok(doctor()),
         Command::Rootfs(command) => rootfs(command),
         Command::Vmm(args) => vmm(args),
     };
-    match result {
-        Ok(code) => code,
-        Err(error) => {
-            // One line: the error and its causes, never a backtrace.
-            let chain: Vec<String> = error.chain().map(|e| e.to_string()).collect();
-            let mut line = chain[0].clone();
-            for cause in &chain[1..] {
-                if !line.contains(cause.as_str()) {
-                    line.push_str(": ");
-                    line.push_str(cause);
-                }
-            }
-            eprintln!("vmbench: error: {line}");
-            ExitCode::from(2)
-        }
-    }
+    result.unwrap_or_else(|error| {
+        eprintln!("vmbench: error: {}", one_line(error.as_ref()));
+        ExitCode::from(2)
+    })
 }

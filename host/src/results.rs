@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use vmbench_proto::GuestMarks;
 
 use crate::environment::HostCpu;
-use crate::report::stats::Summary;
+use crate::stats::Summary;
 use crate::timeline::{HostMarks, Phases};
 
 /// Bump when a field changes meaning or is removed.

@@ -10,14 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::{spawn_logged, tail, VmSpec, VSOCK_UDS_BASE};
+use super::{spawn_logged, VmSpec, GUEST_CID, VSOCK_UDS_BASE};
 use vmbench_vmm::account;
 use vmbench_vmm::machine::DiskConfig;
 
 use crate::vmm_account::VmmAccount;
-
-/// The guest's vsock CID (each VM has its own device, so all can use 3).
-pub const GUEST_CID: u32 = 3;
 
 /// How long a VMM told to stop (SIGTERM) may take to write its account.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -97,7 +94,7 @@ pub fn read_account(dir: &Path) -> Result<VmmAccount, String> {
 
 /// What the VMM printed (its error, for a VM that failed).
 pub fn vmm_message(spec: &VmSpec) -> String {
-    tail(&vmm_log(spec), 1600)
+    crate::log_tail::last_bytes(&vmm_log(spec), 1600)
 }
 
 /// Sockets this backend leaves in the VM directory.
@@ -113,18 +110,9 @@ mod tests {
     #[test]
     fn disks_become_disk_arguments_in_order() {
         let spec = VmSpec {
-            id: 0,
-            dir: "/vm".into(),
-            kernel: "/k".into(),
-            initramfs: Some("/i".into()),
-            cmdline: "console=ttyS0".into(),
-            mem_mib: 256,
-            vcpus: 1,
             accel: Accel::Kvm { native: true },
-            port: 1234,
-            timeout: Duration::from_secs(1),
-            entry: None,
             disks: vec!["/vm/root.qcow2".into(), "/data/a,b.raw".into()],
+            ..VmSpec::for_test(0, Path::new("/vm"))
         };
         let args = vmm_args(&spec);
         let disks: Vec<&str> = args

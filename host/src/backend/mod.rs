@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use vmbench_vmm::vm_dir;
+
 /// The accelerator a VM runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -132,17 +134,46 @@ impl VmSpec {
     }
 
     pub fn serial_log(&self) -> PathBuf {
-        self.dir.join("serial.log")
+        self.dir.join(vm_dir::SERIAL_LOG)
     }
 
     /// The socket the VMM connects its boot-marker port to.
     pub fn marker_socket(&self) -> PathBuf {
-        self.dir.join("marker.sock")
+        self.dir.join(vm_dir::MARKER_SOCKET)
     }
 }
 
-/// Base name of the host Unix socket for guest-initiated vsock connections.
-pub const VSOCK_UDS_BASE: &str = "vsock.sock";
+#[cfg(test)]
+impl VmSpec {
+    /// VM `id` in `dir` for tests that build a VMM's command line or watch
+    /// a fake VMM: TCG, 256 MiB, one vCPU, placeholder kernel and initramfs
+    /// paths, a 5-second timeout; tests change what they look at.
+    pub fn for_test(id: u32, dir: &Path) -> VmSpec {
+        VmSpec {
+            id,
+            dir: dir.to_path_buf(),
+            kernel: PathBuf::from("/k/vmlinux"),
+            initramfs: Some(PathBuf::from("/k/initramfs.cpio.gz")),
+            cmdline: format!("console=ttyS0 vmbench.id={id}"),
+            mem_mib: 256,
+            vcpus: 1,
+            accel: Accel::Tcg,
+            port: 1234,
+            timeout: Duration::from_secs(5),
+            entry: None,
+            disks: Vec::new(),
+        }
+    }
+}
+
+/// Base name of the host Unix socket for guest-initiated vsock connections:
+/// the name our VMM uses, which the qemu backend's vhost-device-vsock is
+/// given too, so both backends' VM directories look the same.
+pub const VSOCK_UDS_BASE: &str = vm_dir::VSOCK_SOCKET;
+
+/// The guest's vsock CID. Each VM has its own vsock device (our VMM's, or
+/// its own vhost-device-vsock), so every guest can have the same one.
+pub const GUEST_CID: u32 = 3;
 
 /// sun_path holds 108 bytes including the terminating NUL.
 pub const UNIX_PATH_MAX_BYTES: usize = 107;
@@ -180,12 +211,4 @@ pub(crate) fn spawn_logged(program: &Path, args: Vec<String>, log: &Path) -> qem
         program: program.to_path_buf(),
         source,
     })
-}
-
-pub(crate) fn tail(path: &Path, max_bytes: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let start = text.len().saturating_sub(max_bytes);
-    String::from_utf8_lossy(&text[start..])
-        .trim()
-        .replace('\n', " | ")
 }

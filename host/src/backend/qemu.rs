@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::{spawn_logged, tail, Accel, VmSpec};
+use super::{spawn_logged, Accel, VmSpec, GUEST_CID};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -48,9 +48,6 @@ pub struct Qemu {
 pub fn vhost_user_socket(spec: &VmSpec) -> PathBuf {
     spec.dir.join("vhost-vsock.sock")
 }
-
-/// The guest CID; each VM has its own vhost-device-vsock, so all can use 3.
-pub const GUEST_CID: u32 = 3;
 
 /// QEMU's arguments for one VM.
 pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
@@ -162,7 +159,7 @@ impl Qemu {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(Error::VhostExited {
                     status: status.to_string(),
-                    log_tail: tail(&log, 600),
+                    log_tail: crate::log_tail::last_bytes(&log, 600),
                 });
             }
             if start.elapsed() > limit {
@@ -190,7 +187,7 @@ pub fn qemu_log(spec: &VmSpec) -> PathBuf {
 
 /// QEMU's own complaint, if it made one (for a VM that failed).
 pub fn qemu_message(spec: &VmSpec) -> String {
-    tail(&qemu_log(spec), 800)
+    crate::log_tail::last_bytes(&qemu_log(spec), 800)
 }
 
 #[cfg(test)]
@@ -199,18 +196,8 @@ mod tests {
 
     fn spec() -> VmSpec {
         VmSpec {
-            id: 2,
-            dir: PathBuf::from("/run/vm-2"),
-            kernel: PathBuf::from("/k/vmlinux"),
-            initramfs: Some(PathBuf::from("/k/initramfs.cpio.gz")),
-            cmdline: "console=ttyS0 vmbench.id=2".into(),
-            mem_mib: 256,
             vcpus: 2,
-            accel: Accel::Tcg,
-            port: 1234,
-            timeout: Duration::from_secs(5),
-            entry: None,
-            disks: Vec::new(),
+            ..VmSpec::for_test(2, std::path::Path::new("/run/vm-2"))
         }
     }
 

@@ -4,31 +4,29 @@
 //! a guest connection, report bytes, a boot-marker byte, the VMM's exit (a
 //! pidfd), the deadline — and timestamps each event on CLOCK_MONOTONIC the
 //! moment it wakes, so a VM costs vmbench no CPU while it boots.
+//!
+//! - [`sockets`]: the listeners and the VMM's pidfd;
+//! - [`messages`]: what arrives on them ([`collector`] judges the report bytes);
+//! - [`verdict`]: the VM's phases, status, error and warnings at the end.
 
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+pub mod collector;
+mod messages;
+mod sockets;
+mod verdict;
+
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use vmbench_proto::{
-    encode_frame, GuestMessage, HostMessage, MARKER_SWITCH_ROOT, MARKER_USERSPACE_START,
-};
 
-use crate::backend::{kvm, Launcher, VmSpec, UNIX_PATH_MAX_BYTES};
-use crate::collector::Session;
-use crate::results::{BootMarker, GuestInfo, VmRecord, VmStatus};
-use crate::systemd::SystemdRecord;
-use crate::timeline::Phases;
-
-/// CLOCK_MONOTONIC in nanoseconds: the host clock of every mark.
-pub fn now_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .expect("CLOCK_MONOTONIC is always available");
-    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
-}
+use crate::backend::{Launcher, VmSpec};
+use crate::clock::now_ns;
+use crate::error_line::one_line;
+use crate::results::{VmRecord, VmStatus};
+use collector::Session;
+use sockets::{listen, pidfd_open};
 
 /// Connections one guest may open to the collector; the agent needs one.
 const MAX_CONNECTIONS: usize = 8;
@@ -73,11 +71,11 @@ fn run_inner(
         .map_err(|e| format!("Cannot create {}: {e}", spec.dir.display()))?;
     let vsock_listener = listen(&spec.vsock_uds())?;
     let marker_listener = listen(&spec.marker_socket())?;
-    let mut helper = backend.start_helper(spec).map_err(|e| error_chain(&e))?;
+    let mut helper = backend.start_helper(spec).map_err(|e| one_line(&e))?;
 
     let spawn_instant = Instant::now();
     record.host_ns.spawn = Some(now_ns());
-    let started = backend.start_vmm(spec).map_err(|e| error_chain(&e));
+    let started = backend.start_vmm(spec).map_err(|e| one_line(&e));
     let result = match started {
         Ok(mut vmm) => {
             let mut watch = Watch::new(spec, backend, record, on_progress);
@@ -102,73 +100,6 @@ fn run_inner(
         let _ = std::fs::remove_file(socket);
     }
     result
-}
-
-fn listen(path: &Path) -> Result<UnixListener, String> {
-    let len = path.as_os_str().len();
-    if len > UNIX_PATH_MAX_BYTES {
-        return Err(format!(
-            "Socket path {} is {len} bytes, over the {UNIX_PATH_MAX_BYTES}-byte limit of Unix sockets; use a shorter --out",
-            path.display()
-        ));
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
-        .map_err(|e| format!("Cannot listen on {}: {e}", path.display()))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("Cannot set {} non-blocking: {e}", path.display()))?;
-    Ok(listener)
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// A process's exit as a pollable descriptor (pidfd_open(2), Linux 5.3+).
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags, touches no memory of ours and
-    // returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: `fd` is a descriptor the kernel just created for us and nothing else owns.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// The last lines of the VM's serial console, on one line.
-pub fn serial_tail(spec: &VmSpec) -> String {
-    let text = std::fs::read(spec.serial_log()).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let start = lines.len().saturating_sub(6);
-    if lines.is_empty() {
-        "(serial log is empty)".to_string()
-    } else {
-        lines[start..].join(" | ")
-    }
-}
-
-/// "; QEMU said: …" when the VMM printed anything, else nothing.
-fn vmm_said(backend: &Launcher, spec: &VmSpec) -> String {
-    let said = backend.vmm_message(spec);
-    if said.is_empty() {
-        String::new()
-    } else {
-        format!("; {} said: {said}", backend.vmm_name())
-    }
 }
 
 struct Connection {
@@ -333,281 +264,6 @@ impl<'a> Watch<'a> {
                 .collect(),
         }
     }
-
-    fn accept(&mut self, listener: &UnixListener) {
-        while let Ok((stream, _)) = listener.accept() {
-            if self.connections.len() >= MAX_CONNECTIONS {
-                self.protocol_error.get_or_insert(format!(
-                    "Guest opened more than {MAX_CONNECTIONS} connections to the host"
-                ));
-                return;
-            }
-            let _ = stream.set_nonblocking(true);
-            self.connections.push(Connection {
-                stream,
-                session: Session::new(),
-                open: true,
-            });
-        }
-    }
-
-    fn read_markers(&mut self, ts: u64) {
-        let Some(stream) = self.marker.as_mut() else {
-            return;
-        };
-        let mut buf = [0u8; 64];
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) => {
-                    self.marker = None;
-                    return;
-                }
-                Ok(n) => {
-                    // Only Cloud Hypervisor's boot-marker ranges count: other
-                    // port-0x80 writes (a kernel's io_delay) are not marks.
-                    for &code in buf[..n].iter().filter(|c| (0x40..=0x7f).contains(*c)) {
-                        self.record
-                            .boot_markers
-                            .push(BootMarker { code, host_ns: ts });
-                        if code == MARKER_USERSPACE_START
-                            && self.record.host_ns.init_start.is_none()
-                        {
-                            self.record.host_ns.init_start = Some(ts);
-                        }
-                        if code == MARKER_SWITCH_ROOT && self.record.host_ns.switch_root.is_none() {
-                            self.record.host_ns.switch_root = Some(ts);
-                        }
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return,
-            }
-        }
-    }
-
-    fn read_connection(&mut self, index: usize, ts: u64) {
-        let mut buf = [0u8; 4096];
-        loop {
-            let conn = &mut self.connections[index];
-            if !conn.open {
-                return;
-            }
-            let result = match conn.stream.read(&mut buf) {
-                Ok(0) => {
-                    conn.open = false;
-                    conn.session.end().map(|()| Vec::new())
-                }
-                Ok(n) => conn.session.feed(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    conn.open = false;
-                    return;
-                }
-            };
-            match result {
-                Ok(messages) => {
-                    for message in messages {
-                        self.on_message(index, message, ts);
-                    }
-                }
-                Err(e) => {
-                    self.connections[index].open = false;
-                    self.protocol_error.get_or_insert(e.to_string());
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_message(&mut self, index: usize, message: GuestMessage, ts: u64) {
-        match message {
-            GuestMessage::Hello(hello) => {
-                self.record.host_ns.hello.get_or_insert(ts);
-                self.guest_init_ns = Some(hello.boottime_at_init_ns);
-                self.record.guest = Some(GuestInfo {
-                    proto_version: hello.proto_version,
-                    agent_version: hello.agent_version,
-                    kernel_release: hello.kernel_release,
-                    cpus: hello.cpus,
-                    mem_total_kib: hello.mem_total_kib,
-                });
-                self.update_phases();
-                (self.on_progress)(self.record, Milestone::Hello);
-            }
-            GuestMessage::Ready(marks) => {
-                self.record.host_ns.ready.get_or_insert(ts);
-                let systemd_follows = marks.systemd_follows;
-                self.record.guest_ns = Some(marks);
-                if systemd_follows {
-                    // The report is not whole yet: the Ack waits for it.
-                    self.systemd_pending = Some(index);
-                } else {
-                    self.record.host_ns.reported.get_or_insert(ts);
-                    self.acknowledge(index);
-                }
-                self.update_phases();
-                (self.on_progress)(self.record, Milestone::Ready);
-            }
-            GuestMessage::Systemd(report) => {
-                if self.systemd_pending != Some(index) {
-                    self.connections[index].open = false;
-                    self.protocol_error.get_or_insert(
-                        "Guest sent a systemd report that its Ready did not announce".into(),
-                    );
-                    return;
-                }
-                self.systemd_pending = None;
-                self.record.host_ns.reported.get_or_insert(ts);
-                let record = SystemdRecord::from_report(report);
-                if record.agrees_with_analyze == Some(false) {
-                    let why = crate::systemd::check_against_analyze(
-                        &record.phases_ms,
-                        &record.analyze_time,
-                    )
-                    .err()
-                    .unwrap_or_default();
-                    self.record.warnings.push(format!(
-                        "vmbench's reading of systemd's timestamps disagrees with systemd-analyze time in the guest: {why}"
-                    ));
-                }
-                if !record.failed_units.is_empty() {
-                    self.record.warnings.push(format!(
-                        "The guest's boot ended {} with failed units: {}",
-                        record.system_state,
-                        record.failed_units.join(", ")
-                    ));
-                }
-                for problem in &record.problems {
-                    self.record.warnings.push(format!(
-                        "The agent could not gather from systemd: {problem}"
-                    ));
-                }
-                self.record.systemd = Some(record);
-                self.acknowledge(index);
-            }
-            GuestMessage::Failed { what } => {
-                self.guest_failure.get_or_insert(what);
-            }
-        }
-    }
-
-    /// Tells the guest its report is recorded (it powers off on this).
-    fn acknowledge(&mut self, index: usize) {
-        let ack = encode_frame(&HostMessage::Ack).expect("Ack encodes");
-        // A few bytes into an empty socket buffer: this does not block.
-        let stream = &mut self.connections[index].stream;
-        if let Err(e) = stream.write_all(&ack) {
-            self.record
-                .warnings
-                .push(format!("Could not acknowledge the report: {e}"));
-        }
-    }
-
-    /// The kvm backend's account: the first KVM_RUN (the `vmm` phase ends
-    /// there) and every exit. Its boot marks replace the ones forwarded
-    /// through the marker socket: the VMM took them at the exit itself, the
-    /// collector only when the byte arrived.
-    fn read_vmm_account(&mut self) {
-        match kvm::read_account(&self.spec.dir) {
-            Ok(report) => {
-                self.record.host_ns.vmm_ready = report.first_run_ns;
-                if !report.boot_markers.is_empty() {
-                    self.record.boot_markers = report
-                        .boot_markers
-                        .iter()
-                        .map(|&(code, host_ns)| BootMarker { code, host_ns })
-                        .collect();
-                    let first = |wanted: u8| {
-                        report
-                            .boot_markers
-                            .iter()
-                            .find(|(code, _)| *code == wanted)
-                            .map(|&(_, at)| at)
-                    };
-                    if let Some(at) = first(MARKER_USERSPACE_START) {
-                        self.record.host_ns.init_start = Some(at);
-                    }
-                    if let Some(at) = first(MARKER_SWITCH_ROOT) {
-                        self.record.host_ns.switch_root = Some(at);
-                    }
-                }
-                self.record.exits = Some(report);
-            }
-            Err(e) => self
-                .record
-                .warnings
-                .push(format!("No account of the VM's exits: {e}")),
-        }
-    }
-
-    fn update_phases(&mut self) {
-        self.record.phases_ms = Phases::derive(
-            &self.record.host_ns,
-            self.guest_init_ns,
-            self.record.guest_ns.as_ref(),
-        );
-    }
-
-    /// The VM's verdict, from everything seen.
-    fn conclude(&mut self) {
-        self.update_phases();
-        let ready = self.record.host_ns.ready.is_some();
-        let timeout_s = self.spec.timeout.as_secs_f64();
-        let (status, error) = if let Some(e) = self.protocol_error.take() {
-            (VmStatus::ProtocolError, Some(e))
-        } else if let Some(what) = self.guest_failure.take() {
-            (
-                VmStatus::Failed,
-                Some(format!("The guest agent failed: {what}")),
-            )
-        } else if self.timed_out {
-            let what = if ready {
-                format!("The guest reported ready but did not power off within {timeout_s} s")
-            } else if self.record.host_ns.hello.is_some() {
-                format!(
-                    "The guest said Hello but not Ready within {timeout_s} s; serial log ends: {}",
-                    serial_tail(self.spec)
-                )
-            } else {
-                format!(
-                    "No report from the guest within {timeout_s} s{}; serial log ends: {}",
-                    vmm_said(self.backend, self.spec),
-                    serial_tail(self.spec)
-                )
-            };
-            (VmStatus::Timeout, Some(what))
-        } else if !ready {
-            let status = self.record.vmm_exit.clone().unwrap_or_default();
-            let said = vmm_said(self.backend, self.spec);
-            (
-                VmStatus::Failed,
-                Some(format!(
-                    "{} exited ({status}) before the guest reported ready{said}; serial log ends: {}",
-                    self.backend.vmm_name(),
-                    serial_tail(self.spec)
-                )),
-            )
-        } else {
-            if let Some(status) = self.exit.filter(|s| !s.success()) {
-                self.record.warnings.push(format!(
-                    "{} exited with {status} after the guest was ready",
-                    self.backend.vmm_name()
-                ));
-            }
-            (VmStatus::Ok, None)
-        };
-        if let Some(warning) = self.record.phases_ms.disagreement() {
-            self.record.warnings.push(warning);
-        }
-        if self.systemd_pending.take().is_some() {
-            self.record
-                .warnings
-                .push("The guest announced a systemd report but it never arrived".to_string());
-        }
-        self.record.status = status;
-        self.record.error = error;
-    }
 }
 
 #[derive(Debug, Default)]
@@ -621,28 +277,23 @@ struct Ready {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::io::{Read, Write};
+    use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    use vmbench_proto::{decode_body, FrameDecoder, GuestMarks, Hello, PROTO_VERSION};
+    use vmbench_proto::{
+        decode_body, encode_frame, FrameDecoder, GuestMarks, GuestMessage, Hello, HostMessage,
+        MARKER_USERSPACE_START, PROTO_VERSION,
+    };
 
     use super::*;
-    use crate::backend::Accel;
+    use crate::backend::kvm;
 
     fn spec(dir: &Path, timeout: Duration) -> VmSpec {
         VmSpec {
-            id: 0,
-            dir: dir.to_path_buf(),
-            kernel: PathBuf::from("/unused"),
-            initramfs: Some(PathBuf::from("/unused")),
-            cmdline: String::new(),
             mem_mib: 64,
-            vcpus: 1,
-            accel: Accel::Tcg,
-            port: 1234,
             timeout,
-            entry: None,
-            disks: Vec::new(),
+            ..VmSpec::for_test(0, dir)
         }
     }
 

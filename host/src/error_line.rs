@@ -1,0 +1,44 @@
+//! An error and its causes on one line, as vmbench shows every failure a
+//! user can cause: never a backtrace, never a cause said twice.
+
+/// `error: cause: cause …`; a cause whose text the line already holds (an
+/// error that prints its source itself) is not repeated.
+pub fn one_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(text.as_str()) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("Cannot start {0}")]
+    struct Outer(&'static str, #[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("Cannot read it: {0}")]
+    struct SaysItsSource(#[source] std::io::Error);
+
+    #[test]
+    fn causes_follow_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        assert_eq!(
+            one_line(&Outer("qemu", io())),
+            "Cannot start qemu: no such file"
+        );
+        assert_eq!(
+            one_line(&SaysItsSource(io())),
+            "Cannot read it: no such file"
+        );
+    }
+}

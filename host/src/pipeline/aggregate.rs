@@ -1,0 +1,153 @@
+//! Stage 6: the run as a whole: statistics of each phase over the VMs that
+//! ended `ok`, when every VM was ready, and what the run cost vmbench
+//! itself; with several backends, the same for each.
+
+use super::backends::Backends;
+use crate::results::{Aggregate, RunResults, VmRecord, VmStatus};
+use crate::stats::Summary;
+
+/// What the run cost vmbench itself (its children excluded).
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    /// CPU time (user + system) while the VMs ran.
+    pub cpu_ms_while_vms_ran: f64,
+    /// CPU time of the whole process, setup included.
+    pub cpu_ms_total: f64,
+    /// From starting the first VM until the last one had ended.
+    pub wall_ms: f64,
+}
+
+/// CPU time (user + system) this process has used, in ms; children excluded.
+pub fn self_cpu_ms() -> f64 {
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let tv =
+                |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e3 + t.tv_usec() as f64 / 1e3;
+            tv(usage.user_time()) + tv(usage.system_time())
+        }
+        Err(_) => f64::NAN,
+    }
+}
+
+/// Fills in the aggregates and marks the run finished.
+pub fn finish(results: &mut RunResults, backends: &Backends, measured: Measured) {
+    results.aggregate = Some(aggregate(&results.vms, measured));
+    if backends.launchers.len() > 1 {
+        results.aggregate_by_backend = Some(
+            backends
+                .names()
+                .into_iter()
+                .map(|name| {
+                    let vms: Vec<VmRecord> = results
+                        .vms
+                        .iter()
+                        .filter(|v| v.backend == name)
+                        .cloned()
+                        .collect();
+                    (name.to_string(), aggregate(&vms, measured))
+                })
+                .collect(),
+        );
+    }
+    results.finished = true;
+}
+
+pub fn aggregate(vms: &[VmRecord], measured: Measured) -> Aggregate {
+    let ok: Vec<&VmRecord> = vms.iter().filter(|v| v.status == VmStatus::Ok).collect();
+    let first_spawn = vms.iter().filter_map(|v| v.host_ns.spawn).min();
+    let last = |f: fn(&VmRecord) -> Option<u64>| vms.iter().map(f).collect::<Option<Vec<u64>>>();
+    let since_first = |t: u64| first_spawn.map(|s| t.saturating_sub(s) as f64 / 1e6);
+    let all_ready_ms = last(|v| v.host_ns.ready)
+        .and_then(|r| r.into_iter().max())
+        .and_then(since_first);
+    let summary = |f: fn(&VmRecord) -> Option<f64>| Summary::of(ok.iter().filter_map(|v| f(v)));
+    Aggregate {
+        vms: vms.len(),
+        ok: ok.len(),
+        wall_ms: measured.wall_ms,
+        all_ready_ms,
+        vmbench_cpu_ms_per_vm: measured.cpu_ms_while_vms_ran / vms.len().max(1) as f64,
+        vmbench_cpu_ms_total: measured.cpu_ms_total,
+        total_ms: summary(|v| v.phases_ms.total),
+        vmm_ms: summary(|v| v.phases_ms.vmm),
+        kernel_ms: summary(|v| v.phases_ms.kernel),
+        guest_kernel_ms: summary(|v| v.phases_ms.guest_kernel),
+        initrd_ms: summary(|v| v.phases_ms.initrd.or(v.phases_ms.guest_initrd)),
+        userspace_ms: summary(|v| v.phases_ms.userspace_any()),
+        shutdown_ms: summary(|v| v.phases_ms.shutdown),
+        systemd_kernel_ms: summary(|v| v.systemd.as_ref()?.phases_ms.kernel),
+        systemd_initrd_ms: summary(|v| v.systemd.as_ref()?.phases_ms.initrd),
+        systemd_userspace_ms: summary(|v| v.systemd.as_ref()?.phases_ms.userspace),
+        overlay_create_ms: Summary::of(
+            vms.iter()
+                .filter_map(|v| Some(v.overlay.as_ref()?.create_ms)),
+        ),
+        overlay_disk_used_kib: Summary::of(
+            vms.iter()
+                .filter_map(|v| Some(v.overlay.as_ref()?.disk_used_kib? as f64)),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::timeline::Phases;
+
+    fn vm(
+        id: u32,
+        status: VmStatus,
+        spawn: u64,
+        ready: Option<u64>,
+        total: Option<f64>,
+    ) -> VmRecord {
+        let mut r = VmRecord::new(id, Path::new("/x"));
+        r.status = status;
+        r.host_ns.spawn = Some(spawn);
+        r.host_ns.ready = ready;
+        r.host_ns.exit = ready.map(|t| t + 1_000_000);
+        r.phases_ms = Phases {
+            total,
+            ..Phases::default()
+        };
+        r
+    }
+
+    fn measured(cpu_ms_while_vms_ran: f64, cpu_ms_total: f64, wall_ms: f64) -> Measured {
+        Measured {
+            cpu_ms_while_vms_ran,
+            cpu_ms_total,
+            wall_ms,
+        }
+    }
+
+    #[test]
+    fn aggregate_counts_only_ok_vms() {
+        let vms = [
+            vm(0, VmStatus::Ok, 0, Some(100_000_000), Some(100.0)),
+            vm(1, VmStatus::Ok, 1_000_000, Some(301_000_000), Some(300.0)),
+            vm(2, VmStatus::Timeout, 2_000_000, None, None),
+        ];
+        let agg = aggregate(&vms, measured(30.0, 130.0, 400.0));
+        assert_eq!((agg.vms, agg.ok), (3, 2));
+        assert_eq!(agg.total_ms.unwrap().median, 200.0);
+        assert_eq!(agg.all_ready_ms, None, "a VM never got ready");
+        assert_eq!(agg.wall_ms, 400.0);
+        assert_eq!(agg.vmbench_cpu_ms_per_vm, 10.0);
+        assert_eq!(agg.vmbench_cpu_ms_total, 130.0);
+    }
+
+    #[test]
+    fn all_ready_is_the_last_ready_since_the_first_spawn() {
+        let vms = [
+            vm(0, VmStatus::Ok, 0, Some(100_000_000), Some(100.0)),
+            vm(1, VmStatus::Ok, 5, Some(250_000_000), Some(250.0)),
+        ];
+        assert_eq!(
+            aggregate(&vms, measured(0.0, 0.0, 0.0)).all_ready_ms,
+            Some(250.0)
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! Stage 3: what runs the guests. KVM is calibrated once (native, emulated
+//! or absent), then the backends and the accelerator the configuration asks
+//! for are resolved against that verdict.
+
+use vmbench_vmm::probe::{self, KvmVerdict};
+
+use super::{BootConfig, Error, Result};
+use crate::backend::kvm::KvmVmm;
+use crate::backend::qemu::Qemu;
+use crate::backend::{Accel, Launcher};
+use crate::{environment, locate};
+
+/// `--accel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    /// KVM where it runs guests natively, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// `kvm` where KVM runs guests natively, else `qemu`.
+    Auto,
+    Kvm,
+    Qemu,
+}
+
+/// The run's backends, in the order VM ids alternate between them, each
+/// with the accelerator its VMs run on.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub launchers: Vec<Launcher>,
+    pub accels: Vec<Accel>,
+    pub kvm: KvmVerdict,
+}
+
+pub fn resolve(config: &BootConfig) -> Result<Backends> {
+    let calibration = probe::calibrate();
+    let launchers = choose_backends(&config.backends, &calibration.verdict)?;
+    let qemu_accel = choose_accel(config.accel, &calibration.verdict)?;
+    // Our VMM has no TCG: it runs on KVM, whatever KVM is here.
+    let kvm_accel = Accel::Kvm {
+        native: calibration.verdict.is_native(),
+    };
+    let accels = launchers
+        .iter()
+        .map(|l| match l {
+            Launcher::Kvm(_) => kvm_accel,
+            Launcher::Qemu(_) => qemu_accel,
+        })
+        .collect();
+    Ok(Backends {
+        launchers,
+        accels,
+        kvm: calibration.verdict,
+    })
+}
+
+impl Backends {
+    /// The backend of VM `id`: with several, ids alternate between them, and
+    /// so does the order VMs start in, so neither backend always goes first.
+    pub fn of_vm(&self, id: u32) -> usize {
+        id as usize % self.launchers.len()
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.launchers.iter().map(Launcher::name).collect()
+    }
+
+    pub fn accel_labels(&self) -> Vec<&'static str> {
+        self.accels.iter().map(|a| a.label()).collect()
+    }
+
+    /// Each backend's VMM and its version.
+    pub fn vmm_versions(&self) -> Vec<String> {
+        self.launchers
+            .iter()
+            .map(|l| match l {
+                Launcher::Kvm(_) => format!("vmbench vmm {}", environment::vmbench_version()),
+                Launcher::Qemu(q) => environment::program_version(&q.qemu),
+            })
+            .collect()
+    }
+
+    pub fn vhost_device_vsock_version(&self) -> String {
+        self.launchers
+            .iter()
+            .find_map(|l| match l {
+                Launcher::Qemu(q) => Some(environment::program_version(&q.vhost_device_vsock)),
+                Launcher::Kvm(_) => None,
+            })
+            .unwrap_or_else(|| "not used".into())
+    }
+
+    /// What the KVM calibration found, in words.
+    pub fn kvm_detail(&self) -> String {
+        match &self.kvm {
+            KvmVerdict::Absent { reason } => reason.clone(),
+            KvmVerdict::Emulated { ns_per_iteration } | KvmVerdict::Native { ns_per_iteration } => {
+                format!("{ns_per_iteration:.1} ns per calibration loop iteration")
+            }
+        }
+    }
+}
+
+/// The backends `choices` name, resolved against what KVM can do here.
+pub fn choose_backends(choices: &[BackendChoice], verdict: &KvmVerdict) -> Result<Vec<Launcher>> {
+    let mut resolved = Vec::new();
+    for &choice in choices {
+        let choice = match choice {
+            BackendChoice::Auto if verdict.is_native() => BackendChoice::Kvm,
+            BackendChoice::Auto => BackendChoice::Qemu,
+            other => other,
+        };
+        if resolved.contains(&choice) {
+            return Err(Error::DuplicateBackend);
+        }
+        resolved.push(choice);
+    }
+    resolved
+        .into_iter()
+        .map(|choice| match choice {
+            BackendChoice::Kvm => {
+                if let KvmVerdict::Absent { reason } = verdict {
+                    return Err(Error::NoKvmBackend(reason.clone()));
+                }
+                Ok(Launcher::Kvm(KvmVmm {
+                    vmbench: std::env::current_exe().map_err(Error::SelfExe)?,
+                }))
+            }
+            _ => Ok(Launcher::Qemu(Qemu {
+                qemu: locate::qemu()?,
+                vhost_device_vsock: locate::vhost_device_vsock()?,
+            })),
+        })
+        .collect()
+}
+
+/// Decides the qemu backend's accelerator and says why not when it cannot.
+pub fn choose_accel(choice: AccelChoice, verdict: &KvmVerdict) -> Result<Accel> {
+    match (choice, verdict) {
+        (AccelChoice::Tcg, _) => Ok(Accel::Tcg),
+        (AccelChoice::Kvm, KvmVerdict::Absent { reason }) => Err(Error::NoKvm(reason.clone())),
+        (AccelChoice::Kvm, v) => Ok(Accel::Kvm {
+            native: v.is_native(),
+        }),
+        (AccelChoice::Auto, v) if v.is_native() => Ok(Accel::Kvm { native: true }),
+        (AccelChoice::Auto, _) => Ok(Accel::Tcg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_resolve_against_the_kvm_verdict() {
+        let native = KvmVerdict::Native {
+            ns_per_iteration: 1.0,
+        };
+        let absent = KvmVerdict::Absent {
+            reason: "no /dev/kvm".into(),
+        };
+        let names = |choices: &[BackendChoice], v: &KvmVerdict| {
+            choose_backends(choices, v).map(|ls| ls.iter().map(|l| l.name()).collect::<Vec<_>>())
+        };
+        assert_eq!(names(&[BackendChoice::Auto], &native).unwrap(), ["kvm"]);
+        assert!(matches!(
+            names(&[BackendChoice::Kvm], &absent),
+            Err(Error::NoKvmBackend(reason)) if reason == "no /dev/kvm"
+        ));
+        assert!(matches!(
+            names(&[BackendChoice::Kvm, BackendChoice::Auto], &native),
+            Err(Error::DuplicateBackend)
+        ));
+        assert_eq!(
+            Error::NoKvmBackend("no /dev/kvm".into()).to_string(),
+            "--backend kvm: KVM cannot run guests here: no /dev/kvm"
+        );
+    }
+
+    #[test]
+    fn accel_auto_uses_kvm_only_when_native() {
+        let native = KvmVerdict::Native {
+            ns_per_iteration: 1.0,
+        };
+        let emulated = KvmVerdict::Emulated {
+            ns_per_iteration: 1300.0,
+        };
+        let absent = KvmVerdict::Absent {
+            reason: "no /dev/kvm".into(),
+        };
+        assert_eq!(
+            choose_accel(AccelChoice::Auto, &native).unwrap(),
+            Accel::Kvm { native: true }
+        );
+        assert_eq!(
+            choose_accel(AccelChoice::Auto, &emulated).unwrap(),
+            Accel::Tcg
+        );
+        assert_eq!(
+            choose_accel(AccelChoice::Auto, &absent).unwrap(),
+            Accel::Tcg
+        );
+        assert_eq!(
+            choose_accel(AccelChoice::Kvm, &emulated).unwrap(),
+            Accel::Kvm { native: false }
+        );
+        assert!(choose_accel(AccelChoice::Kvm, &absent)
+            .unwrap_err()
+            .to_string()
+            .contains("no /dev/kvm"));
+    }
+}

@@ -1,0 +1,110 @@
+//! Stage 2: the guest's inputs, found and checked once, before any VM
+//! starts: the kernel, the initramfs (built from the agent when none is
+//! given) and the root disk with its identity.
+
+use std::path::{Path, PathBuf};
+
+use super::progress::Progress;
+use super::{BootConfig, Error, Result};
+use crate::inputs::{self, CheckedFile, KernelFormat};
+use crate::locate::{self, KernelInputs};
+use crate::results::RootfsInfo;
+
+/// Everything the VMs boot from.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub kernel: CheckedFile<KernelFormat>,
+    /// What the cached kernel was built from, when it says.
+    pub kernel_inputs: Option<KernelInputs>,
+    /// None with `--no-initramfs`.
+    pub initramfs: Option<CheckedFile<()>>,
+    /// `--rootfs`: the image every VM's overlay is made over.
+    pub rootfs: Option<Rootfs>,
+}
+
+/// A root disk image that passed validation, and its identity for results.
+#[derive(Debug, Clone)]
+pub struct Rootfs {
+    pub path: PathBuf,
+    pub info: RootfsInfo,
+}
+
+pub fn resolve(config: &BootConfig, progress: &Progress) -> Result<Inputs> {
+    let cache = locate::cache_dir()?;
+    let kernel_path = match &config.kernel {
+        Some(path) => path.clone(),
+        None => locate::default_kernel()?,
+    };
+    let kernel = inputs::check_kernel(&kernel_path)?;
+    let kernel_inputs = locate::kernel_inputs(&kernel.path);
+    if let Some(ki) = &kernel_inputs {
+        if ki.fragments_sha256 != locate::FRAGMENTS_SHA256 && config.kernel.is_none() {
+            progress.warning(
+                "the cached kernel was built from other config fragments than this vmbench's; rebuild with kernel-config/build.sh",
+            );
+        }
+    }
+    let initramfs = if config.no_initramfs {
+        None
+    } else {
+        let path = match &config.initramfs {
+            Some(path) => path.clone(),
+            None => {
+                let agent = match &config.agent {
+                    Some(path) => path.clone(),
+                    None => locate::default_agent()?,
+                };
+                inputs::agent_initramfs(&agent, &cache)?
+            }
+        };
+        Some(inputs::check_initramfs(&path)?)
+    };
+    let rootfs = match &config.rootfs {
+        Some(path) => Some(Rootfs {
+            path: path.clone(),
+            info: rootfs_info(path, progress)?,
+        }),
+        None => None,
+    };
+    Ok(Inputs {
+        kernel,
+        kernel_inputs,
+        initramfs,
+        rootfs,
+    })
+}
+
+/// Checks the root disk image and says what it is: its chain, and its
+/// base's identity (the sidecar's hash when it still fits the file, else
+/// the file's own).
+fn rootfs_info(path: &Path, progress: &Progress) -> Result<RootfsInfo> {
+    let image = vmbench_rootfs::validate_image(path).map_err(Error::Rootfs)?;
+    let base = image.chain.last().map_or(path, |l| l.path.as_path());
+    let base_bytes = std::fs::metadata(base).map(|m| m.len()).ok();
+    let sidecar = image
+        .base_info
+        .as_ref()
+        .filter(|info| Some(info.size_bytes) == base_bytes);
+    let base_sha256 = match sidecar {
+        Some(info) => info.sha256.clone(),
+        None => {
+            progress.line(&format!(
+                "vmbench: hashing the root disk {} (no vmbench rootfs sidecar)",
+                base.display()
+            ));
+            vmbench_rootfs::provenance::sha256_file(base).map_err(Error::Rootfs)?
+        }
+    };
+    Ok(RootfsInfo {
+        path: image.path.display().to_string(),
+        format: image.format.as_str().to_string(),
+        virtual_size_bytes: image.virtual_size_bytes,
+        chain: image
+            .chain
+            .iter()
+            .map(|l| l.path.display().to_string())
+            .collect(),
+        base_sha256,
+        built_by: sidecar.and_then(|info| serde_json::to_value(&info.provenance).ok()),
+    })
+}

@@ -1,0 +1,154 @@
+//! `vmbench boot`: N guests in parallel, each on its own thread and VMM, their
+//! reports gathered into one results.json that is rewritten as they arrive.
+//!
+//! The run is a short sequence of stages, each a module of its own:
+//! 1. [`options`]: the numbers in the configuration make sense;
+//! 2. [`inputs`]: the kernel, the initramfs and the root disk are found and
+//!    checked, once, before anything starts;
+//! 3. [`backends`]: KVM is calibrated, and the backends and accelerators
+//!    the configuration names are resolved against what it found;
+//! 4. [`prepare`]: the output directory, each VM's spec and command line,
+//!    the overlays of the root disk, and the results.json that says how the
+//!    run was set up;
+//! 5. [`launch`]: every VM runs on its own thread ([`crate::watch`]); their
+//!    records come back as they go, with progress lines;
+//! 6. [`aggregate`]: the run's statistics, over the VMs that ended `ok`.
+//!
+//! Rendering the results is not part of the run: [`crate::render`] does it
+//! from the [`RunResults`] alone.
+
+pub mod aggregate;
+pub mod backends;
+pub mod inputs;
+pub mod launch;
+pub mod options;
+pub mod overlays;
+pub mod prepare;
+pub mod progress;
+
+use std::path::PathBuf;
+
+use crate::results::{RunResults, VmStatus};
+use crate::{locate, results};
+
+pub use backends::{AccelChoice, BackendChoice};
+
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// VMs per backend.
+    pub vms: u32,
+    /// One or more backends; with several, each boots `vms` VMs, interleaved.
+    pub backends: Vec<BackendChoice>,
+    /// kvm backend: force the kernel entry (`pvh`, `linux64`).
+    pub entry: Option<String>,
+    pub kernel: Option<PathBuf>,
+    pub initramfs: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
+    /// With `rootfs`: no initramfs; the kernel mounts the root disk and runs its init.
+    pub no_initramfs: bool,
+    pub mem_mib: u32,
+    pub vcpus: u32,
+    pub accel: AccelChoice,
+    /// Seconds a VM may take from start to exit; default [`options::timeout`]'s.
+    pub timeout_s: Option<f64>,
+    /// A root disk image each VM boots from, through its own overlay.
+    pub rootfs: Option<PathBuf>,
+    /// Keep the overlays after the run.
+    pub keep_overlays: bool,
+    pub out: Option<PathBuf>,
+    /// Extra kernel command-line words, after vmbench's own.
+    pub append: Vec<String>,
+    pub port: u32,
+    /// Progress lines on stderr.
+    pub progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Locate(#[from] locate::Error),
+    #[error(transparent)]
+    Input(#[from] crate::inputs::Error),
+    #[error("--vms must be at least 1")]
+    NoVms,
+    #[error("--mem-mib {0} is too small for a guest (at least 64)")]
+    TooLittleMemory(u32),
+    #[error("--timeout-s must be a positive number of seconds, not {0}")]
+    BadTimeout(f64),
+    #[error("--vcpus must be between 1 and 64, not {0}")]
+    BadVcpus(u32),
+    #[error("--accel kvm: KVM cannot run guests here: {0}")]
+    NoKvm(String),
+    #[error("--backend kvm: KVM cannot run guests here: {0}")]
+    NoKvmBackend(String),
+    #[error("--backend names the same backend twice")]
+    DuplicateBackend,
+    #[error("Cannot find vmbench's own executable to run `vmbench vmm`: {0}")]
+    SelfExe(std::io::Error),
+    #[error("--out {0} already holds a results.json; choose another directory")]
+    OutExists(PathBuf),
+    #[error("Cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--rootfs: {0}")]
+    Rootfs(vmbench_rootfs::Error),
+    #[error("--no-initramfs needs --rootfs: without an initramfs the guest's init comes from the root disk")]
+    NoInitramfsWithoutRootfs,
+    #[error("Cannot create the overlay for vm-{id}: {source}")]
+    Overlay {
+        id: u32,
+        source: vmbench_rootfs::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A finished run.
+pub struct Outcome {
+    pub results: RunResults,
+    pub results_path: PathBuf,
+}
+
+impl Outcome {
+    pub fn all_ok(&self) -> bool {
+        self.results.vms.iter().all(|v| v.status == VmStatus::Ok)
+    }
+}
+
+/// Runs `vmbench boot`: the stages in order.
+pub fn run(config: &BootConfig) -> Result<Outcome> {
+    let progress = progress::Progress::new(config.progress);
+    let timeout = options::check(config)?;
+    let inputs = inputs::resolve(config, &progress)?;
+    let backends = backends::resolve(config)?;
+    let mut run = prepare::prepare(config, timeout, &inputs, &backends)?;
+    let write = |results: &RunResults| {
+        results::write_atomic(&run.results_path, results).map_err(|source| Error::Write {
+            path: run.results_path.clone(),
+            source,
+        })
+    };
+    write(&run.results)?;
+    progress.starting(&run.results.environment, run.results.vms.len(), &run.out);
+    let measured = launch::launch(
+        &run.vms,
+        &backends,
+        config.keep_overlays,
+        &progress,
+        &mut run.results,
+        |results| {
+            // Written as reports arrive, so an interrupted run keeps what it has.
+            if let Err(e) = write(results) {
+                progress.warning(&e.to_string());
+            }
+        },
+    );
+    aggregate::finish(&mut run.results, &backends, measured);
+    write(&run.results)?;
+    Ok(Outcome {
+        results: run.results,
+        results_path: run.results_path,
+    })
+}

@@ -1,0 +1,60 @@
+//! Each VM's own qcow2 overlay of the root disk: made before any VM starts,
+//! measured after the VM ends, removed unless kept.
+
+use std::path::{Path, PathBuf};
+
+use super::{Error, Result};
+use crate::results::OverlayUse;
+
+/// Each VM's overlay of the root disk, in its directory.
+pub const OVERLAY_NAME: &str = "rootfs.qcow2";
+
+/// One overlay per VM directory, made before any VM starts, so that a
+/// failure (a full disk) stops the run with nothing booted; on failure the
+/// ones made are removed.
+pub fn create(base: &Path, dirs: &[PathBuf]) -> Result<Vec<OverlayUse>> {
+    let mut made: Vec<OverlayUse> = Vec::new();
+    let undo = |made: &[OverlayUse]| {
+        for overlay in made {
+            let _ = std::fs::remove_file(&overlay.path);
+        }
+    };
+    for (id, dir) in dirs.iter().enumerate() {
+        match create_one(base, dir, id as u32) {
+            Ok(overlay) => made.push(overlay),
+            Err(e) => {
+                undo(&made);
+                return Err(e);
+            }
+        }
+    }
+    Ok(made)
+}
+
+fn create_one(base: &Path, dir: &Path, id: u32) -> Result<OverlayUse> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(OVERLAY_NAME);
+    let start = std::time::Instant::now();
+    vmbench_rootfs::create_overlay(base, &path, vmbench_rootfs::overlay::Durability::Unsynced)
+        .map_err(|source| Error::Overlay { id, source })?;
+    Ok(OverlayUse {
+        path: path.display().to_string(),
+        create_ms: start.elapsed().as_secs_f64() * 1e3,
+        disk_used_kib: None,
+        kept: true,
+    })
+}
+
+/// After the VM: how much the overlay took, then remove it unless kept.
+pub fn settle(overlay: &mut OverlayUse, keep: bool) {
+    use std::os::unix::fs::MetadataExt;
+    overlay.disk_used_kib = std::fs::metadata(&overlay.path)
+        .ok()
+        .map(|m| m.blocks() * 512 / 1024);
+    if !keep && std::fs::remove_file(&overlay.path).is_ok() {
+        overlay.kept = false;
+    }
+}

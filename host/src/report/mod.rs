@@ -1,4 +1,0 @@
-//! Turning records into numbers people read: statistics and tables.
-
-pub mod stats;
-pub mod table;

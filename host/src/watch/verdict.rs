@@ -1,0 +1,138 @@
+//! The watch's conclusions: the kvm backend's account of the VM, the
+//! phases from every mark, and the VM's status with the error and warnings
+//! that explain it.
+
+use vmbench_proto::{MARKER_SWITCH_ROOT, MARKER_USERSPACE_START};
+
+use super::Watch;
+use crate::backend::{kvm, Launcher, VmSpec};
+use crate::log_tail;
+use crate::results::{BootMarker, VmStatus};
+use crate::timeline::Phases;
+
+impl Watch<'_> {
+    /// The kvm backend's account: the first KVM_RUN (the `vmm` phase ends
+    /// there) and every exit. Its boot marks replace the ones forwarded
+    /// through the marker socket: the VMM took them at the exit itself, the
+    /// collector only when the byte arrived.
+    pub(super) fn read_vmm_account(&mut self) {
+        match kvm::read_account(&self.spec.dir) {
+            Ok(report) => {
+                self.record.host_ns.vmm_ready = report.first_run_ns;
+                if !report.boot_markers.is_empty() {
+                    self.record.boot_markers = report
+                        .boot_markers
+                        .iter()
+                        .map(|&(code, host_ns)| BootMarker { code, host_ns })
+                        .collect();
+                    let first = |wanted: u8| {
+                        report
+                            .boot_markers
+                            .iter()
+                            .find(|(code, _)| *code == wanted)
+                            .map(|&(_, at)| at)
+                    };
+                    if let Some(at) = first(MARKER_USERSPACE_START) {
+                        self.record.host_ns.init_start = Some(at);
+                    }
+                    if let Some(at) = first(MARKER_SWITCH_ROOT) {
+                        self.record.host_ns.switch_root = Some(at);
+                    }
+                }
+                self.record.exits = Some(report);
+            }
+            Err(e) => self
+                .record
+                .warnings
+                .push(format!("No account of the VM's exits: {e}")),
+        }
+    }
+
+    pub(super) fn update_phases(&mut self) {
+        self.record.phases_ms = Phases::derive(
+            &self.record.host_ns,
+            self.guest_init_ns,
+            self.record.guest_ns.as_ref(),
+        );
+    }
+
+    /// The VM's verdict, from everything seen.
+    pub(super) fn conclude(&mut self) {
+        self.update_phases();
+        let ready = self.record.host_ns.ready.is_some();
+        let timeout_s = self.spec.timeout.as_secs_f64();
+        let (status, error) = if let Some(e) = self.protocol_error.take() {
+            (VmStatus::ProtocolError, Some(e))
+        } else if let Some(what) = self.guest_failure.take() {
+            (
+                VmStatus::Failed,
+                Some(format!("The guest agent failed: {what}")),
+            )
+        } else if self.timed_out {
+            let what = if ready {
+                format!("The guest reported ready but did not power off within {timeout_s} s")
+            } else if self.record.host_ns.hello.is_some() {
+                format!(
+                    "The guest said Hello but not Ready within {timeout_s} s; serial log ends: {}",
+                    serial_tail(self.spec)
+                )
+            } else {
+                format!(
+                    "No report from the guest within {timeout_s} s{}; serial log ends: {}",
+                    vmm_said(self.backend, self.spec),
+                    serial_tail(self.spec)
+                )
+            };
+            (VmStatus::Timeout, Some(what))
+        } else if !ready {
+            let status = self.record.vmm_exit.clone().unwrap_or_default();
+            let said = vmm_said(self.backend, self.spec);
+            (
+                VmStatus::Failed,
+                Some(format!(
+                    "{} exited ({status}) before the guest reported ready{said}; serial log ends: {}",
+                    self.backend.vmm_name(),
+                    serial_tail(self.spec)
+                )),
+            )
+        } else {
+            if let Some(status) = self.exit.filter(|s| !s.success()) {
+                self.record.warnings.push(format!(
+                    "{} exited with {status} after the guest was ready",
+                    self.backend.vmm_name()
+                ));
+            }
+            (VmStatus::Ok, None)
+        };
+        if let Some(warning) = self.record.phases_ms.disagreement() {
+            self.record.warnings.push(warning);
+        }
+        if self.systemd_pending.take().is_some() {
+            self.record
+                .warnings
+                .push("The guest announced a systemd report but it never arrived".to_string());
+        }
+        self.record.status = status;
+        self.record.error = error;
+    }
+}
+
+/// The last lines of the VM's serial console, on one line.
+pub fn serial_tail(spec: &VmSpec) -> String {
+    let tail = log_tail::last_lines(&spec.serial_log(), 6);
+    if tail.is_empty() {
+        "(serial log is empty)".to_string()
+    } else {
+        tail
+    }
+}
+
+/// "; QEMU said: …" when the VMM printed anything, else nothing.
+fn vmm_said(backend: &Launcher, spec: &VmSpec) -> String {
+    let said = backend.vmm_message(spec);
+    if said.is_empty() {
+        String::new()
+    } else {
+        format!("; {} said: {said}", backend.vmm_name())
+    }
+}
