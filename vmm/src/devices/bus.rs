@@ -172,29 +172,11 @@ mod tests {
 
     #[test]
     fn mmio_addresses_reach_their_slot_and_the_rest_is_counted() {
-        use super::super::virtio::mmio::{MmioTransport, VirtioDevice, MAGIC_VALUE};
-        struct Nothing;
-        impl VirtioDevice for Nothing {
-            fn device_type(&self) -> u32 {
-                19
-            }
-            fn queue_max_sizes(&self) -> &[u16] {
-                &[16]
-            }
-            fn features(&self) -> u64 {
-                0
-            }
-            fn read_config(&self, _: u64, data: &mut [u8]) {
-                data.fill(0)
-            }
-            fn write_config(&mut self, _: u64, _: &[u8]) {}
-            fn activate(&mut self, _: Vec<virtio_queue::Queue>, _: u64) {}
-            fn queue_notify(&mut self, _: u16) {}
-            fn reset(&mut self) {}
-        }
+        use super::super::virtio::mmio::MAGIC_VALUE;
+        use super::super::virtio::test_device::TestDevice;
         let transport = |_| {
             Arc::new(Mutex::new(MmioTransport::new(
-                Box::new(Nothing),
+                Box::new(TestDevice::idle()),
                 Arc::default(),
             )))
         };

@@ -13,6 +13,8 @@
 pub mod block;
 pub mod mmio;
 #[cfg(test)]
+pub mod test_device;
+#[cfg(test)]
 pub mod test_ring;
 pub mod vsock;
 
