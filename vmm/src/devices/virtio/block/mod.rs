@@ -55,12 +55,12 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::VirtioDevice;
-use super::Interrupt;
+use super::{next_chain, read_config, Counters, Interrupt};
 use disk::{Disk, ID_BYTES, SECTOR_BYTES};
 use request::{Fault, Kind, Refusal, Request};
 
@@ -88,45 +88,33 @@ pub const S_UNSUPP: u8 = 2;
 /// Up to and including `blk_size`.
 const CONFIG_BYTES: usize = 24;
 
-/// Counters for `vmm.json`, every one present from the start.
-#[derive(Debug, Clone)]
-pub struct Counters(BTreeMap<&'static str, u64>);
+/// The counters for `vmm.json` beside one per [`Fault`], every one present
+/// from the start.
+const COUNTER_NAMES: [&str; 16] = [
+    "requests",
+    "reads",
+    "writes",
+    "flushes",
+    "write_through_flushes",
+    "get_ids",
+    "bytes_read",
+    "bytes_written",
+    "unsupported_requests",
+    "out_of_range",
+    "writes_to_read_only",
+    "io_errors",
+    "queue_errors",
+    "invalid_queues",
+    "config_writes_ignored",
+    "interrupt_errors",
+];
 
-impl Counters {
-    const NAMES: [&'static str; 15] = [
-        "requests",
-        "reads",
-        "writes",
-        "flushes",
-        "write_through_flushes",
-        "get_ids",
-        "bytes_read",
-        "bytes_written",
-        "unsupported_requests",
-        "out_of_range",
-        "writes_to_read_only",
-        "io_errors",
-        "queue_errors",
-        "invalid_queues",
-        "config_writes_ignored",
-    ];
-
-    fn new() -> Self {
-        let names = Self::NAMES
-            .iter()
-            .copied()
-            .chain(Fault::ALL.iter().map(|f| f.counter()))
-            .chain(["interrupt_errors"]);
-        Counters(names.map(|n| (n, 0)).collect())
-    }
-
-    fn add(&mut self, name: &'static str, n: u64) {
-        *self.0.entry(name).or_default() += n;
-    }
-
-    fn bump(&mut self, name: &'static str) {
-        self.add(name, 1);
-    }
+fn new_counters() -> Counters {
+    Counters::with_names(
+        COUNTER_NAMES
+            .into_iter()
+            .chain(Fault::ALL.iter().map(|f| f.counter())),
+    )
 }
 
 pub struct BlockDevice {
@@ -160,7 +148,7 @@ impl BlockDevice {
             broken: false,
             write_through: false,
             config,
-            counters: Counters::new(),
+            counters: new_counters(),
         })
     }
 
@@ -190,7 +178,7 @@ impl BlockDevice {
             let chain = match next_chain(queue, mem) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break,
-                Err(()) => {
+                Err(_) => {
                     self.broken = true;
                     break;
                 }
@@ -218,17 +206,6 @@ impl BlockDevice {
         {
             self.counters.bump("interrupt_errors");
         }
-    }
-}
-
-/// The next chain the driver made available, or `Err` if the queue is corrupt.
-fn next_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, ()> {
-    match queue.iter(mem) {
-        Ok(mut available) => Ok(available.next()),
-        Err(_) => Err(()),
     }
 }
 
@@ -380,14 +357,7 @@ impl VirtioDevice for BlockDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        if let Some(src) = usize::try_from(offset)
-            .ok()
-            .and_then(|o| self.config.get(o..))
-        {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config(&self.config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -436,12 +406,7 @@ impl VirtioDevice for BlockDevice {
     }
 
     fn counters(&self) -> BTreeMap<String, u64> {
-        let mut counters: BTreeMap<String, u64> = self
-            .counters
-            .0
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
+        let mut counters = self.counters.to_map();
         counters.insert("capacity_sectors".into(), self.disk.capacity_sectors());
         counters.insert("read_only".into(), u64::from(self.disk.read_only()));
         counters.insert("chain_images".into(), self.disk.chain().len() as u64);

@@ -39,13 +39,13 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::VirtioDevice;
-use super::Interrupt;
+use super::{next_chain, read_config, BrokenQueue, Interrupt};
 use muxer::Muxer;
 
 pub const DEVICE_ID: u32 = 19;
@@ -73,25 +73,6 @@ const QUEUE_SIZE: u16 = 256;
 /// The largest payload of one packet, as Linux's driver uses.
 pub const MAX_PKT_DATA: u32 = 64 * 1024;
 
-/// Named event counts for `vmm.json`: packets, bytes, connections and
-/// every kind of malformed input.
-#[derive(Debug, Default, Clone)]
-pub struct Counters(BTreeMap<&'static str, u64>);
-
-impl Counters {
-    pub fn bump(&mut self, name: &'static str) {
-        self.add(name, 1);
-    }
-
-    pub fn add(&mut self, name: &'static str, n: u64) {
-        *self.0.entry(name).or_default() += n;
-    }
-
-    pub fn get(&self, name: &str) -> u64 {
-        self.0.get(name).copied().unwrap_or(0)
-    }
-}
-
 pub struct VsockDevice {
     guest_cid: u64,
     mem: GuestMemoryMmap,
@@ -104,9 +85,8 @@ pub struct VsockDevice {
     muxer: Muxer,
 }
 
-/// What a pass over a queue did: whether it used any buffer, or found the
-/// queue corrupt.
-type Pass = Result<bool, ()>;
+/// What a pass over a queue did: whether it used any buffer.
+type Pass = Result<bool, BrokenQueue>;
 
 impl VsockDevice {
     /// A device for the guest with `guest_cid`, listening for host programs on `uds_base`.
@@ -155,11 +135,11 @@ impl VsockDevice {
         let result = loop {
             let tx = match process_tx(&mut queues[TXQ], &self.mem, &mut self.muxer) {
                 Ok(tx) => tx,
-                Err(()) => break Err(()),
+                Err(broken) => break Err(broken),
             };
             let rx = match process_rx(&mut queues[RXQ], &self.mem, &mut self.muxer) {
                 Ok(rx) => rx,
-                Err(()) => break Err(()),
+                Err(broken) => break Err(broken),
             };
             tx_used |= tx;
             rx_used |= rx;
@@ -181,22 +161,11 @@ impl VsockDevice {
     }
 }
 
-/// The next chain the guest made available, or `Err` if the queue is corrupt.
-fn pop<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, ()> {
-    match queue.iter(mem) {
-        Ok(mut available) => Ok(available.next()),
-        Err(_) => Err(()),
-    }
-}
-
 /// Takes the guest's packets (its TX queue) while the muxer can answer them.
 fn process_tx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> Pass {
     let mut used = false;
     while !muxer.rx_backlog_full() {
-        let Some(mut chain) = pop(queue, mem)? else {
+        let Some(mut chain) = next_chain(queue, mem)? else {
             break;
         };
         let head = chain.head_index();
@@ -210,7 +179,7 @@ fn process_tx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> Pa
             }
             Err(_) => muxer.counters.bump("bad_tx_chains"),
         }
-        queue.add_used(mem, head, 0).map_err(|_| ())?;
+        queue.add_used(mem, head, 0).map_err(|_| BrokenQueue)?;
         used = true;
     }
     Ok(used)
@@ -220,7 +189,7 @@ fn process_tx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> Pa
 fn process_rx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> Pass {
     let mut used = false;
     while muxer.has_pending_rx() {
-        let Some(mut chain) = pop(queue, mem)? else {
+        let Some(mut chain) = next_chain(queue, mem)? else {
             break;
         };
         let head = chain.head_index();
@@ -243,7 +212,7 @@ fn process_rx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> Pa
                 0
             }
         };
-        queue.add_used(mem, head, len).map_err(|_| ())?;
+        queue.add_used(mem, head, len).map_err(|_| BrokenQueue)?;
         used = true;
     }
     Ok(used)
@@ -265,12 +234,7 @@ impl VirtioDevice for VsockDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        data.fill(0);
-        if let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -323,13 +287,7 @@ impl VirtioDevice for VsockDevice {
     }
 
     fn counters(&self) -> BTreeMap<String, u64> {
-        let mut counters: BTreeMap<String, u64> = self
-            .muxer
-            .counters
-            .0
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
+        let mut counters = self.muxer.counters.to_map();
         counters.insert(
             "open_connections".into(),
             self.muxer.open_connections() as u64,

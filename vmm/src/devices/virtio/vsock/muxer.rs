@@ -31,7 +31,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{fill_header, Connection, Reply, State};
 use super::handshake::{Handshake, Progress};
-use super::{op, Counters, HOST_CID, TYPE_STREAM};
+use super::{op, HOST_CID, TYPE_STREAM};
+use crate::devices::virtio::Counters;
 
 /// Connections open at once; a request beyond is refused.
 pub const MAX_CONNECTIONS: usize = 1024;
