@@ -248,56 +248,8 @@ fn execute(
     counters: &mut Counters,
     write_through: bool,
 ) -> (u8, u32) {
-    let io_error = |counters: &mut Counters| {
-        counters.bump("io_errors");
-        (S_IOERR, 0)
-    };
     match req.kind {
-        Kind::In | Kind::Out => {
-            let is_read = req.kind == Kind::In;
-            counters.bump(if is_read { "reads" } else { "writes" });
-            if !is_read && disk.read_only() {
-                counters.bump("writes_to_read_only");
-                return (S_IOERR, 0);
-            }
-            let in_range = req
-                .sector
-                .checked_mul(SECTOR_BYTES)
-                .and_then(|offset| Some((offset, offset.checked_add(req.data_bytes)?)))
-                .filter(|&(_, end)| end <= disk.capacity_sectors() * SECTOR_BYTES);
-            let Some((offset, _)) = in_range else {
-                counters.bump("out_of_range");
-                return (S_IOERR, 0);
-            };
-            let Some(buffers) = slices(mem, &req.data) else {
-                counters.bump(Fault::DataOutsideMemory.counter());
-                return (S_IOERR, 0);
-            };
-            let done = if is_read {
-                disk.read(offset, &buffers)
-            } else {
-                disk.write(offset, &buffers).and_then(|()| {
-                    if write_through {
-                        counters.bump("write_through_flushes");
-                        disk.flush()
-                    } else {
-                        Ok(())
-                    }
-                })
-            };
-            match done {
-                Err(_) => io_error(counters),
-                Ok(()) if is_read => {
-                    counters.add("bytes_read", req.data_bytes);
-                    // At most MAX_DATA_BYTES, well within a u32.
-                    (S_OK, req.data_bytes as u32)
-                }
-                Ok(()) => {
-                    counters.add("bytes_written", req.data_bytes);
-                    (S_OK, 0)
-                }
-            }
-        }
+        Kind::In | Kind::Out => read_or_write(req, mem, disk, counters, write_through),
         Kind::Flush => {
             counters.bump("flushes");
             match disk.flush() {
@@ -324,6 +276,66 @@ fn execute(
         Kind::Unsupported(_) => {
             counters.bump("unsupported_requests");
             (S_UNSUPP, 0)
+        }
+    }
+}
+
+/// The disk failed the request: counted, and answered with IOERR.
+fn io_error(counters: &mut Counters) -> (u8, u32) {
+    counters.bump("io_errors");
+    (S_IOERR, 0)
+}
+
+/// An IN or OUT request: its sector range checked against the disk, then
+/// the data moved between the disk and the guest's buffers.
+fn read_or_write(
+    req: &Request,
+    mem: &GuestMemoryMmap,
+    disk: &mut Disk,
+    counters: &mut Counters,
+    write_through: bool,
+) -> (u8, u32) {
+    let is_read = req.kind == Kind::In;
+    counters.bump(if is_read { "reads" } else { "writes" });
+    if !is_read && disk.read_only() {
+        counters.bump("writes_to_read_only");
+        return (S_IOERR, 0);
+    }
+    let in_range = req
+        .sector
+        .checked_mul(SECTOR_BYTES)
+        .and_then(|offset| Some((offset, offset.checked_add(req.data_bytes)?)))
+        .filter(|&(_, end)| end <= disk.capacity_sectors() * SECTOR_BYTES);
+    let Some((offset, _)) = in_range else {
+        counters.bump("out_of_range");
+        return (S_IOERR, 0);
+    };
+    let Some(buffers) = slices(mem, &req.data) else {
+        counters.bump(Fault::DataOutsideMemory.counter());
+        return (S_IOERR, 0);
+    };
+    let done = if is_read {
+        disk.read(offset, &buffers)
+    } else {
+        disk.write(offset, &buffers).and_then(|()| {
+            if write_through {
+                counters.bump("write_through_flushes");
+                disk.flush()
+            } else {
+                Ok(())
+            }
+        })
+    };
+    match done {
+        Err(_) => io_error(counters),
+        Ok(()) if is_read => {
+            counters.add("bytes_read", req.data_bytes);
+            // At most MAX_DATA_BYTES, well within a u32.
+            (S_OK, req.data_bytes as u32)
+        }
+        Ok(()) => {
+            counters.add("bytes_written", req.data_bytes);
+            (S_OK, 0)
         }
     }
 }
