@@ -146,6 +146,16 @@ pub enum Entry {
     Pvh { rip: u64 },
 }
 
+impl Entry {
+    /// As the account names it: `pvh` or `linux64`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Entry::Pvh { .. } => "pvh",
+            Entry::Linux64 { .. } => "linux64",
+        }
+    }
+}
+
 /// Puts vCPU `index` at `entry` in 64-bit mode with page tables at `cr3`.
 pub fn enter_long_mode(vcpu: &VcpuFd, index: u64, entry: u64, cr3: u64) -> Result<(), Error> {
     enter(vcpu, index, Entry::Linux64 { rip: entry, cr3 })

@@ -140,6 +140,33 @@ impl MmioBus {
     pub fn unclaimed(&self) -> BTreeMap<u64, u64> {
         lock(&self.unclaimed).clone()
     }
+
+    /// Every slot's transport, for the device thread.
+    pub fn transports(&self) -> Vec<Arc<Mutex<MmioTransport>>> {
+        self.slots.iter().map(|s| s.transport.clone()).collect()
+    }
+
+    /// Each device's counters, by `<slot base>:<device type>` (vmm.json's `devices`).
+    pub fn device_counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let t = lock(&s.transport);
+                (
+                    format!("{:#x}:{}", s.base, t.device().device_type()),
+                    t.device().counters(),
+                )
+            })
+            .collect()
+    }
+
+    /// Driver accesses the transports ignored, all slots together.
+    pub fn bad_accesses(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| lock(&s.transport).bad_accesses)
+            .sum()
+    }
 }
 
 /// A poisoned lock means a thread panicked while holding it; the device state
