@@ -162,6 +162,12 @@ impl BlockDevice {
             return;
         };
         let mem = &self.mem;
+        let mut io = Io {
+            mem,
+            disk: &mut self.disk,
+            counters: &mut self.counters,
+            write_through: self.write_through,
+        };
         let mut used_any = false;
         // A driver that keeps the ring full must not keep the device thread
         // from the other devices: after a ring's worth, come back later.
@@ -171,7 +177,7 @@ impl BlockDevice {
                     .avail_idx(mem, Ordering::Acquire)
                     .map_or(true, |idx| idx.0 != queue.next_avail());
                 if more && self.queue_events[0].write(1).is_err() {
-                    self.counters.bump("interrupt_errors");
+                    io.counters.bump("interrupt_errors");
                 }
                 break;
             }
@@ -184,13 +190,7 @@ impl BlockDevice {
                 }
             };
             let head = chain.head_index();
-            let used_len = serve(
-                chain,
-                mem,
-                &mut self.disk,
-                &mut self.counters,
-                self.write_through,
-            );
+            let used_len = serve(chain, &mut io);
             if queue.add_used(mem, head, used_len).is_err() {
                 self.broken = true;
                 break;
@@ -209,30 +209,35 @@ impl BlockDevice {
     }
 }
 
-/// Parses and serves one chain; returns its used length.
-fn serve(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
-    disk: &mut Disk,
-    counters: &mut Counters,
+/// What serving a request reaches: the guest's memory, the disk, the
+/// device's counters, and whether every write is flushed at once (the
+/// driver did not accept FLUSH).
+struct Io<'a> {
+    mem: &'a GuestMemoryMmap,
+    disk: &'a mut Disk,
+    counters: &'a mut Counters,
     write_through: bool,
-) -> u32 {
-    counters.bump("requests");
-    let (status_addr, status, written) = match request::parse(chain, mem, usize::from(QUEUE_SIZE)) {
+}
+
+/// Parses and serves one chain; returns its used length.
+fn serve(chain: DescriptorChain<&GuestMemoryMmap>, io: &mut Io) -> u32 {
+    io.counters.bump("requests");
+    let parsed = request::parse(chain, io.mem, usize::from(QUEUE_SIZE));
+    let (status_addr, status, written) = match parsed {
         Ok(req) => {
-            let (status, written) = execute(&req, mem, disk, counters, write_through);
+            let (status, written) = execute(&req, io);
             (req.status, status, written)
         }
         Err(Refusal::Invalid { status, fault }) => {
-            counters.bump(fault.counter());
+            io.counters.bump(fault.counter());
             (status, S_IOERR, 0)
         }
         Err(Refusal::Unanswerable(fault)) => {
-            counters.bump(fault.counter());
+            io.counters.bump(fault.counter());
             return 0;
         }
     };
-    match mem.write_obj(status, status_addr) {
+    match io.mem.write_obj(status, status_addr) {
         Ok(()) => written + 1,
         // Checked by the parser; a used length of 0 says nothing was written.
         Err(_) => 0,
@@ -241,40 +246,34 @@ fn serve(
 
 /// Does what a valid request asks; returns its status and the data bytes
 /// written into the guest's buffers.
-fn execute(
-    req: &Request,
-    mem: &GuestMemoryMmap,
-    disk: &mut Disk,
-    counters: &mut Counters,
-    write_through: bool,
-) -> (u8, u32) {
+fn execute(req: &Request, io: &mut Io) -> (u8, u32) {
     match req.kind {
-        Kind::In | Kind::Out => read_or_write(req, mem, disk, counters, write_through),
+        Kind::In | Kind::Out => read_or_write(req, io),
         Kind::Flush => {
-            counters.bump("flushes");
-            match disk.flush() {
+            io.counters.bump("flushes");
+            match io.disk.flush() {
                 Ok(()) => (S_OK, 0),
-                Err(_) => io_error(counters),
+                Err(_) => io_error(io.counters),
             }
         }
         Kind::GetId => {
-            counters.bump("get_ids");
-            let id = disk.id();
+            io.counters.bump("get_ids");
+            let id = io.disk.id();
             let mut done = 0usize;
             for &(addr, len) in &req.data {
                 let n = (len as usize).min(ID_BYTES - done);
                 if n == 0 {
                     break;
                 }
-                if mem.write_slice(&id[done..done + n], addr).is_err() {
-                    return io_error(counters);
+                if io.mem.write_slice(&id[done..done + n], addr).is_err() {
+                    return io_error(io.counters);
                 }
                 done += n;
             }
             (S_OK, done as u32)
         }
         Kind::Unsupported(_) => {
-            counters.bump("unsupported_requests");
+            io.counters.bump("unsupported_requests");
             (S_UNSUPP, 0)
         }
     }
@@ -288,53 +287,47 @@ fn io_error(counters: &mut Counters) -> (u8, u32) {
 
 /// An IN or OUT request: its sector range checked against the disk, then
 /// the data moved between the disk and the guest's buffers.
-fn read_or_write(
-    req: &Request,
-    mem: &GuestMemoryMmap,
-    disk: &mut Disk,
-    counters: &mut Counters,
-    write_through: bool,
-) -> (u8, u32) {
+fn read_or_write(req: &Request, io: &mut Io) -> (u8, u32) {
     let is_read = req.kind == Kind::In;
-    counters.bump(if is_read { "reads" } else { "writes" });
-    if !is_read && disk.read_only() {
-        counters.bump("writes_to_read_only");
+    io.counters.bump(if is_read { "reads" } else { "writes" });
+    if !is_read && io.disk.read_only() {
+        io.counters.bump("writes_to_read_only");
         return (S_IOERR, 0);
     }
     let in_range = req
         .sector
         .checked_mul(SECTOR_BYTES)
         .and_then(|offset| Some((offset, offset.checked_add(req.data_bytes)?)))
-        .filter(|&(_, end)| end <= disk.capacity_sectors() * SECTOR_BYTES);
+        .filter(|&(_, end)| end <= io.disk.capacity_sectors() * SECTOR_BYTES);
     let Some((offset, _)) = in_range else {
-        counters.bump("out_of_range");
+        io.counters.bump("out_of_range");
         return (S_IOERR, 0);
     };
-    let Some(buffers) = slices(mem, &req.data) else {
-        counters.bump(Fault::DataOutsideMemory.counter());
+    let Some(buffers) = slices(io.mem, &req.data) else {
+        io.counters.bump(Fault::DataOutsideMemory.counter());
         return (S_IOERR, 0);
     };
     let done = if is_read {
-        disk.read(offset, &buffers)
+        io.disk.read(offset, &buffers)
     } else {
-        disk.write(offset, &buffers).and_then(|()| {
-            if write_through {
-                counters.bump("write_through_flushes");
-                disk.flush()
+        io.disk.write(offset, &buffers).and_then(|()| {
+            if io.write_through {
+                io.counters.bump("write_through_flushes");
+                io.disk.flush()
             } else {
                 Ok(())
             }
         })
     };
     match done {
-        Err(_) => io_error(counters),
+        Err(_) => io_error(io.counters),
         Ok(()) if is_read => {
-            counters.add("bytes_read", req.data_bytes);
+            io.counters.add("bytes_read", req.data_bytes);
             // At most MAX_DATA_BYTES, well within a u32.
             (S_OK, req.data_bytes as u32)
         }
         Ok(()) => {
-            counters.add("bytes_written", req.data_bytes);
+            io.counters.add("bytes_written", req.data_bytes);
             (S_OK, 0)
         }
     }
