@@ -780,6 +780,10 @@ mod tests {
         let data = rig.ring.buffer(4096);
         // (descriptors, fault, answered with IOERR?)
         let h = |rig: &mut Rig, t| rig.ring.header(t, 0);
+        // A header of type `t`, one data descriptor, a status.
+        let with_data = |rig: &mut Rig, t, data: (u64, u32, u16)| {
+            vec![rig.ring.header(t, 0), data, rig.ring.status()]
+        };
         let cases: Vec<(Chain, Fault, bool)> = vec![
             {
                 let (a, _, _) = h(&mut rig, T_IN);
@@ -803,45 +807,37 @@ mod tests {
                 true,
             ),
             (
-                vec![h(&mut rig, T_IN), (data, 512, 0), rig.ring.status()],
+                with_data(&mut rig, T_IN, (data, 512, 0)),
                 Fault::WrongDirection,
                 true,
             ),
             (
-                vec![h(&mut rig, T_OUT), (data, 512, F_WRITE), rig.ring.status()],
+                with_data(&mut rig, T_OUT, (data, 512, F_WRITE)),
                 Fault::WrongDirection,
                 true,
             ),
             (
-                vec![h(&mut rig, T_GET_ID), (data, 20, 0), rig.ring.status()],
+                with_data(&mut rig, T_GET_ID, (data, 20, 0)),
                 Fault::WrongDirection,
                 true,
             ),
             (
-                vec![h(&mut rig, T_IN), (end, 512, F_WRITE), rig.ring.status()],
+                with_data(&mut rig, T_IN, (end, 512, F_WRITE)),
                 Fault::DataOutsideMemory,
                 true,
             ),
             (
-                vec![
-                    h(&mut rig, T_IN),
-                    (end - 256, 512, F_WRITE),
-                    rig.ring.status(),
-                ],
+                with_data(&mut rig, T_IN, (end - 256, 512, F_WRITE)),
                 Fault::DataOutsideMemory,
                 true,
             ),
             (
-                vec![
-                    h(&mut rig, T_OUT),
-                    (u64::MAX - 100, 512, 0),
-                    rig.ring.status(),
-                ],
+                with_data(&mut rig, T_OUT, (u64::MAX - 100, 512, 0)),
                 Fault::DataOutsideMemory,
                 true,
             ),
             (
-                vec![h(&mut rig, T_IN), (data, 100, F_WRITE), rig.ring.status()],
+                with_data(&mut rig, T_IN, (data, 100, F_WRITE)),
                 Fault::PartialSector,
                 true,
             ),
