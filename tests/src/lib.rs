@@ -203,3 +203,254 @@ pub fn plain_base(dir: &Path) -> PathBuf {
     assert!(out.status.success(), "{}", dump(&out));
     base
 }
+
+/// One field a format document (`docs/*.md`) describes: its JSON path and
+/// whether it may be absent where the object that would hold it is present.
+///
+/// Paths join object keys with `.`, write an array's elements as `[]`
+/// (`vcpus[].index`) and a key that is data rather than a fixed name as a
+/// `<placeholder>` (`unclaimed_ports.<port>`), which matches any one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentedPath {
+    pub path: String,
+    pub optional: bool,
+}
+
+/// The paths the tables under the heading `heading` of `doc` document
+/// (its subsections included): every table row's first cell holds a path
+/// in backticks, followed by `(optional)` when the field may be absent.
+pub fn documented_paths(doc: &Path, heading: &str) -> Vec<DocumentedPath> {
+    let text = std::fs::read_to_string(doc).expect("the format document exists");
+    let level = |line: &str| line.chars().take_while(|&c| c == '#').count();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| level(l) > 0 && l.trim_start_matches('#').trim() == heading)
+        .unwrap_or_else(|| panic!("{} has no heading {heading:?}", doc.display()));
+    let section_level = level(lines[start]);
+    let mut paths = Vec::new();
+    for (i, line) in lines.iter().enumerate().skip(start + 1) {
+        if (1..=section_level).contains(&level(line)) {
+            break;
+        }
+        let is_separator = |l: &str| l.starts_with('|') && l.chars().all(|c| "|-: ".contains(c));
+        let is_header = lines.get(i + 1).is_some_and(|next| is_separator(next));
+        if !line.starts_with('|') || is_separator(line) || is_header {
+            continue;
+        }
+        let first_cell = line.trim_start_matches('|').split('|').next().unwrap_or("");
+        let path = first_cell
+            .split('`')
+            .nth(1)
+            .unwrap_or_else(|| panic!("a row without a `path`: {line}"));
+        paths.push(DocumentedPath {
+            path: path.to_string(),
+            optional: first_cell.contains("(optional)"),
+        });
+    }
+    paths
+}
+
+/// The path of every object member in `value`, in the syntax of
+/// [`DocumentedPath`] but with the real keys.
+pub fn json_paths(value: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    fn walk(value: &serde_json::Value, at: &str, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(members) => {
+                for (key, member) in members {
+                    let path = if at.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{at}.{key}")
+                    };
+                    out.insert(path.clone());
+                    walk(member, &path, out);
+                }
+            }
+            serde_json::Value::Array(elements) => {
+                for element in elements {
+                    walk(element, &format!("{at}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(value, "", &mut out);
+    out
+}
+
+/// A path's steps: its keys, with each `[]` a step of its own.
+fn path_steps(path: &str) -> Vec<&str> {
+    let mut steps = Vec::new();
+    for key in path.split('.') {
+        let name = key.trim_end_matches("[]");
+        steps.push(name);
+        steps.extend(std::iter::repeat_n("[]", (key.len() - name.len()) / 2));
+    }
+    steps
+}
+
+/// Whether the first steps of `path` are those of `pattern`, where a
+/// `<placeholder>` step matches any key.
+fn starts_with_steps(path: &[&str], pattern: &[&str]) -> bool {
+    path.len() >= pattern.len()
+        && pattern.iter().zip(path).all(|(want, have)| {
+            want == have || (want.starts_with('<') && want.ends_with('>') && *have != "[]")
+        })
+}
+
+/// Whether `path` (real keys) is the field `pattern` documents.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let (pattern, path) = (path_steps(pattern), path_steps(path));
+    pattern.len() == path.len() && starts_with_steps(&path, &pattern)
+}
+
+/// Where `value` and its document disagree: the paths in `value` that no
+/// row documents, and the documented fields `value` lacks although they
+/// are not optional and the object that holds them is there.
+pub fn doc_mismatches(
+    value: &serde_json::Value,
+    documented: &[DocumentedPath],
+) -> (Vec<String>, Vec<String>) {
+    let present = json_paths(value);
+    let undocumented = present
+        .iter()
+        .filter(|path| !documented.iter().any(|d| path_matches(&d.path, path)))
+        .cloned()
+        .collect();
+    let missing = documented
+        .iter()
+        .filter(|d| !d.optional)
+        .filter(|d| {
+            let steps = path_steps(&d.path);
+            let holder = &steps[..steps.len() - 1];
+            let holder_present = holder.is_empty()
+                || present
+                    .iter()
+                    .any(|p| starts_with_steps(&path_steps(p), holder));
+            holder_present && !present.iter().any(|p| path_matches(&d.path, p))
+        })
+        .map(|d| d.path.clone())
+        .collect();
+    (undocumented, missing)
+}
+
+/// The version a format document describes, from its sentence "The
+/// current `schema_version` is **N**."
+pub fn documented_schema_version(doc: &Path) -> u64 {
+    let text = std::fs::read_to_string(doc).expect("the format document exists");
+    text.split_once("`schema_version` is **")
+        .and_then(|(_, rest)| rest.split_once("**"))
+        .and_then(|(version, _)| version.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{} says nowhere \"`schema_version` is **N**\"",
+                doc.display()
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "# A format
+
+The current `schema_version` is **3**.
+
+## Fields
+
+| Path | Meaning |
+| --- | --- |
+| `version` | |
+| `items` | |
+| `items[].name` | |
+| `items[].note` (optional) | |
+| `by_port` | |
+| `by_port.<port>` (optional) | |
+| `by_port.<port>.count` | |
+
+### Nested
+
+| Path | Meaning |
+| --- | --- |
+| `nested` | |
+| `nested.deep` | |
+
+## Elsewhere
+
+| Counter | Meaning |
+| --- | --- |
+| `not_a_path` | |
+";
+
+    fn doc() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("format.md");
+        std::fs::write(&path, DOC).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn the_fields_section_documents_its_paths_and_version() {
+        let (_dir, path) = doc();
+        let documented = documented_paths(&path, "Fields");
+        let paths: Vec<(&str, bool)> = documented
+            .iter()
+            .map(|d| (d.path.as_str(), d.optional))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("version", false),
+                ("items", false),
+                ("items[].name", false),
+                ("items[].note", true),
+                ("by_port", false),
+                ("by_port.<port>", true),
+                ("by_port.<port>.count", false),
+                ("nested", false),
+                ("nested.deep", false),
+            ]
+        );
+        assert_eq!(documented_schema_version(&path), 3);
+    }
+
+    #[test]
+    fn placeholders_match_one_key_and_arrays_their_elements() {
+        assert!(path_matches("by_port.<port>.count", "by_port.1016.count"));
+        assert!(!path_matches("by_port.<port>", "by_port.1016.count"));
+        assert!(!path_matches("by_port.<port>", "by_port[]"));
+        assert!(path_matches("items[].name", "items[].name"));
+        assert!(!path_matches("items.name", "items[].name"));
+        let value = serde_json::json!({"a": [{"b": 1}, {"c": [[{"d": 2}]]}], "e": {}});
+        let paths: Vec<String> = json_paths(&value).into_iter().collect();
+        assert_eq!(paths, ["a", "a[].b", "a[].c", "a[].c[][].d", "e"]);
+    }
+
+    #[test]
+    fn mismatches_are_undocumented_paths_and_missing_required_ones() {
+        let (_dir, path) = doc();
+        let documented = documented_paths(&path, "Fields");
+        let good = serde_json::json!({
+            "version": 3,
+            "items": [{"name": "x"}, {"name": "y", "note": "z"}],
+            "by_port": {"1016": {"count": 3}},
+            "nested": {"deep": true},
+        });
+        assert_eq!(doc_mismatches(&good, &documented), (vec![], vec![]));
+        // No items and no ports: nothing under them is required.
+        let sparse =
+            serde_json::json!({"version": 3, "items": [], "by_port": {}, "nested": {"deep": 1}});
+        assert_eq!(doc_mismatches(&sparse, &documented), (vec![], vec![]));
+        let bad = serde_json::json!({
+            "items": [{"name": "x", "colour": "red"}],
+            "by_port": {"1016": {}},
+            "nested": {"deep": true},
+        });
+        let (undocumented, missing) = doc_mismatches(&bad, &documented);
+        assert_eq!(undocumented, ["items[].colour"]);
+        assert_eq!(missing, ["version", "by_port.<port>.count"]);
+    }
+}

@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use vmbench_e2e::{dump, have_kvm, tiny_elf, vmbench_bin};
+use vmbench_e2e::{
+    doc_mismatches, documented_paths, documented_schema_version, dump, have_kvm, json_paths,
+    tiny_elf, vmbench_bin, workspace,
+};
 
 /// 'ok\n' to COM1, 0x60 to the boot-marker port, a write to an MMIO address
 /// with no RAM behind it, then an i8042 reset.
@@ -122,6 +125,45 @@ fn guest_reaches_serial_marker_mmio_and_resets() {
             report["vcpus"][0]["kvm_stats"]
         ),
     }
+}
+
+/// A real vmm.json, from a guest that reaches the serial port, the boot
+/// marker, unclaimed MMIO, a disk and a vsock device, holds no field
+/// docs/vmm-json.md does not describe, lacks none it says is always there,
+/// and has the version the document describes.
+#[test]
+fn vmm_json_is_what_its_document_says() {
+    if !have_kvm("vmm_json_is_what_its_document_says") {
+        return;
+    }
+    let doc = workspace().join("docs/vmm-json.md");
+    let disk = tempfile::NamedTempFile::new().unwrap();
+    disk.as_file().set_len(1 << 20).unwrap();
+    let disk = disk.path().to_str().unwrap();
+    let (out, dir) = run_guest_with(DEVICES_GUEST, &["--vsock-cid", "3", "--disk", disk]);
+    assert!(out.status.success(), "{}", dump(&out));
+    let account = vmm_json(dir.path());
+    let documented = documented_paths(&doc, "Fields");
+    let (undocumented, missing) = doc_mismatches(&account, &documented);
+    assert!(
+        undocumented.is_empty(),
+        "fields {} does not describe: {undocumented:?}",
+        doc.display()
+    );
+    assert!(
+        missing.is_empty(),
+        "fields {} says are always there, missing: {missing:?}",
+        doc.display()
+    );
+    // The guest reached every map the document keys by data.
+    let paths = json_paths(&account);
+    for map in ["devices", "unclaimed_mmio", "vcpus[].exits.by_port"] {
+        assert!(
+            paths.iter().any(|p| p.starts_with(&format!("{map}."))),
+            "{map} is empty: {account}"
+        );
+    }
+    assert_eq!(account["schema_version"], documented_schema_version(&doc));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! its latency, KVM's own statistics, device counters and memory use.
 //!
 //! This is the VMM's one output format, versioned by [`SCHEMA_VERSION`] and
-//! described field by field in `docs/formats.md`. Every `_ns` time is
+//! described field by field in `docs/vmm-json.md`. Every `_ns` time is
 //! CLOCK_MONOTONIC ([`crate::clock`]). It is written once, when the VM
 //! ends (on a stop signal too), atomically: a reader sees the whole file
 //! or none.

@@ -28,21 +28,14 @@ pub struct Error {
     pub source: kvm_ioctls::Error,
 }
 
+/// The error of `what` on vCPU `vcpu`, for `map_err`.
+fn failed(what: &'static str, vcpu: u64) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |source| Error { what, vcpu, source }
+}
+
 /// Special registers for the 64-bit entry, from the vCPU's reset state.
 pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
-    let code = gdt::segment(gdt::CODE_INDEX);
-    let data = gdt::segment(gdt::DATA_INDEX);
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = gdt::segment(gdt::TSS_INDEX);
-    sregs.gdt.base = layout::GDT_ADDR;
-    sregs.gdt.limit = (gdt::TABLE.len() * 8 - 1) as u16;
-    sregs.idt.base = layout::IDT_ADDR;
-    sregs.idt.limit = 7;
+    flat_segments(&mut sregs, gdt::CODE_INDEX);
     sregs.cr0 |= CR0_PE | CR0_ET | CR0_PG;
     sregs.cr3 = cr3;
     sregs.cr4 |= CR4_PAE;
@@ -53,8 +46,19 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
 /// Special registers for the PVH entry: protected mode, paging off, flat
 /// 32-bit code and data segments.
 pub fn pvh_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+    flat_segments(&mut sregs, gdt::CODE32_INDEX);
+    sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !CR0_PG;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    sregs
+}
+
+/// Both entries' segments: CS from GDT entry `code`, every data segment
+/// flat, our TSS, and the GDT and (empty) IDT where [`layout`] puts them.
+fn flat_segments(sregs: &mut kvm_sregs, code: u16) {
     let data = gdt::segment(gdt::DATA_INDEX);
-    sregs.cs = gdt::segment(gdt::CODE32_INDEX);
+    sregs.cs = gdt::segment(code);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
@@ -65,11 +69,6 @@ pub fn pvh_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     sregs.gdt.limit = (gdt::TABLE.len() * 8 - 1) as u16;
     sregs.idt.base = layout::IDT_ADDR;
     sregs.idt.limit = 7;
-    sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !CR0_PG;
-    sregs.cr3 = 0;
-    sregs.cr4 = 0;
-    sregs.efer = 0;
-    sregs
 }
 
 /// General registers for the PVH entry: EBX at the start info.
@@ -147,6 +146,16 @@ pub enum Entry {
     Pvh { rip: u64 },
 }
 
+impl Entry {
+    /// As the account names it: `pvh` or `linux64`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Entry::Pvh { .. } => "pvh",
+            Entry::Linux64 { .. } => "linux64",
+        }
+    }
+}
+
 /// Puts vCPU `index` at `entry` in 64-bit mode with page tables at `cr3`.
 pub fn enter_long_mode(vcpu: &VcpuFd, index: u64, entry: u64, cr3: u64) -> Result<(), Error> {
     enter(vcpu, index, Entry::Linux64 { rip: entry, cr3 })
@@ -154,24 +163,19 @@ pub fn enter_long_mode(vcpu: &VcpuFd, index: u64, entry: u64, cr3: u64) -> Resul
 
 /// Puts vCPU `index` at the kernel's entry, as `entry` says.
 pub fn enter(vcpu: &VcpuFd, index: u64, entry: Entry) -> Result<(), Error> {
-    let err = |what| {
-        move |source| Error {
-            what,
-            vcpu: index,
-            source,
-        }
-    };
     let sregs = vcpu
         .get_sregs()
-        .map_err(err("read the special registers"))?;
+        .map_err(failed("read the special registers", index))?;
     let (sregs, regs) = match entry {
         Entry::Linux64 { rip, cr3 } => (long_mode_sregs(sregs, cr3), entry_regs(rip)),
         Entry::Pvh { rip } => (pvh_sregs(sregs), pvh_regs(rip)),
     };
     vcpu.set_sregs(&sregs)
-        .map_err(err("set the special registers"))?;
-    vcpu.set_regs(&regs).map_err(err("set the registers"))?;
-    vcpu.set_fpu(&entry_fpu()).map_err(err("set the FPU"))?;
+        .map_err(failed("set the special registers", index))?;
+    vcpu.set_regs(&regs)
+        .map_err(failed("set the registers", index))?;
+    vcpu.set_fpu(&entry_fpu())
+        .map_err(failed("set the FPU", index))?;
     set_boot_msrs(vcpu, index)
 }
 
@@ -209,14 +213,9 @@ const APIC_MODE_EXTINT: u32 = 7;
 /// LINT0 delivers the 8259's ExtINT and LINT1 the NMI, as firmware wires
 /// them on a PC (the MP table's defaults assume it).
 pub fn wire_lapic(vcpu: &VcpuFd, index: u64) -> Result<(), Error> {
-    let err = |what| {
-        move |source| Error {
-            what,
-            vcpu: index,
-            source,
-        }
-    };
-    let mut lapic = vcpu.get_lapic().map_err(err("read the local APIC"))?;
+    let mut lapic = vcpu
+        .get_lapic()
+        .map_err(failed("read the local APIC", index))?;
     for (reg, mode) in [
         (APIC_LVT_LINT0, APIC_MODE_EXTINT),
         (APIC_LVT_LINT1, APIC_MODE_NMI),
@@ -227,37 +226,25 @@ pub fn wire_lapic(vcpu: &VcpuFd, index: u64) -> Result<(), Error> {
             lapic.regs[reg + i] = b as _;
         }
     }
-    vcpu.set_lapic(&lapic).map_err(err("set the local APIC"))
+    vcpu.set_lapic(&lapic)
+        .map_err(failed("set the local APIC", index))
 }
 
 /// An application processor: FPU and MSRs as at reset plus ours; it waits
 /// for the boot CPU's INIT/SIPI (KVM's in-kernel LAPIC holds it until then).
 pub fn setup_ap(vcpu: &VcpuFd, index: u64) -> Result<(), Error> {
-    let err = |what| {
-        move |source| Error {
-            what,
-            vcpu: index,
-            source,
-        }
-    };
-    vcpu.set_fpu(&entry_fpu()).map_err(err("set the FPU"))?;
+    vcpu.set_fpu(&entry_fpu())
+        .map_err(failed("set the FPU", index))?;
     set_boot_msrs(vcpu, index)
 }
 
 fn set_boot_msrs(vcpu: &VcpuFd, index: u64) -> Result<(), Error> {
     let wanted = boot_msrs();
-    let invalid = || Error {
-        what: "set the MSRs",
-        vcpu: index,
-        source: kvm_ioctls::Error::new(libc::EINVAL),
-    };
+    let err = failed("set the MSRs", index);
+    let invalid = || err(kvm_ioctls::Error::new(libc::EINVAL));
     let msrs = Msrs::from_entries(&wanted).map_err(|_| invalid())?;
     // KVM_SET_MSRS stops at the first MSR it refuses and returns how many it set.
-    let written = vcpu.set_msrs(&msrs).map_err(|source| Error {
-        what: "set the MSRs",
-        vcpu: index,
-        source,
-    })?;
+    let written = vcpu.set_msrs(&msrs).map_err(&err)?;
     if written != wanted.len() {
         return Err(invalid());
     }

@@ -96,57 +96,17 @@ fn run(epoll: &Epoll, devices: &[Arc<Mutex<MmioTransport>>]) {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::RawFd;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
-    use virtio_queue::Queue;
-
     use super::*;
-    use crate::devices::virtio::mmio::VirtioDevice;
-
-    /// A device whose only event is an eventfd; it counts how often it ran.
-    struct Counting {
-        event: EventFd,
-        runs: Arc<AtomicU32>,
-    }
-
-    impl VirtioDevice for Counting {
-        fn device_type(&self) -> u32 {
-            19
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16]
-        }
-        fn features(&self) -> u64 {
-            0
-        }
-        fn read_config(&self, _: u64, data: &mut [u8]) {
-            data.fill(0)
-        }
-        fn write_config(&mut self, _: u64, _: &[u8]) {}
-        fn activate(&mut self, _: Vec<Queue>, _: u64) {}
-        fn queue_notify(&mut self, _: u16) {}
-        fn reset(&mut self) {}
-        fn event_fd(&self) -> Option<RawFd> {
-            Some(self.event.as_raw_fd())
-        }
-        fn process_events(&mut self) {
-            // Drained: level-triggered epoll does not wake again.
-            let _ = self.event.read();
-            self.runs.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::devices::virtio::test_device::TestDevice;
 
     #[test]
     fn a_readable_device_is_processed_and_stop_ends_the_thread() {
         let event = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let kick = event.try_clone().unwrap();
-        let runs = Arc::new(AtomicU32::new(0));
-        let device = Counting {
-            event,
-            runs: runs.clone(),
-        };
+        let (device, runs) = TestDevice::woken_by(event);
         let transport = Arc::new(Mutex::new(MmioTransport::new(
             Box::new(device),
             Arc::default(),

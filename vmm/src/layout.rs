@@ -1,8 +1,10 @@
-//! Where the VMM puts things in guest physical memory for a 64-bit Linux entry.
-//! Everything below 1 MiB sits in low memory that Linux treats as reserved or
-//! reclaims later; the kernel itself loads at 1 MiB.
+//! Where the VMM puts things: the boot structures of both entries (64-bit
+//! Linux and PVH) in guest physical memory, guest RAM around the MMIO gap,
+//! the virtio-mmio slots, and the legacy devices' ports. Everything below
+//! 1 MiB sits in low memory that Linux treats as reserved or reclaims
+//! later; the kernel itself loads at 1 MiB.
 
-/// The GDT: null, code, data, TSS descriptors.
+/// The GDT: null, 64-bit code, data, TSS and 32-bit code descriptors.
 pub const GDT_ADDR: u64 = 0x500;
 /// An empty IDT: the guest installs its own before enabling interrupts.
 pub const IDT_ADDR: u64 = 0x520;

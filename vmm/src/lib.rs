@@ -1,19 +1,28 @@
 //! vmbench's own VMM (the `kvm` backend), built on the rust-vmm crates: one
 //! KVM virtual machine per process, and an account of everything it did.
 //!
-//! Boot steps, in order (each its own module):
-//! 1. guest memory ([`layout`] says where everything goes, in memory and
-//!    in port I/O space);
-//! 2. the boot tables in guest memory ([`boot_tables`]): GDT and identity
-//!    page tables for the 64-bit entry, the MP table for CPUs and interrupt
-//!    routing without ACPI, the zero page with the e820 map, PVH's start info;
-//! 3. the kernel, initramfs and command line ([`loader`], with linux-loader);
-//! 4. the vCPU state that enters them ([`cpu`]): segments, control registers,
-//!    EFER, general registers, FPU, boot MSRs;
-//! 5. the devices ([`devices`]) and the run loop ([`machine`]), which
-//!    accounts for every userspace exit ([`exits`]) and reads KVM's own
-//!    statistics at the end ([`kvm_stats`]);
-//! 6. the account of the VM ([`account`], `vmm.json`), written when it ends.
+//! Boot steps, in the order [`machine::Machine::new`] and
+//! [`machine::Machine::run`] take them:
+//! 1. guest memory and the VM, with the in-kernel irqchip and PIT
+//!    ([`layout`] says where everything goes, in memory, in the MMIO window
+//!    and in port I/O space);
+//! 2. the virtio devices ([`devices::virtio`]), first because the kernel
+//!    command line announces them;
+//! 3. the kernel, initramfs and command line ([`loader`], with
+//!    linux-loader);
+//! 4. the boot tables that describe them ([`boot_tables`]): the zero page
+//!    with the e820 map, PVH's start info, the GDT, the MP table for CPUs
+//!    and interrupt routing without ACPI, identity page tables for the
+//!    64-bit entry;
+//! 5. the vCPUs at the kernel's entry ([`cpu`]): segments, control
+//!    registers, EFER, general registers, FPU, boot MSRs, CPUID and local
+//!    APIC;
+//! 6. the legacy devices (serial port, boot marker);
+//! 7. the run loops ([`machine`]), one thread per vCPU, which account for
+//!    every userspace exit ([`exits`]) and read KVM's own statistics at the
+//!    end ([`kvm_stats`]), and the device thread ([`event_loop`]);
+//! 8. the account of the VM ([`account`], `vmm.json`, its format in
+//!    `docs/vmm-json.md`), written when it ends.
 //!
 //! The legacy devices (serial, i8042, the boot-marker port) answer port
 //! I/O; the virtio devices sit behind the virtio-mmio transport
@@ -28,7 +37,11 @@
 //! use of KVM that times a calibration guest to tell native KVM from KVM
 //! that emulates guest code. Every time the VMM records is on [`clock`].
 //! The VMM depends on nothing of the orchestrator: it is reached through
-//! [`command`], [`machine::MachineConfig`] and the account it writes.
+//! [`command`], [`machine::MachineConfig`], the files of the VM's directory
+//! ([`vm_dir`], the account among them) and two helpers for a program
+//! that runs it: [`loader::pvh_entry`] (does a kernel have the PVH entry?)
+//! and [`devices::marker::is_mark`] (is a byte from the boot-marker stream
+//! a mark?).
 
 pub mod account;
 pub mod boot_tables;

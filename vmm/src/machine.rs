@@ -17,7 +17,7 @@
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Once};
 use std::thread::JoinHandle;
@@ -310,16 +310,9 @@ fn install_signal_handlers() -> Result<(), Error> {
 }
 
 impl Machine {
+    /// Sets up the VM `config` describes, in boot order; nothing runs yet.
     pub fn new(config: &MachineConfig) -> Result<Machine, Error> {
-        if config.vcpus == 0 || config.vcpus > u32::from(mptable::MAX_CPUS) {
-            return Err(Error::Vcpus(config.vcpus));
-        }
-        if config.mem_mib < 16 {
-            return Err(Error::TooLittleMemory(config.mem_mib));
-        }
-        if config.disks.len() > MAX_DISKS {
-            return Err(Error::TooManyDisks(config.disks.len()));
-        }
+        check(config)?;
         // First, so that a bad image is reported as such whatever else is wrong.
         let disks = config
             .disks
@@ -327,105 +320,22 @@ impl Machine {
             .map(|d| Disk::open(&d.path, d.read_only))
             .collect::<Result<Vec<_>, _>>()?;
         install_signal_handlers()?;
-        let mem_bytes = u64::from(config.mem_mib) << 20;
         let mem = guest_memory(config.mem_mib)?;
-        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
-        let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-        register_memory(&vm, &mem)?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("create the in-kernel irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit)
-            .map_err(kvm_err("create the in-kernel PIT"))?;
-
+        let (kvm, vm) = create_vm(&mem)?;
         let mmio = virtio_devices(config, disks, &vm, &mem)?;
-        let kernel = loader::load_kernel(&mem, &config.kernel)?;
-        let ram_top = mem_bytes.min(layout::MMIO_GAP_START);
-        let initramfs = match &config.initramfs {
-            Some(path) => Some(loader::load_initramfs(&mem, path, kernel.end, ram_top)?),
-            None => None,
-        };
-        let cmdline = [config.cmdline.as_str(), &mmio.cmdline()]
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let cmdline_len = loader::load_cmdline_str(&mem, &cmdline)?;
-        let ram = layout::ram_ranges(mem_bytes);
-        let inputs = params::BootInputs {
-            cmdline_addr: layout::CMDLINE_ADDR,
-            cmdline_len,
-            initramfs,
-            setup_header: kernel.setup_header,
-        };
-        params::write(&mem, &params::zero_page(&ram, &inputs)?)?;
-        pvh::write(&mem, &pvh::build(&ram, layout::CMDLINE_ADDR, initramfs))?;
-        gdt::write(&mem, layout::GDT_ADDR, layout::IDT_ADDR)?;
-        mptable::write(&mem, config.vcpus)?;
-        let cr3 = paging::write(&mem, layout::PML4_ADDR, layout::PDPT_ADDR, layout::PD_ADDR)?;
-        let entry = match (config.entry, kernel.pvh_entry) {
-            (EntryChoice::Auto | EntryChoice::Pvh, Some(rip)) => cpu::Entry::Pvh { rip },
-            (EntryChoice::Pvh, None) => return Err(Error::NoPvhEntry(config.kernel.clone())),
-            _ => cpu::Entry::Linux64 {
-                rip: kernel.entry,
-                cr3,
-            },
-        };
-
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("read KVM's supported CPUID"))?;
-        let mut vcpus = Vec::new();
-        for index in 0..config.vcpus {
-            let vcpu = vm
-                .create_vcpu(u64::from(index))
-                .map_err(kvm_err("create a vCPU"))?;
-            let mut cpuid = supported.clone();
-            cpu::cpuid_for(cpuid.as_mut_slice(), index, config.vcpus);
-            vcpu.set_cpuid2(&cpuid)
-                .map_err(kvm_err("set a vCPU's CPUID"))?;
-            cpu::wire_lapic(&vcpu, u64::from(index))?;
-            if index == 0 {
-                cpu::enter(&vcpu, 0, entry)?;
-            } else {
-                cpu::setup_ap(&vcpu, u64::from(index))?;
-            }
-            vcpus.push(vcpu);
-        }
-
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Kvm {
-            what: "create an eventfd",
-            source: e.into(),
-        })?;
-        vm.register_irqfd(&serial_irq, SERIAL_GSI)
-            .map_err(kvm_err("connect the serial interrupt"))?;
-        let log_path = config.dir.join(vm_dir::SERIAL_LOG);
-        let log = File::create(&log_path).map_err(|source| Error::File {
-            path: log_path,
-            source,
-        })?;
-        let serial = SerialPort::new(serial_irq, Box::new(log));
-        // The collector listens here when `vmbench boot` runs this VMM.
-        let marker = match UnixStream::connect(config.dir.join(vm_dir::MARKER_SOCKET)) {
-            Ok(stream) => BootMarker::with_sink(Box::new(stream)),
-            Err(_) => BootMarker::default(),
-        };
+        let entry = load_guest(config, &mem, &mmio.cmdline())?;
+        let vcpus = create_vcpus(&kvm, &vm, config.vcpus, entry)?;
+        let pio = legacy_devices(&vm, &config.dir)?;
         Ok(Machine {
             vcpus,
             vm,
             mem,
             shared: Arc::new(Shared {
-                pio: Mutex::new(PioBus::new(serial, marker)),
+                pio: Mutex::new(pio),
                 mmio,
                 stopping: AtomicBool::new(false),
             }),
-            entry: match entry {
-                cpu::Entry::Pvh { .. } => "pvh",
-                cpu::Entry::Linux64 { .. } => "linux64",
-            },
+            entry: entry.name(),
             dir: config.dir.clone(),
         })
     }
@@ -441,34 +351,15 @@ impl Machine {
             entry,
             dir,
         } = self;
-        let transports: Vec<_> = shared
-            .mmio
-            .slots
-            .iter()
-            .map(|s| s.transport.clone())
-            .collect();
-        let event_loop = EventLoop::spawn(transports);
+        let event_loop = EventLoop::spawn(shared.mmio.transports());
         let (ended_tx, ended_rx) = mpsc::channel();
-        let mut threads: Vec<JoinHandle<VcpuAccount>> = Vec::new();
-        let mut spawn_error = None;
-        if let Err(e) = &event_loop {
-            spawn_error = Some(format!("cannot start the device thread: {e}"));
-        } else {
-            for (index, vcpu) in vcpus.into_iter().enumerate() {
-                let shared = shared.clone();
-                let ended = ended_tx.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("vcpu{index}"))
-                    .spawn(move || run_vcpu(vcpu, index as u32, &shared, &ended));
-                match spawned {
-                    Ok(thread) => threads.push(thread),
-                    Err(e) => {
-                        spawn_error = Some(format!("cannot start vCPU thread {index}: {e}"));
-                        break;
-                    }
-                }
-            }
-        }
+        let (threads, spawn_error) = match &event_loop {
+            Ok(_) => spawn_vcpus(vcpus, &shared, &ended_tx),
+            Err(e) => (
+                Vec::new(),
+                Some(format!("cannot start the device thread: {e}")),
+            ),
+        };
         drop(ended_tx);
         let (ended_by_vcpu, end) = match spawn_error {
             Some(detail) => (None, End::Failed { detail }),
@@ -479,42 +370,7 @@ impl Machine {
         if let Ok(event_loop) = event_loop {
             event_loop.stop();
         }
-        let devices = shared
-            .mmio
-            .slots
-            .iter()
-            .map(|s| {
-                let t = lock(&s.transport);
-                (
-                    format!("{:#x}:{}", s.base, t.device().device_type()),
-                    t.device().counters(),
-                )
-            })
-            .collect();
-        let virtio_bad_accesses = shared
-            .mmio
-            .slots
-            .iter()
-            .map(|s| lock(&s.transport).bad_accesses)
-            .sum();
-        let pio = lock(&shared.pio);
-        let account = Account {
-            schema_version: account::SCHEMA_VERSION,
-            end,
-            ended_by_vcpu,
-            guest_said: pio.serial.last_word(),
-            entry: entry.to_string(),
-            first_run_ns: vcpus.first().and_then(|v| v.first_run_ns),
-            end_ns: now_ns(),
-            vcpus,
-            devices,
-            boot_markers: pio.marker.marks().to_vec(),
-            unclaimed_ports: pio.unclaimed.clone(),
-            unclaimed_mmio: shared.mmio.unclaimed(),
-            virtio_bad_accesses,
-            memory: memory_use(&mem),
-        };
-        drop(pio);
+        let account = account_of(&shared, &mem, entry, (ended_by_vcpu, end), vcpus);
         // The account is also returned; a VMM that cannot write it says so.
         if let Err(e) = account::write(&dir, &account) {
             eprintln!(
@@ -526,6 +382,188 @@ impl Machine {
         drop(vm);
         drop(mem);
         account
+    }
+}
+
+/// The limits a configuration must keep, checked before anything is opened.
+fn check(config: &MachineConfig) -> Result<(), Error> {
+    if config.vcpus == 0 || config.vcpus > u32::from(mptable::MAX_CPUS) {
+        return Err(Error::Vcpus(config.vcpus));
+    }
+    if config.mem_mib < 16 {
+        return Err(Error::TooLittleMemory(config.mem_mib));
+    }
+    if config.disks.len() > MAX_DISKS {
+        return Err(Error::TooManyDisks(config.disks.len()));
+    }
+    Ok(())
+}
+
+/// A KVM VM with `mem` as its memory, the in-kernel irqchip (local APICs,
+/// I/O APIC and PICs) and the in-kernel PIT.
+fn create_vm(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), Error> {
+    let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+    let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+    register_memory(&vm, mem)?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("create the in-kernel irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(kvm_err("create the in-kernel PIT"))?;
+    Ok((kvm, vm))
+}
+
+/// Puts the kernel, the initramfs and the command line (the user's, then
+/// `devices_cmdline`) in guest memory, and the boot tables that describe
+/// them; returns how the boot vCPU enters the kernel.
+fn load_guest(
+    config: &MachineConfig,
+    mem: &GuestMemoryMmap,
+    devices_cmdline: &str,
+) -> Result<cpu::Entry, Error> {
+    let mem_bytes = u64::from(config.mem_mib) << 20;
+    let kernel = loader::load_kernel(mem, &config.kernel)?;
+    let ram_top = mem_bytes.min(layout::MMIO_GAP_START);
+    let initramfs = match &config.initramfs {
+        Some(path) => Some(loader::load_initramfs(mem, path, kernel.end, ram_top)?),
+        None => None,
+    };
+    let cmdline = [config.cmdline.as_str(), devices_cmdline]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cmdline_len = loader::load_cmdline_str(mem, &cmdline)?;
+    let ram = layout::ram_ranges(mem_bytes);
+    let inputs = params::BootInputs {
+        cmdline_addr: layout::CMDLINE_ADDR,
+        cmdline_len,
+        initramfs,
+        setup_header: kernel.setup_header,
+    };
+    params::write(mem, &params::zero_page(&ram, &inputs)?)?;
+    pvh::write(mem, &pvh::build(&ram, layout::CMDLINE_ADDR, initramfs))?;
+    gdt::write(mem, layout::GDT_ADDR, layout::IDT_ADDR)?;
+    mptable::write(mem, config.vcpus)?;
+    let cr3 = paging::write(mem, layout::PML4_ADDR, layout::PDPT_ADDR, layout::PD_ADDR)?;
+    match (config.entry, kernel.pvh_entry) {
+        (EntryChoice::Auto | EntryChoice::Pvh, Some(rip)) => Ok(cpu::Entry::Pvh { rip }),
+        (EntryChoice::Pvh, None) => Err(Error::NoPvhEntry(config.kernel.clone())),
+        _ => Ok(cpu::Entry::Linux64 {
+            rip: kernel.entry,
+            cr3,
+        }),
+    }
+}
+
+/// `count` vCPUs, each with its own CPUID and wired local APIC: the first
+/// at the kernel's `entry`, the others waiting for it to start them.
+fn create_vcpus(kvm: &Kvm, vm: &VmFd, count: u32, entry: cpu::Entry) -> Result<Vec<VcpuFd>, Error> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("read KVM's supported CPUID"))?;
+    let mut vcpus = Vec::new();
+    for index in 0..count {
+        let vcpu = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("create a vCPU"))?;
+        let mut cpuid = supported.clone();
+        cpu::cpuid_for(cpuid.as_mut_slice(), index, count);
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(kvm_err("set a vCPU's CPUID"))?;
+        cpu::wire_lapic(&vcpu, u64::from(index))?;
+        if index == 0 {
+            cpu::enter(&vcpu, 0, entry)?;
+        } else {
+            cpu::setup_ap(&vcpu, u64::from(index))?;
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+/// The port-I/O devices: the serial port writing `<dir>/serial.log` and
+/// interrupting through an irqfd, and the boot marker, forwarding to a
+/// collector when one listens at `<dir>/marker.sock`.
+fn legacy_devices(vm: &VmFd, dir: &Path) -> Result<PioBus, Error> {
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Kvm {
+        what: "create an eventfd",
+        source: e.into(),
+    })?;
+    vm.register_irqfd(&serial_irq, SERIAL_GSI)
+        .map_err(kvm_err("connect the serial interrupt"))?;
+    let log_path = dir.join(vm_dir::SERIAL_LOG);
+    let log = File::create(&log_path).map_err(|source| Error::File {
+        path: log_path,
+        source,
+    })?;
+    let serial = SerialPort::new(serial_irq, Box::new(log));
+    // The collector listens here when `vmbench boot` runs this VMM.
+    let marker = match UnixStream::connect(dir.join(vm_dir::MARKER_SOCKET)) {
+        Ok(stream) => BootMarker::with_sink(Box::new(stream)),
+        Err(_) => BootMarker::default(),
+    };
+    Ok(PioBus::new(serial, marker))
+}
+
+/// One thread per vCPU, each running [`run_vcpu`]; stops at the first
+/// thread that cannot start, and says why.
+fn spawn_vcpus(
+    vcpus: Vec<VcpuFd>,
+    shared: &Arc<Shared>,
+    ended: &mpsc::Sender<(u32, End)>,
+) -> (Vec<JoinHandle<VcpuAccount>>, Option<String>) {
+    let mut threads = Vec::new();
+    for (index, vcpu) in vcpus.into_iter().enumerate() {
+        let shared = shared.clone();
+        let ended = ended.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || run_vcpu(vcpu, index as u32, &shared, &ended));
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                return (
+                    threads,
+                    Some(format!("cannot start vCPU thread {index}: {e}")),
+                )
+            }
+        }
+    }
+    (threads, None)
+}
+
+/// The account of a VM that has ended (`ended`: by which vCPU, and how),
+/// from what its devices and vCPUs kept.
+fn account_of(
+    shared: &Shared,
+    mem: &GuestMemoryMmap,
+    entry: &str,
+    ended: (Option<u32>, End),
+    vcpus: Vec<VcpuAccount>,
+) -> Account {
+    let (ended_by_vcpu, end) = ended;
+    let devices = shared.mmio.device_counters();
+    let virtio_bad_accesses = shared.mmio.bad_accesses();
+    let pio = lock(&shared.pio);
+    Account {
+        schema_version: account::SCHEMA_VERSION,
+        end,
+        ended_by_vcpu,
+        guest_said: pio.serial.last_word(),
+        entry: entry.to_string(),
+        first_run_ns: vcpus.first().and_then(|v| v.first_run_ns),
+        end_ns: now_ns(),
+        vcpus,
+        devices,
+        boot_markers: pio.marker.marks().to_vec(),
+        unclaimed_ports: pio.unclaimed.clone(),
+        unclaimed_mmio: shared.mmio.unclaimed(),
+        virtio_bad_accesses,
+        memory: memory_use(mem),
     }
 }
 
@@ -646,63 +684,23 @@ fn run_vcpu(
         first_run_ns.get_or_insert(now);
         let exit = vcpu.run();
         let at = now_ns();
-        // (kind, target) of an exit handled here; its latency is taken
-        // once it is handled, just before the next KVM_RUN.
-        let handled = match exit {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                if lock(&shared.pio).write(port, data, at) == Request::Reset {
-                    break Some(End::Reset);
-                }
-                (Kind::IoOut, Target::Port(port))
+        // A handled exit's latency is taken just before the next KVM_RUN.
+        match handle_exit(exit, shared, at, &mut other_exits) {
+            Outcome::Handled(kind, target) => exits.record(kind, target, now_ns() - at),
+            Outcome::Retry => {}
+            Outcome::Ends(end) => break Some(end),
+            Outcome::Fails(what) => {
+                break Some(End::Failed {
+                    detail: failure(&vcpu, index, &what),
+                })
             }
-            Ok(VcpuExit::IoIn(port, data)) => {
-                lock(&shared.pio).read(port, data);
-                (Kind::IoIn, Target::Port(port))
-            }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                shared.mmio.read(addr, data);
-                (Kind::MmioRead, Target::Mmio(addr))
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                shared.mmio.write(addr, data);
-                (Kind::MmioWrite, Target::Mmio(addr))
-            }
-            Ok(VcpuExit::Shutdown) => break Some(End::TripleFault),
-            Ok(VcpuExit::InternalError) => {
+            Outcome::InternalError => {
                 let what = internal_error(&mut vcpu);
                 break Some(End::Failed {
                     detail: failure(&vcpu, index, &what),
                 });
             }
-            Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                break Some(End::Failed {
-                    detail: failure(
-                        &vcpu,
-                        index,
-                        &format!(
-                        "KVM could not enter the guest (hardware reason {reason:#x}, CPU {cpu})"
-                    ),
-                    ),
-                })
-            }
-            Ok(other) => {
-                other_exits += 1;
-                if other_exits > 1_000_000 {
-                    let last = format!("{other:?}");
-                    break Some(End::Failed {
-                        detail: failure(&vcpu, index, &format!("unhandled exits, last {last}")),
-                    });
-                }
-                (Kind::Other, Target::None)
-            }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-            Err(e) => {
-                break Some(End::Failed {
-                    detail: failure(&vcpu, index, &format!("KVM_RUN failed: {e}")),
-                })
-            }
-        };
-        exits.record(handled.0, handled.1, now_ns() - at);
+        }
     };
     if let Some(end) = end {
         let _ = ended.send((index, end));
@@ -714,6 +712,69 @@ fn run_vcpu(
         kvm_stats: crate::kvm_stats::read_vcpu(&vcpu).map_err(|e| e.to_string()),
     }
 }
+
+/// What one `KVM_RUN` asks of the vCPU's run loop.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// A device handled the exit: account for it as this kind, at this target.
+    Handled(Kind, Target),
+    /// `KVM_RUN` returned without an exit (a kick's EINTR, or EAGAIN).
+    Retry,
+    /// The guest ended the VM.
+    Ends(End),
+    /// The VM cannot go on, for this reason (the caller adds the registers).
+    Fails(String),
+    /// KVM's internal error: its kvm_run area says what happened.
+    InternalError,
+}
+
+/// Hands one `KVM_RUN` result to the devices. `at`: the host time of the
+/// exit, for the boot marker; `other_exits`: exits no device handles, so
+/// far (a guest that makes nothing but those fails after a million).
+fn handle_exit(
+    exit: Result<VcpuExit<'_>, kvm_ioctls::Error>,
+    shared: &Shared,
+    at: u64,
+    other_exits: &mut u64,
+) -> Outcome {
+    match exit {
+        Ok(VcpuExit::IoOut(port, data)) => {
+            if lock(&shared.pio).write(port, data, at) == Request::Reset {
+                return Outcome::Ends(End::Reset);
+            }
+            Outcome::Handled(Kind::IoOut, Target::Port(port))
+        }
+        Ok(VcpuExit::IoIn(port, data)) => {
+            lock(&shared.pio).read(port, data);
+            Outcome::Handled(Kind::IoIn, Target::Port(port))
+        }
+        Ok(VcpuExit::MmioRead(addr, data)) => {
+            shared.mmio.read(addr, data);
+            Outcome::Handled(Kind::MmioRead, Target::Mmio(addr))
+        }
+        Ok(VcpuExit::MmioWrite(addr, data)) => {
+            shared.mmio.write(addr, data);
+            Outcome::Handled(Kind::MmioWrite, Target::Mmio(addr))
+        }
+        Ok(VcpuExit::Shutdown) => Outcome::Ends(End::TripleFault),
+        Ok(VcpuExit::InternalError) => Outcome::InternalError,
+        Ok(VcpuExit::FailEntry(reason, cpu)) => Outcome::Fails(format!(
+            "KVM could not enter the guest (hardware reason {reason:#x}, CPU {cpu})"
+        )),
+        Ok(other) => {
+            *other_exits += 1;
+            if *other_exits > MAX_OTHER_EXITS {
+                return Outcome::Fails(format!("unhandled exits, last {other:?}"));
+            }
+            Outcome::Handled(Kind::Other, Target::None)
+        }
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Retry,
+        Err(e) => Outcome::Fails(format!("KVM_RUN failed: {e}")),
+    }
+}
+
+/// Exits no device handles that a vCPU may make before its VM fails.
+const MAX_OTHER_EXITS: u64 = 1_000_000;
 
 /// KVM's account of an internal error, from the vCPU's kvm_run area.
 fn internal_error(vcpu: &mut VcpuFd) -> String {
@@ -791,6 +852,72 @@ mod tests {
         ] {
             assert_eq!(parse(&d.arg()), Ok(d.clone()), "{}", d.arg());
         }
+    }
+
+    /// The devices a vCPU thread reaches, with the serial output kept.
+    fn shared() -> (Shared, Arc<Mutex<Vec<u8>>>) {
+        let (serial, out) = SerialPort::in_memory();
+        let shared = Shared {
+            pio: Mutex::new(PioBus::new(serial, BootMarker::default())),
+            mmio: MmioBus::default(),
+            stopping: AtomicBool::new(false),
+        };
+        (shared, out)
+    }
+
+    #[test]
+    fn exits_reach_the_devices_and_say_what_the_loop_does() {
+        let (shared, out) = shared();
+        let handle = |exit: Result<VcpuExit<'_>, _>| handle_exit(exit, &shared, 42, &mut 0);
+        assert_eq!(
+            handle(Ok(VcpuExit::IoOut(0x3f8, b"K"))),
+            Outcome::Handled(Kind::IoOut, Target::Port(0x3f8))
+        );
+        assert_eq!(out.lock().unwrap().as_slice(), b"K");
+        assert_eq!(
+            handle(Ok(VcpuExit::IoOut(0x80, &[0x41]))),
+            Outcome::Handled(Kind::IoOut, Target::Port(0x80))
+        );
+        let mut data = [0u8; 4];
+        assert_eq!(
+            handle(Ok(VcpuExit::MmioRead(0xd000_0000, &mut data))),
+            Outcome::Handled(Kind::MmioRead, Target::Mmio(0xd000_0000))
+        );
+        assert_eq!(data, [0xff; 4], "no device there");
+        assert_eq!(
+            handle(Ok(VcpuExit::IoOut(0x64, &[0xfe]))),
+            Outcome::Ends(End::Reset)
+        );
+        assert_eq!(
+            handle(Ok(VcpuExit::Shutdown)),
+            Outcome::Ends(End::TripleFault)
+        );
+        assert_eq!(handle(Ok(VcpuExit::InternalError)), Outcome::InternalError);
+        assert_eq!(
+            handle(Err(kvm_ioctls::Error::new(libc::EINTR))),
+            Outcome::Retry
+        );
+        assert!(matches!(
+            handle(Err(kvm_ioctls::Error::new(libc::EFAULT))),
+            Outcome::Fails(what) if what.starts_with("KVM_RUN failed")
+        ));
+        let pio = lock(&shared.pio);
+        assert_eq!(pio.marker.marks(), &[(0x41, 42)], "at the exit's time");
+        assert_eq!(shared.mmio.unclaimed().get(&0xd000_0000), Some(&1));
+    }
+
+    #[test]
+    fn a_guest_of_nothing_but_unhandled_exits_fails() {
+        let (shared, _) = shared();
+        let mut other = MAX_OTHER_EXITS - 1;
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::Hlt), &shared, 0, &mut other),
+            Outcome::Handled(Kind::Other, Target::None)
+        );
+        assert_eq!(
+            handle_exit(Ok(VcpuExit::Hlt), &shared, 0, &mut other),
+            Outcome::Fails("unhandled exits, last Hlt".into())
+        );
     }
 
     #[test]

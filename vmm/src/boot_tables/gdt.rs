@@ -1,4 +1,4 @@
-//! The global descriptor table for the 64-bit entry, and the KVM segment
+//! The global descriptor table for both entries, and the KVM segment
 //! registers that describe the same descriptors (the CPU does not reload
 //! them from memory until the guest loads a selector).
 

@@ -140,6 +140,33 @@ impl MmioBus {
     pub fn unclaimed(&self) -> BTreeMap<u64, u64> {
         lock(&self.unclaimed).clone()
     }
+
+    /// Every slot's transport, for the device thread.
+    pub fn transports(&self) -> Vec<Arc<Mutex<MmioTransport>>> {
+        self.slots.iter().map(|s| s.transport.clone()).collect()
+    }
+
+    /// Each device's counters, by `<slot base>:<device type>` (vmm.json's `devices`).
+    pub fn device_counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let t = lock(&s.transport);
+                (
+                    format!("{:#x}:{}", s.base, t.device().device_type()),
+                    t.device().counters(),
+                )
+            })
+            .collect()
+    }
+
+    /// Driver accesses the transports ignored, all slots together.
+    pub fn bad_accesses(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| lock(&s.transport).bad_accesses)
+            .sum()
+    }
 }
 
 /// A poisoned lock means a thread panicked while holding it; the device state
@@ -172,29 +199,11 @@ mod tests {
 
     #[test]
     fn mmio_addresses_reach_their_slot_and_the_rest_is_counted() {
-        use super::super::virtio::mmio::{MmioTransport, VirtioDevice, MAGIC_VALUE};
-        struct Nothing;
-        impl VirtioDevice for Nothing {
-            fn device_type(&self) -> u32 {
-                19
-            }
-            fn queue_max_sizes(&self) -> &[u16] {
-                &[16]
-            }
-            fn features(&self) -> u64 {
-                0
-            }
-            fn read_config(&self, _: u64, data: &mut [u8]) {
-                data.fill(0)
-            }
-            fn write_config(&mut self, _: u64, _: &[u8]) {}
-            fn activate(&mut self, _: Vec<virtio_queue::Queue>, _: u64) {}
-            fn queue_notify(&mut self, _: u16) {}
-            fn reset(&mut self) {}
-        }
+        use super::super::virtio::mmio::MAGIC_VALUE;
+        use super::super::virtio::test_device::TestDevice;
         let transport = |_| {
             Arc::new(Mutex::new(MmioTransport::new(
-                Box::new(Nothing),
+                Box::new(TestDevice::idle()),
                 Arc::default(),
             )))
         };

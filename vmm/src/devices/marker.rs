@@ -1,9 +1,17 @@
 //! The boot-marker port (0x80, Cloud Hypervisor's debug port): each byte the
-//! guest writes is a code, timestamped on the host clock at the VM exit.
-//! Codes 0x40–0x5f are the kernel's, 0x60–0x7f userspace's; anything else
-//! (a kernel's io_delay) is counted, not kept.
+//! guest writes is a code, timestamped at the VM exit on the VMM's clock
+//! ([`crate::clock`]). Codes 0x40–0x5f are the kernel's, 0x60–0x7f
+//! userspace's (Cloud Hypervisor's ranges, [`is_mark`]); anything else (a
+//! kernel's io_delay) is counted, not kept.
 
 use std::io::Write;
+
+/// Whether a byte written to the port is a boot mark (0x40–0x7f) rather
+/// than noise such as a kernel's io_delay. Whoever reads the marks from the
+/// port's stream (the orchestrator's collector) filters with this too.
+pub fn is_mark(code: u8) -> bool {
+    (0x40..=0x7f).contains(&code)
+}
 
 /// The marks of one VM, and where they are forwarded as they happen.
 #[derive(Default)]
@@ -24,7 +32,7 @@ impl BootMarker {
     }
 
     pub fn write(&mut self, code: u8, now_ns: u64) {
-        if !(0x40..=0x7f).contains(&code) {
+        if !is_mark(code) {
             self.other_writes += 1;
             return;
         }
@@ -62,6 +70,12 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn marks_are_cloud_hypervisors_kernel_and_userspace_ranges() {
+        let marks: Vec<u8> = (0..=u8::MAX).filter(|&c| is_mark(c)).collect();
+        assert_eq!(marks, (0x40..=0x7f).collect::<Vec<u8>>());
     }
 
     #[test]

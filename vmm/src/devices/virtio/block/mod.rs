@@ -55,12 +55,12 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::VirtioDevice;
-use super::Interrupt;
+use super::{next_chain, read_config, Counters, Interrupt};
 use disk::{Disk, ID_BYTES, SECTOR_BYTES};
 use request::{Fault, Kind, Refusal, Request};
 
@@ -88,45 +88,33 @@ pub const S_UNSUPP: u8 = 2;
 /// Up to and including `blk_size`.
 const CONFIG_BYTES: usize = 24;
 
-/// Counters for `vmm.json`, every one present from the start.
-#[derive(Debug, Clone)]
-pub struct Counters(BTreeMap<&'static str, u64>);
+/// The counters for `vmm.json` beside one per [`Fault`], every one present
+/// from the start.
+const COUNTER_NAMES: [&str; 16] = [
+    "requests",
+    "reads",
+    "writes",
+    "flushes",
+    "write_through_flushes",
+    "get_ids",
+    "bytes_read",
+    "bytes_written",
+    "unsupported_requests",
+    "out_of_range",
+    "writes_to_read_only",
+    "io_errors",
+    "queue_errors",
+    "invalid_queues",
+    "config_writes_ignored",
+    "interrupt_errors",
+];
 
-impl Counters {
-    const NAMES: [&'static str; 15] = [
-        "requests",
-        "reads",
-        "writes",
-        "flushes",
-        "write_through_flushes",
-        "get_ids",
-        "bytes_read",
-        "bytes_written",
-        "unsupported_requests",
-        "out_of_range",
-        "writes_to_read_only",
-        "io_errors",
-        "queue_errors",
-        "invalid_queues",
-        "config_writes_ignored",
-    ];
-
-    fn new() -> Self {
-        let names = Self::NAMES
-            .iter()
-            .copied()
-            .chain(Fault::ALL.iter().map(|f| f.counter()))
-            .chain(["interrupt_errors"]);
-        Counters(names.map(|n| (n, 0)).collect())
-    }
-
-    fn add(&mut self, name: &'static str, n: u64) {
-        *self.0.entry(name).or_default() += n;
-    }
-
-    fn bump(&mut self, name: &'static str) {
-        self.add(name, 1);
-    }
+fn new_counters() -> Counters {
+    Counters::with_names(
+        COUNTER_NAMES
+            .into_iter()
+            .chain(Fault::ALL.iter().map(|f| f.counter())),
+    )
 }
 
 pub struct BlockDevice {
@@ -160,7 +148,7 @@ impl BlockDevice {
             broken: false,
             write_through: false,
             config,
-            counters: Counters::new(),
+            counters: new_counters(),
         })
     }
 
@@ -174,6 +162,12 @@ impl BlockDevice {
             return;
         };
         let mem = &self.mem;
+        let mut io = Io {
+            mem,
+            disk: &mut self.disk,
+            counters: &mut self.counters,
+            write_through: self.write_through,
+        };
         let mut used_any = false;
         // A driver that keeps the ring full must not keep the device thread
         // from the other devices: after a ring's worth, come back later.
@@ -183,26 +177,20 @@ impl BlockDevice {
                     .avail_idx(mem, Ordering::Acquire)
                     .map_or(true, |idx| idx.0 != queue.next_avail());
                 if more && self.queue_events[0].write(1).is_err() {
-                    self.counters.bump("interrupt_errors");
+                    io.counters.bump("interrupt_errors");
                 }
                 break;
             }
             let chain = match next_chain(queue, mem) {
                 Ok(Some(chain)) => chain,
                 Ok(None) => break,
-                Err(()) => {
+                Err(_) => {
                     self.broken = true;
                     break;
                 }
             };
             let head = chain.head_index();
-            let used_len = serve(
-                chain,
-                mem,
-                &mut self.disk,
-                &mut self.counters,
-                self.write_through,
-            );
+            let used_len = serve(chain, &mut io);
             if queue.add_used(mem, head, used_len).is_err() {
                 self.broken = true;
                 break;
@@ -221,41 +209,35 @@ impl BlockDevice {
     }
 }
 
-/// The next chain the driver made available, or `Err` if the queue is corrupt.
-fn next_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, ()> {
-    match queue.iter(mem) {
-        Ok(mut available) => Ok(available.next()),
-        Err(_) => Err(()),
-    }
+/// What serving a request reaches: the guest's memory, the disk, the
+/// device's counters, and whether every write is flushed at once (the
+/// driver did not accept FLUSH).
+struct Io<'a> {
+    mem: &'a GuestMemoryMmap,
+    disk: &'a mut Disk,
+    counters: &'a mut Counters,
+    write_through: bool,
 }
 
 /// Parses and serves one chain; returns its used length.
-fn serve(
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
-    disk: &mut Disk,
-    counters: &mut Counters,
-    write_through: bool,
-) -> u32 {
-    counters.bump("requests");
-    let (status_addr, status, written) = match request::parse(chain, mem, usize::from(QUEUE_SIZE)) {
+fn serve(chain: DescriptorChain<&GuestMemoryMmap>, io: &mut Io) -> u32 {
+    io.counters.bump("requests");
+    let parsed = request::parse(chain, io.mem, usize::from(QUEUE_SIZE));
+    let (status_addr, status, written) = match parsed {
         Ok(req) => {
-            let (status, written) = execute(&req, mem, disk, counters, write_through);
+            let (status, written) = execute(&req, io);
             (req.status, status, written)
         }
         Err(Refusal::Invalid { status, fault }) => {
-            counters.bump(fault.counter());
+            io.counters.bump(fault.counter());
             (status, S_IOERR, 0)
         }
         Err(Refusal::Unanswerable(fault)) => {
-            counters.bump(fault.counter());
+            io.counters.bump(fault.counter());
             return 0;
         }
     };
-    match mem.write_obj(status, status_addr) {
+    match io.mem.write_obj(status, status_addr) {
         Ok(()) => written + 1,
         // Checked by the parser; a used length of 0 says nothing was written.
         Err(_) => 0,
@@ -264,89 +246,89 @@ fn serve(
 
 /// Does what a valid request asks; returns its status and the data bytes
 /// written into the guest's buffers.
-fn execute(
-    req: &Request,
-    mem: &GuestMemoryMmap,
-    disk: &mut Disk,
-    counters: &mut Counters,
-    write_through: bool,
-) -> (u8, u32) {
-    let io_error = |counters: &mut Counters| {
-        counters.bump("io_errors");
-        (S_IOERR, 0)
-    };
+fn execute(req: &Request, io: &mut Io) -> (u8, u32) {
     match req.kind {
-        Kind::In | Kind::Out => {
-            let is_read = req.kind == Kind::In;
-            counters.bump(if is_read { "reads" } else { "writes" });
-            if !is_read && disk.read_only() {
-                counters.bump("writes_to_read_only");
-                return (S_IOERR, 0);
-            }
-            let in_range = req
-                .sector
-                .checked_mul(SECTOR_BYTES)
-                .and_then(|offset| Some((offset, offset.checked_add(req.data_bytes)?)))
-                .filter(|&(_, end)| end <= disk.capacity_sectors() * SECTOR_BYTES);
-            let Some((offset, _)) = in_range else {
-                counters.bump("out_of_range");
-                return (S_IOERR, 0);
-            };
-            let Some(buffers) = slices(mem, &req.data) else {
-                counters.bump(Fault::DataOutsideMemory.counter());
-                return (S_IOERR, 0);
-            };
-            let done = if is_read {
-                disk.read(offset, &buffers)
-            } else {
-                disk.write(offset, &buffers).and_then(|()| {
-                    if write_through {
-                        counters.bump("write_through_flushes");
-                        disk.flush()
-                    } else {
-                        Ok(())
-                    }
-                })
-            };
-            match done {
-                Err(_) => io_error(counters),
-                Ok(()) if is_read => {
-                    counters.add("bytes_read", req.data_bytes);
-                    // At most MAX_DATA_BYTES, well within a u32.
-                    (S_OK, req.data_bytes as u32)
-                }
-                Ok(()) => {
-                    counters.add("bytes_written", req.data_bytes);
-                    (S_OK, 0)
-                }
-            }
-        }
+        Kind::In | Kind::Out => read_or_write(req, io),
         Kind::Flush => {
-            counters.bump("flushes");
-            match disk.flush() {
+            io.counters.bump("flushes");
+            match io.disk.flush() {
                 Ok(()) => (S_OK, 0),
-                Err(_) => io_error(counters),
+                Err(_) => io_error(io.counters),
             }
         }
         Kind::GetId => {
-            counters.bump("get_ids");
-            let id = disk.id();
+            io.counters.bump("get_ids");
+            let id = io.disk.id();
             let mut done = 0usize;
             for &(addr, len) in &req.data {
                 let n = (len as usize).min(ID_BYTES - done);
                 if n == 0 {
                     break;
                 }
-                if mem.write_slice(&id[done..done + n], addr).is_err() {
-                    return io_error(counters);
+                if io.mem.write_slice(&id[done..done + n], addr).is_err() {
+                    return io_error(io.counters);
                 }
                 done += n;
             }
             (S_OK, done as u32)
         }
         Kind::Unsupported(_) => {
-            counters.bump("unsupported_requests");
+            io.counters.bump("unsupported_requests");
             (S_UNSUPP, 0)
+        }
+    }
+}
+
+/// The disk failed the request: counted, and answered with IOERR.
+fn io_error(counters: &mut Counters) -> (u8, u32) {
+    counters.bump("io_errors");
+    (S_IOERR, 0)
+}
+
+/// An IN or OUT request: its sector range checked against the disk, then
+/// the data moved between the disk and the guest's buffers.
+fn read_or_write(req: &Request, io: &mut Io) -> (u8, u32) {
+    let is_read = req.kind == Kind::In;
+    io.counters.bump(if is_read { "reads" } else { "writes" });
+    if !is_read && io.disk.read_only() {
+        io.counters.bump("writes_to_read_only");
+        return (S_IOERR, 0);
+    }
+    let in_range = req
+        .sector
+        .checked_mul(SECTOR_BYTES)
+        .and_then(|offset| Some((offset, offset.checked_add(req.data_bytes)?)))
+        .filter(|&(_, end)| end <= io.disk.capacity_sectors() * SECTOR_BYTES);
+    let Some((offset, _)) = in_range else {
+        io.counters.bump("out_of_range");
+        return (S_IOERR, 0);
+    };
+    let Some(buffers) = slices(io.mem, &req.data) else {
+        io.counters.bump(Fault::DataOutsideMemory.counter());
+        return (S_IOERR, 0);
+    };
+    let done = if is_read {
+        io.disk.read(offset, &buffers)
+    } else {
+        io.disk.write(offset, &buffers).and_then(|()| {
+            if io.write_through {
+                io.counters.bump("write_through_flushes");
+                io.disk.flush()
+            } else {
+                Ok(())
+            }
+        })
+    };
+    match done {
+        Err(_) => io_error(io.counters),
+        Ok(()) if is_read => {
+            io.counters.add("bytes_read", req.data_bytes);
+            // At most MAX_DATA_BYTES, well within a u32.
+            (S_OK, req.data_bytes as u32)
+        }
+        Ok(()) => {
+            io.counters.add("bytes_written", req.data_bytes);
+            (S_OK, 0)
         }
     }
 }
@@ -380,14 +362,7 @@ impl VirtioDevice for BlockDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        if let Some(src) = usize::try_from(offset)
-            .ok()
-            .and_then(|o| self.config.get(o..))
-        {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config(&self.config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -436,12 +411,7 @@ impl VirtioDevice for BlockDevice {
     }
 
     fn counters(&self) -> BTreeMap<String, u64> {
-        let mut counters: BTreeMap<String, u64> = self
-            .counters
-            .0
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
+        let mut counters = self.counters.to_map();
         counters.insert("capacity_sectors".into(), self.disk.capacity_sectors());
         counters.insert("read_only".into(), u64::from(self.disk.read_only()));
         counters.insert("chain_images".into(), self.disk.chain().len() as u64);
@@ -810,6 +780,10 @@ mod tests {
         let data = rig.ring.buffer(4096);
         // (descriptors, fault, answered with IOERR?)
         let h = |rig: &mut Rig, t| rig.ring.header(t, 0);
+        // A header of type `t`, one data descriptor, a status.
+        let with_data = |rig: &mut Rig, t, data: (u64, u32, u16)| {
+            vec![rig.ring.header(t, 0), data, rig.ring.status()]
+        };
         let cases: Vec<(Chain, Fault, bool)> = vec![
             {
                 let (a, _, _) = h(&mut rig, T_IN);
@@ -833,45 +807,37 @@ mod tests {
                 true,
             ),
             (
-                vec![h(&mut rig, T_IN), (data, 512, 0), rig.ring.status()],
+                with_data(&mut rig, T_IN, (data, 512, 0)),
                 Fault::WrongDirection,
                 true,
             ),
             (
-                vec![h(&mut rig, T_OUT), (data, 512, F_WRITE), rig.ring.status()],
+                with_data(&mut rig, T_OUT, (data, 512, F_WRITE)),
                 Fault::WrongDirection,
                 true,
             ),
             (
-                vec![h(&mut rig, T_GET_ID), (data, 20, 0), rig.ring.status()],
+                with_data(&mut rig, T_GET_ID, (data, 20, 0)),
                 Fault::WrongDirection,
                 true,
             ),
             (
-                vec![h(&mut rig, T_IN), (end, 512, F_WRITE), rig.ring.status()],
+                with_data(&mut rig, T_IN, (end, 512, F_WRITE)),
                 Fault::DataOutsideMemory,
                 true,
             ),
             (
-                vec![
-                    h(&mut rig, T_IN),
-                    (end - 256, 512, F_WRITE),
-                    rig.ring.status(),
-                ],
+                with_data(&mut rig, T_IN, (end - 256, 512, F_WRITE)),
                 Fault::DataOutsideMemory,
                 true,
             ),
             (
-                vec![
-                    h(&mut rig, T_OUT),
-                    (u64::MAX - 100, 512, 0),
-                    rig.ring.status(),
-                ],
+                with_data(&mut rig, T_OUT, (u64::MAX - 100, 512, 0)),
                 Fault::DataOutsideMemory,
                 true,
             ),
             (
-                vec![h(&mut rig, T_IN), (data, 100, F_WRITE), rig.ring.status()],
+                with_data(&mut rig, T_IN, (data, 100, F_WRITE)),
                 Fault::PartialSector,
                 true,
             ),

@@ -39,13 +39,13 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::VirtioDevice;
-use super::Interrupt;
+use super::{next_chain, read_config, BrokenQueue, Interrupt};
 use muxer::Muxer;
 
 pub const DEVICE_ID: u32 = 19;
@@ -73,25 +73,6 @@ const QUEUE_SIZE: u16 = 256;
 /// The largest payload of one packet, as Linux's driver uses.
 pub const MAX_PKT_DATA: u32 = 64 * 1024;
 
-/// Named event counts for `vmm.json`: packets, bytes, connections and
-/// every kind of malformed input.
-#[derive(Debug, Default, Clone)]
-pub struct Counters(BTreeMap<&'static str, u64>);
-
-impl Counters {
-    pub fn bump(&mut self, name: &'static str) {
-        self.add(name, 1);
-    }
-
-    pub fn add(&mut self, name: &'static str, n: u64) {
-        *self.0.entry(name).or_default() += n;
-    }
-
-    pub fn get(&self, name: &str) -> u64 {
-        self.0.get(name).copied().unwrap_or(0)
-    }
-}
-
 pub struct VsockDevice {
     guest_cid: u64,
     mem: GuestMemoryMmap,
@@ -104,9 +85,8 @@ pub struct VsockDevice {
     muxer: Muxer,
 }
 
-/// What a pass over a queue did: whether it used any buffer, or found the
-/// queue corrupt.
-type Pass = Result<bool, ()>;
+/// What a pass over a queue did: whether it used any buffer.
+type Pass = Result<bool, BrokenQueue>;
 
 impl VsockDevice {
     /// A device for the guest with `guest_cid`, listening for host programs on `uds_base`.
@@ -155,11 +135,11 @@ impl VsockDevice {
         let result = loop {
             let tx = match process_tx(&mut queues[TXQ], &self.mem, &mut self.muxer) {
                 Ok(tx) => tx,
-                Err(()) => break Err(()),
+                Err(broken) => break Err(broken),
             };
             let rx = match process_rx(&mut queues[RXQ], &self.mem, &mut self.muxer) {
                 Ok(rx) => rx,
-                Err(()) => break Err(()),
+                Err(broken) => break Err(broken),
             };
             tx_used |= tx;
             rx_used |= rx;
@@ -181,22 +161,11 @@ impl VsockDevice {
     }
 }
 
-/// The next chain the guest made available, or `Err` if the queue is corrupt.
-fn pop<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, ()> {
-    match queue.iter(mem) {
-        Ok(mut available) => Ok(available.next()),
-        Err(_) => Err(()),
-    }
-}
-
 /// Takes the guest's packets (its TX queue) while the muxer can answer them.
 fn process_tx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> Pass {
     let mut used = false;
     while !muxer.rx_backlog_full() {
-        let Some(mut chain) = pop(queue, mem)? else {
+        let Some(mut chain) = next_chain(queue, mem)? else {
             break;
         };
         let head = chain.head_index();
@@ -210,7 +179,7 @@ fn process_tx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> Pa
             }
             Err(_) => muxer.counters.bump("bad_tx_chains"),
         }
-        queue.add_used(mem, head, 0).map_err(|_| ())?;
+        queue.add_used(mem, head, 0).map_err(|_| BrokenQueue)?;
         used = true;
     }
     Ok(used)
@@ -220,7 +189,7 @@ fn process_tx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> Pa
 fn process_rx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> Pass {
     let mut used = false;
     while muxer.has_pending_rx() {
-        let Some(mut chain) = pop(queue, mem)? else {
+        let Some(mut chain) = next_chain(queue, mem)? else {
             break;
         };
         let head = chain.head_index();
@@ -243,7 +212,7 @@ fn process_rx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> Pa
                 0
             }
         };
-        queue.add_used(mem, head, len).map_err(|_| ())?;
+        queue.add_used(mem, head, len).map_err(|_| BrokenQueue)?;
         used = true;
     }
     Ok(used)
@@ -265,12 +234,7 @@ impl VirtioDevice for VsockDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        data.fill(0);
-        if let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -323,13 +287,7 @@ impl VirtioDevice for VsockDevice {
     }
 
     fn counters(&self) -> BTreeMap<String, u64> {
-        let mut counters: BTreeMap<String, u64> = self
-            .muxer
-            .counters
-            .0
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
+        let mut counters = self.muxer.counters.to_map();
         counters.insert(
             "open_connections".into(),
             self.muxer.open_connections() as u64,
@@ -388,11 +346,16 @@ mod tests {
     impl Hdr {
         /// From the guest's port 1000 to host port `port`.
         fn to_host(port: u32, op: u16) -> Self {
+            Hdr::between(1000, port, op)
+        }
+
+        /// From guest port `guest_port` to host port `host_port`.
+        fn between(guest_port: u32, host_port: u32, op: u16) -> Self {
             Hdr {
                 src_cid: GUEST_CID,
                 dst_cid: HOST_CID,
-                src_port: 1000,
-                dst_port: port,
+                src_port: guest_port,
+                dst_port: host_port,
                 len: 0,
                 type_: TYPE_STREAM,
                 op,
@@ -556,14 +519,34 @@ mod tests {
             }
         }
 
+        /// The packets the device gives the guest next, once it has any.
+        fn next_received(&mut self, driver: &mut Driver<'_>) -> Vec<(Hdr, Vec<u8>)> {
+            self.until(driver, |rig, driver| {
+                let got = rig.received(driver);
+                (!got.is_empty()).then_some(got)
+            })
+        }
+
+        /// A device the driver has brought up, without RX buffers.
+        fn live() -> (Rig, Driver<'static>) {
+            let mut rig = rig();
+            let driver = rig.driver();
+            rig.activate(&driver);
+            (rig, driver)
+        }
+
+        /// A live device with eight 4 KiB RX buffers.
+        fn live_with_rx() -> (Rig, Driver<'static>) {
+            let (mut rig, mut driver) = Rig::live();
+            rig.give_rx(&mut driver, 8, 4096);
+            (rig, driver)
+        }
+
         /// A live device with RX buffers and one guest connection (guest
         /// port 1000 to host port 1234), accepted by a host listener.
         fn connected() -> (Rig, Driver<'static>, UnixStream) {
-            let mut rig = rig();
+            let (mut rig, mut driver) = Rig::live_with_rx();
             let listener = UnixListener::bind(rig.dir.path().join("vsock.sock_1234")).unwrap();
-            let mut driver = rig.driver();
-            rig.activate(&driver);
-            rig.give_rx(&mut driver, 8, 4096);
             rig.send(&mut driver, Hdr::to_host(1234, op::REQUEST), b"");
             let (host, _) = listener.accept().unwrap();
             (rig, driver, host)
@@ -631,20 +614,14 @@ mod tests {
         assert_eq!(&buf, b"hello host");
 
         host.write_all(b"hello guest").unwrap();
-        let got = rig.until(&mut driver, |rig, driver| {
-            let got = rig.received(driver);
-            (!got.is_empty()).then_some(got)
-        });
+        let got = rig.next_received(&mut driver);
         assert_eq!(ops(&got), vec![op::RW]);
         assert_eq!(got[0].1, b"hello guest");
         assert_eq!((rig.count("tx_bytes"), rig.count("rx_bytes")), (10, 11));
 
         // The host closes: the guest is told it will get no more.
         drop(host);
-        let got = rig.until(&mut driver, |rig, driver| {
-            let got = rig.received(driver);
-            (!got.is_empty()).then_some(got)
-        });
+        let got = rig.next_received(&mut driver);
         assert_eq!(ops(&got), vec![op::SHUTDOWN]);
         assert_eq!(got[0].0.flags, SHUTDOWN_SEND);
         // The guest closes too: the device confirms with RST and forgets it.
@@ -658,29 +635,19 @@ mod tests {
 
     #[test]
     fn host_program_connects_to_a_guest_port() {
-        let mut rig = rig();
-        let mut driver = rig.driver();
-        rig.activate(&driver);
-        rig.give_rx(&mut driver, 8, 4096);
+        let (mut rig, mut driver) = Rig::live_with_rx();
         let mut program = UnixStream::connect(rig.dir.path().join("vsock.sock")).unwrap();
         program.write_all(b"CONNECT 5000\n").unwrap();
-        let got = rig.until(&mut driver, |rig, driver| {
-            let got = rig.received(driver);
-            (!got.is_empty()).then_some(got)
-        });
+        let got = rig.next_received(&mut driver);
         assert_eq!(ops(&got), vec![op::REQUEST]);
         let request = got[0].0;
         assert_eq!((request.dst_port, request.src_port), (5000, 1 << 30));
         // The guest accepts.
-        let mut accept = Hdr::to_host(1 << 30, op::RESPONSE);
-        accept.src_port = 5000;
-        rig.send(&mut driver, accept, b"");
+        rig.send(&mut driver, Hdr::between(5000, 1 << 30, op::RESPONSE), b"");
         let mut ok = [0u8; 14];
         program.read_exact(&mut ok).unwrap();
         assert_eq!(&ok, b"OK 1073741824\n");
-        let mut data = Hdr::to_host(1 << 30, op::RW);
-        data.src_port = 5000;
-        rig.send(&mut driver, data, b"ping");
+        rig.send(&mut driver, Hdr::between(5000, 1 << 30, op::RW), b"ping");
         let mut buf = [0u8; 4];
         program.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"ping");
@@ -688,18 +655,11 @@ mod tests {
 
     #[test]
     fn host_request_to_a_port_nobody_listens_on_is_closed() {
-        let mut rig = rig();
-        let mut driver = rig.driver();
-        rig.activate(&driver);
-        rig.give_rx(&mut driver, 8, 4096);
+        let (mut rig, mut driver) = Rig::live_with_rx();
         let mut program = UnixStream::connect(rig.dir.path().join("vsock.sock")).unwrap();
         program.write_all(b"CONNECT 7\n").unwrap();
-        rig.until(&mut driver, |rig, driver| {
-            (!rig.received(driver).is_empty()).then_some(())
-        });
-        let mut refuse = Hdr::to_host(1 << 30, op::RST);
-        refuse.src_port = 7;
-        rig.send(&mut driver, refuse, b"");
+        rig.next_received(&mut driver);
+        rig.send(&mut driver, Hdr::between(7, 1 << 30, op::RST), b"");
         let mut rest = Vec::new();
         program.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "closed without OK");
@@ -716,10 +676,7 @@ mod tests {
 
     #[test]
     fn requests_to_absent_listeners_and_stray_packets_get_rst() {
-        let mut rig = rig();
-        let mut driver = rig.driver();
-        rig.activate(&driver);
-        rig.give_rx(&mut driver, 8, 4096);
+        let (mut rig, mut driver) = Rig::live_with_rx();
         rig.send(&mut driver, Hdr::to_host(4321, op::REQUEST), b"");
         rig.send(&mut driver, Hdr::to_host(4321, op::RW), b"stray");
         let mut seqpacket = Hdr::to_host(4321, op::REQUEST);
@@ -746,10 +703,7 @@ mod tests {
 
     #[test]
     fn malformed_tx_chains_are_returned_and_counted() {
-        let mut rig = rig();
-        let mut driver = rig.driver();
-        rig.activate(&driver);
-        rig.give_rx(&mut driver, 8, 4096);
+        let (mut rig, mut driver) = Rig::live_with_rx();
         let h = driver.tx.buffer(64);
         let mut hdr = Hdr::to_host(1234, op::RW);
         hdr.len = 100;
@@ -801,9 +755,7 @@ mod tests {
 
     #[test]
     fn malformed_rx_buffers_are_returned_empty_and_counted() {
-        let mut rig = rig();
-        let mut driver = rig.driver();
-        rig.activate(&driver);
+        let (mut rig, mut driver) = Rig::live();
         let h = driver.rx.buffer(64);
         // Read-only, too short, outside memory, without room for data.
         driver.rx.post(&[(h, 64, 0)]);
@@ -826,9 +778,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_queue_stops_the_device_until_reset() {
-        let mut rig = rig();
-        let mut driver = rig.driver();
-        rig.activate(&driver);
+        let (mut rig, mut driver) = Rig::live();
         // The avail index jumps further than the ring holds.
         driver.tx.avail_idx = driver.tx.avail_idx.wrapping_add(RING_SIZE + 3);
         driver.tx.avail.idx().store(driver.tx.avail_idx.to_le());
@@ -846,9 +796,7 @@ mod tests {
 
     #[test]
     fn a_head_index_beyond_the_ring_is_a_corrupt_queue() {
-        let mut rig = rig();
-        let mut driver = rig.driver();
-        rig.activate(&driver);
+        let (mut rig, mut driver) = Rig::live();
         driver.tx.publish(RING_SIZE + 1);
         rig.device.queue_notify(TXQ as u16);
         assert_eq!(rig.count("queue_errors"), 1);
@@ -871,9 +819,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_requests_waits_for_rx_buffers_instead_of_queueing_forever() {
-        let mut rig = rig();
-        let mut driver = rig.driver();
-        rig.activate(&driver);
+        let (mut rig, mut driver) = Rig::live();
         // More refused requests than the RST backlog holds, with no RX
         // buffers: the device stops taking them and the TX ring fills.
         let total: u64 = 320;

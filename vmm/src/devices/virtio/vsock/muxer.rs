@@ -31,7 +31,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{fill_header, Connection, Reply, State};
 use super::handshake::{Handshake, Progress};
-use super::{op, Counters, HOST_CID, TYPE_STREAM};
+use super::{op, HOST_CID, TYPE_STREAM};
+use crate::devices::virtio::Counters;
 
 /// Connections open at once; a request beyond is refused.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -82,8 +83,14 @@ pub struct Muxer {
     pub counters: Counters,
 }
 
-fn event(events: EventSet, token: u64) -> EpollEvent {
-    EpollEvent::new(events, token)
+/// Puts `fd` in `epoll` for `events`, reported as `token`.
+fn watch(epoll: &Epoll, fd: RawFd, events: EventSet, token: u64) -> io::Result<()> {
+    epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+}
+
+/// Takes `fd` out of `epoll` (one that was not in it is no matter).
+fn unwatch(epoll: &Epoll, fd: RawFd) -> io::Result<()> {
+    epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default())
 }
 
 /// Connects to a Unix socket without waiting: a listener with a full
@@ -118,17 +125,9 @@ impl Muxer {
         let listener = UnixListener::bind(uds_base).map_err(with_path)?;
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            listener.as_raw_fd(),
-            event(EventSet::IN, LISTENER),
-        )?;
+        watch(&epoll, listener.as_raw_fd(), EventSet::IN, LISTENER)?;
         let timer = TimerFd::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            timer.as_raw_fd(),
-            event(EventSet::IN, TIMER),
-        )?;
+        watch(&epoll, timer.as_raw_fd(), EventSet::IN, TIMER)?;
         Ok(Muxer {
             guest_cid,
             uds_base: uds_base.to_path_buf(),
@@ -160,8 +159,7 @@ impl Muxer {
             token < FIRST_MUXER_TOKEN,
             "device tokens are below the muxer's"
         );
-        self.epoll
-            .ctl(ControlOperation::Add, fd, event(EventSet::IN, token))
+        watch(&self.epoll, fd, EventSet::IN, token)
     }
 
     pub fn open_connections(&self) -> usize {
@@ -203,11 +201,7 @@ impl Muxer {
                 Err(_) => {
                     // Out of descriptors or memory: try again a little later.
                     self.counters.bump("host_accept_errors");
-                    let _ = self.epoll.ctl(
-                        ControlOperation::Delete,
-                        self.listener.as_raw_fd(),
-                        EpollEvent::default(),
-                    );
+                    let _ = unwatch(&self.epoll, self.listener.as_raw_fd());
                     self.listener_paused_until = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }
@@ -220,15 +214,7 @@ impl Muxer {
                 continue;
             }
             let token = self.token();
-            if self
-                .epoll
-                .ctl(
-                    ControlOperation::Add,
-                    stream.as_raw_fd(),
-                    event(EventSet::IN, token),
-                )
-                .is_err()
-            {
+            if watch(&self.epoll, stream.as_raw_fd(), EventSet::IN, token).is_err() {
                 self.counters.bump("host_connections_refused");
                 continue;
             }
@@ -263,11 +249,7 @@ impl Muxer {
 
     fn drop_handshake(&mut self, token: u64) -> Option<Handshake> {
         let handshake = self.handshakes.remove(&token)?;
-        let _ = self.epoll.ctl(
-            ControlOperation::Delete,
-            handshake.stream.as_raw_fd(),
-            EpollEvent::default(),
-        );
+        let _ = unwatch(&self.epoll, handshake.stream.as_raw_fd());
         Some(handshake)
     }
 
@@ -385,11 +367,7 @@ impl Muxer {
         };
         self.by_token.remove(&entry.token);
         if !entry.registered.is_empty() {
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                entry.conn.stream().as_raw_fd(),
-                EpollEvent::default(),
-            );
+            let _ = unwatch(&self.epoll, entry.conn.stream().as_raw_fd());
         }
         if let Some(reason) = entry.conn.kill_reason() {
             self.counters.bump(reason);
@@ -471,14 +449,13 @@ impl Muxer {
             self.counters.bump("host_handshake_timeouts");
         }
         if self.listener_paused_until.is_some_and(|at| at <= now)
-            && self
-                .epoll
-                .ctl(
-                    ControlOperation::Add,
-                    self.listener.as_raw_fd(),
-                    event(EventSet::IN, LISTENER),
-                )
-                .is_ok()
+            && watch(
+                &self.epoll,
+                self.listener.as_raw_fd(),
+                EventSet::IN,
+                LISTENER,
+            )
+            .is_ok()
         {
             self.listener_paused_until = None;
         }
@@ -489,17 +466,13 @@ impl Muxer {
             }
             let fd = entry.conn.stream().as_raw_fd();
             let done = match (entry.registered.is_empty(), wanted.is_empty()) {
-                (true, _) => self
-                    .epoll
-                    .ctl(ControlOperation::Add, fd, event(wanted, entry.token)),
-                (false, true) => {
-                    self.epoll
-                        .ctl(ControlOperation::Delete, fd, EpollEvent::default())
-                }
-                (false, false) => {
-                    self.epoll
-                        .ctl(ControlOperation::Modify, fd, event(wanted, entry.token))
-                }
+                (true, _) => watch(&self.epoll, fd, wanted, entry.token),
+                (false, true) => unwatch(&self.epoll, fd),
+                (false, false) => self.epoll.ctl(
+                    ControlOperation::Modify,
+                    fd,
+                    EpollEvent::new(wanted, entry.token),
+                ),
             };
             if done.is_ok() {
                 entry.registered = wanted;
@@ -536,11 +509,7 @@ impl Muxer {
     pub fn reset(&mut self) {
         for (_, entry) in self.conns.drain() {
             if !entry.registered.is_empty() {
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    entry.conn.stream().as_raw_fd(),
-                    EpollEvent::default(),
-                );
+                let _ = unwatch(&self.epoll, entry.conn.stream().as_raw_fd());
             }
         }
         self.by_token.clear();
