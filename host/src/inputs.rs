@@ -4,8 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
-use object::{elf, Endianness};
 use vmbench_rootfs::provenance::sha256_hex;
 
 #[derive(Debug, thiserror::Error)]
@@ -90,29 +88,15 @@ enum FormatProblem {
 
 fn kernel_format(bytes: &[u8]) -> std::result::Result<KernelFormat, FormatProblem> {
     if bytes.starts_with(b"\x7fELF") {
-        let file = ElfFile64::<Endianness>::parse(bytes)
-            .map_err(|e| FormatProblem::Other(format!("unreadable ELF: {e}")))?;
-        let header = file.elf_header();
-        let endian = file.endian();
-        if header.e_machine(endian) != elf::EM_X86_64 {
-            return Err(FormatProblem::Other(format!(
-                "ELF machine {} is not x86-64",
-                header.e_machine(endian)
-            )));
-        }
-        for segment in file.elf_program_headers() {
-            let Ok(Some(mut notes)) = segment.notes(endian, bytes) else {
-                continue;
-            };
-            while let Ok(Some(note)) = notes.next() {
-                if note.name() == b"Xen"
-                    && note.n_type(endian) == elf::NoteType(XEN_ELFNOTE_PHYS32_ENTRY)
-                {
-                    return Ok(KernelFormat::ElfPvh);
-                }
+        use vmbench_vmm::loader::{pvh_entry, ElfError};
+        return match pvh_entry(bytes) {
+            Ok(Some(_)) => Ok(KernelFormat::ElfPvh),
+            Ok(None) => Err(FormatProblem::NoPvh),
+            Err(ElfError::Unreadable(detail)) => {
+                Err(FormatProblem::Other(format!("unreadable ELF: {detail}")))
             }
-        }
-        return Err(FormatProblem::NoPvh);
+            Err(e) => Err(FormatProblem::Other(e.to_string())),
+        };
     }
     // The x86 boot protocol's setup header: "HdrS" at offset 0x202.
     if bytes.get(0x202..0x206) == Some(b"HdrS") {
@@ -124,9 +108,6 @@ fn kernel_format(bytes: &[u8]) -> std::result::Result<KernelFormat, FormatProble
         head.join(" ")
     )))
 }
-
-/// Xen's PVH entry note type, which Linux carries when built with CONFIG_PVH.
-const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
 /// Reads and checks an initramfs: a cpio newc archive (plain or gzip) with an
 /// executable `/init`.

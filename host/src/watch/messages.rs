@@ -10,6 +10,8 @@ use vmbench_proto::{
     MARKER_USERSPACE_START,
 };
 
+use vmbench_vmm::devices::marker::is_mark;
+
 use super::collector::Session;
 use super::{Connection, Milestone, Watch, MAX_CONNECTIONS};
 use crate::results::{BootMarker, GuestInfo};
@@ -47,7 +49,7 @@ impl Watch<'_> {
                 Ok(n) => {
                     // Only Cloud Hypervisor's boot-marker ranges count: other
                     // port-0x80 writes (a kernel's io_delay) are not marks.
-                    for &code in buf[..n].iter().filter(|c| (0x40..=0x7f).contains(*c)) {
+                    for &code in buf[..n].iter().filter(|c| is_mark(**c)) {
                         self.record
                             .boot_markers
                             .push(BootMarker { code, host_ns: ts });
