@@ -209,7 +209,9 @@ pub fn plain_base(dir: &Path) -> PathBuf {
 ///
 /// Paths join object keys with `.`, write an array's elements as `[]`
 /// (`vcpus[].index`) and a key that is data rather than a fixed name as a
-/// `<placeholder>` (`unclaimed_ports.<port>`), which matches any one key.
+/// `<placeholder>` (`unclaimed_ports.<port>`), which matches any one key;
+/// `{a,b}` matches either key (`aggregate.{total_ms,vmm_ms}.n`), for
+/// fields that share their rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentedPath {
     pub path: String,
@@ -292,12 +294,46 @@ fn path_steps(path: &str) -> Vec<&str> {
 }
 
 /// Whether the first steps of `path` are those of `pattern`, where a
-/// `<placeholder>` step matches any key.
+/// `<placeholder>` step matches any key and `{a,b}` either of its keys.
 fn starts_with_steps(path: &[&str], pattern: &[&str]) -> bool {
     path.len() >= pattern.len()
         && pattern.iter().zip(path).all(|(want, have)| {
-            want == have || (want.starts_with('<') && want.ends_with('>') && *have != "[]")
+            let placeholder = want.starts_with('<') && want.ends_with('>') && *have != "[]";
+            let either = want
+                .strip_prefix('{')
+                .and_then(|w| w.strip_suffix('}'))
+                .is_some_and(|keys| keys.split(',').any(|k| k == *have));
+            want == have || placeholder || either
         })
+}
+
+/// The paths in `value` that hold an object (not null, not a number): the
+/// objects whose documented fields must be there.
+fn object_paths(value: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    fn walk(value: &serde_json::Value, at: &str, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(members) => {
+                out.insert(at.to_string());
+                for (key, member) in members {
+                    let path = if at.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{at}.{key}")
+                    };
+                    walk(member, &path, out);
+                }
+            }
+            serde_json::Value::Array(elements) => {
+                for element in elements {
+                    walk(element, &format!("{at}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(value, "", &mut out);
+    out
 }
 
 /// Whether `path` (real keys) is the field `pattern` documents.
@@ -319,17 +355,29 @@ pub fn doc_mismatches(
         .filter(|path| !documented.iter().any(|d| path_matches(&d.path, path)))
         .cloned()
         .collect();
+    let objects = object_paths(value);
+    // A required field must be in every object that should hold it.
     let missing = documented
         .iter()
         .filter(|d| !d.optional)
         .filter(|d| {
             let steps = path_steps(&d.path);
             let holder = &steps[..steps.len() - 1];
-            let holder_present = holder.is_empty()
-                || present
-                    .iter()
-                    .any(|p| starts_with_steps(&path_steps(p), holder));
-            holder_present && !present.iter().any(|p| path_matches(&d.path, p))
+            objects.iter().any(|object| {
+                let object_steps: Vec<&str> = if object.is_empty() {
+                    Vec::new()
+                } else {
+                    path_steps(object)
+                };
+                object_steps.len() == holder.len()
+                    && starts_with_steps(&object_steps, holder)
+                    && !present.iter().any(|p| {
+                        let p_steps = path_steps(p);
+                        p_steps.len() == steps.len()
+                            && p_steps.starts_with(&object_steps)
+                            && starts_with_steps(&p_steps, &steps)
+                    })
+            })
         })
         .map(|d| d.path.clone())
         .collect();
@@ -452,5 +500,33 @@ The current `schema_version` is **3**.
         let (undocumented, missing) = doc_mismatches(&bad, &documented);
         assert_eq!(undocumented, ["items[].colour"]);
         assert_eq!(missing, ["version", "by_port.<port>.count"]);
+    }
+
+    #[test]
+    fn alternatives_match_each_key_and_every_holder_needs_its_fields() {
+        assert!(path_matches("agg.{total,vmm}.n", "agg.vmm.n"));
+        assert!(!path_matches("agg.{total,vmm}.n", "agg.kernel.n"));
+        let documented = [
+            DocumentedPath {
+                path: "agg".into(),
+                optional: false,
+            },
+            DocumentedPath {
+                path: "agg.{total,vmm}".into(),
+                optional: true,
+            },
+            DocumentedPath {
+                path: "agg.{total,vmm}.n".into(),
+                optional: false,
+            },
+        ];
+        // A null summary holds nothing; an object must hold its fields, each.
+        let null = serde_json::json!({"agg": {"total": {"n": 1}, "vmm": null}});
+        assert_eq!(doc_mismatches(&null, &documented), (vec![], vec![]));
+        let empty = serde_json::json!({"agg": {"total": {"n": 1}, "vmm": {}}});
+        assert_eq!(
+            doc_mismatches(&empty, &documented),
+            (vec![], vec!["agg.{total,vmm}.n".to_string()])
+        );
     }
 }
