@@ -47,11 +47,12 @@
 //! temporary file beside it and renamed into place when complete.
 //!
 //! # Booting them
-//! - [`create_overlay`] ([`overlay`]): a qcow2 overlay over a base image,
-//!   one per VM and boot, made by imago in well under a millisecond of CPU;
 //! - [`validate_image`] ([`disk`]): checks a raw ext4 image, or a qcow2 image
-//!   and its backing chain (every file opened read-only through imago),
-//!   before a VM boots from it.
+//!   and its backing chain (every file opened read-only, by the rules of
+//!   `vmbench-image`), before a VM boots from it;
+//! - [`create_overlay_over`] ([`overlay`]): a qcow2 overlay over an image
+//!   that passed [`validate_image`], one per VM and boot, made by imago in
+//!   well under a millisecond of CPU ([`create_overlay`] validates first).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -78,7 +79,7 @@ pub use disk::{
 };
 pub use image::{build_plain_image, build_systemd_image, BuildOptions, Built, Output, RawSource};
 pub use initramfs::{agent_initramfs, check_bootable, read_initramfs, Compression, Initramfs};
-pub use overlay::{create_overlay, Durability, Overlay};
+pub use overlay::{create_overlay, create_overlay_over, Durability, Overlay};
 pub use provenance::{read_sidecar, sidecar_path, ImageInfo, ImageKind, Provenance, Recipe};
 pub use systemd::{
     AGENT_PATH, AGENT_UNIT, AGENT_UNIT_PATH, AGENT_UNIT_WANTS_PATH, IMAGE_JSON_PATH,

@@ -119,16 +119,9 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
 /// refuses to probe a raw image for writing, and guessing would let a guest
 /// write a qcow2 header into a raw disk and have it read back as one).
 fn disk_format(path: &std::path::Path) -> &'static str {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let is_qcow2 = std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == *b"QFI\xfb";
-    if is_qcow2 {
-        "qcow2"
-    } else {
-        "raw"
+    match vmbench_image::sniff_file(path) {
+        Ok(vmbench_image::Sniffed::Qcow2) => "qcow2",
+        _ => "raw",
     }
 }
 

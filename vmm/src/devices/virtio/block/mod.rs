@@ -46,8 +46,6 @@
 //! stops the device until the driver resets it. The counters go to `vmm.json`.
 
 pub mod disk;
-pub mod format;
-pub mod qcow2_header;
 pub mod request;
 
 use std::collections::BTreeMap;

@@ -1,50 +1,18 @@
-//! The qcow2 header, read to vet an image before imago opens it and to find
-//! its backing file.
-//!
-//! # Primer (QEMU's `docs/interop/qcow2.txt`)
-//! A qcow2 file is a sequence of clusters of 2^cluster_bits bytes (512 B to
-//! 2 MiB). The first cluster starts with a big-endian header:
-//!
-//! | offset | field |
-//! | --- | --- |
-//! | 0 | magic `QFI\xfb` |
-//! | 4 | version: 2 or 3 |
-//! | 8, 16 | backing file name: offset (u64) and length (u32) in the first cluster |
-//! | 20 | cluster_bits |
-//! | 24 | size: the virtual disk, in bytes |
-//! | 32 | crypt_method: 0 unless encrypted |
-//! | 36, 40 | L1 table: entries (u32) and offset (u64) |
-//! | 48, 56 | refcount table: offset (u64) and clusters (u32) |
-//! | 72 | v3: incompatible features (an image with a bit we do not know must not be opened) |
-//! | 96, 100 | v3: refcount_order, header_length |
-//!
-//! Header extensions follow the header (type u32, length u32, data padded to
-//! 8 bytes; type 0 ends them); type `0xe2792aca` names the backing file's
-//! format. A relative backing file name is relative to the image's
-//! directory. Guest data lives in clusters found through a two-level table
-//! (L1 → L2 → data); a cluster the image does not hold reads from its
-//! backing file, which is how an overlay shares a base it never writes.
-//!
-//! imago parses the header itself. This parser exists so that an image a
-//! user hands us fails early, saying what is wrong with it: a truncated
-//! file (imago reads zeros past the end of a file, so a truncated image
-//! would otherwise open and read as zeros), a corrupt field, or a feature
-//! that neither we nor imago support (imago ignores `crypt_method` and would
-//! hand the guest ciphertext). The bytes are untrusted: every offset and
-//! length is checked before use, and any input yields a header or a
-//! [`Problem`], never a panic (a property test says so).
+//! The qcow2 header checked: what [`ondisk`](super::ondisk) decoded, judged
+//! against the rules of the format and against the file's length, giving
+//! the [`Header`] the chain walker needs or the [`Problem`] that says why
+//! the image cannot be used.
 
-pub const MAGIC: &[u8; 4] = b"QFI\xfb";
-const V2_HEADER_BYTES: u64 = 72;
-const V3_HEADER_BYTES: u64 = 104;
+use super::ondisk::{
+    be_u32, extensions, RawHeader, EXT_BACKING_FORMAT, MAGIC, V2_HEADER_BYTES, V3_HEADER_BYTES,
+};
+
 const MIN_CLUSTER_BITS: u32 = 9;
 const MAX_CLUSTER_BITS: u32 = 21;
 const MAX_REFCOUNT_ORDER: u32 = 6;
 const MAX_BACKING_NAME_BYTES: u32 = 1023;
-const EXT_END: u32 = 0;
-const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 
-/// The incompatible feature bits qcow2 defines. This VMM accepts none of
+/// The incompatible feature bits qcow2 defines. vmbench accepts none of
 /// them: imago refuses all but the external data file, which we refuse too
 /// (it would be one more file opened on the image's say-so).
 const INCOMPATIBLE_FEATURES: [(u32, &str); 5] = [
@@ -66,6 +34,16 @@ pub struct Header {
     /// The virtual disk's size.
     pub size_bytes: u64,
     pub backing: Option<Backing>,
+    /// Its entries point to the L2 tables.
+    pub l1_table: Table,
+    /// Its entries point to the refcount blocks.
+    pub refcount_table: Table,
+}
+
+impl Header {
+    pub fn cluster_bytes(&self) -> u64 {
+        1 << self.cluster_bits
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +52,13 @@ pub struct Backing {
     pub name: String,
     /// From the backing format extension; none means "probe it".
     pub format: Option<String>,
+}
+
+/// A table of 8-byte entries the header points to, inside the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    pub offset: u64,
+    pub entries: u64,
 }
 
 /// Why a qcow2 image cannot be used; the text completes "Disk image X is a …".
@@ -90,23 +75,11 @@ pub enum Problem {
 /// How many bytes from the start of the file [`parse`] wants: the first
 /// cluster, as far as `prefix` (the file's first 24 bytes or more) tells
 /// its size. A parse of fewer bytes reports what is missing.
-pub fn first_cluster_bytes(prefix: &[u8]) -> u64 {
+pub fn first_cluster_bytes(prefix: &[u8]) -> usize {
     match be_u32(prefix, 20) {
         Some(bits) if (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&bits) => 1 << bits,
-        _ => V3_HEADER_BYTES,
+        _ => V3_HEADER_BYTES as usize,
     }
-}
-
-fn be_u32(bytes: &[u8], offset: u64) -> Option<u32> {
-    let start = usize::try_from(offset).ok()?;
-    let field = bytes.get(start..start.checked_add(4)?)?;
-    Some(u32::from_be_bytes(field.try_into().ok()?))
-}
-
-fn be_u64(bytes: &[u8], offset: u64) -> Option<u64> {
-    let start = usize::try_from(offset).ok()?;
-    let field = bytes.get(start..start.checked_add(8)?)?;
-    Some(u64::from_be_bytes(field.try_into().ok()?))
 }
 
 /// Parses the header in `first` (the file's first bytes, up to its first
@@ -124,84 +97,46 @@ pub fn parse(first: &[u8], file_bytes: u64) -> Result<Header, Problem> {
     if &first[..4] != MAGIC {
         return Err(Problem::Corrupt("no qcow2 magic".into()));
     }
-    // Every field below is inside the header whose length is checked here.
-    let u32_at = |offset| be_u32(first, offset).ok_or_else(truncated_header);
-    let u64_at = |offset| be_u64(first, offset).ok_or_else(truncated_header);
-    let version = u32_at(4)?;
-    let header_bytes = match version {
-        2 => V2_HEADER_BYTES,
-        3 => V3_HEADER_BYTES,
+    let version = be_u32(first, 4).ok_or_else(truncated_header)?;
+    match version {
+        2 | 3 => {}
         1 => {
             return Err(Problem::Unsupported(
                 "format version 1 (the original qcow)".into(),
             ))
         }
         v => return Err(Problem::Unsupported(format!("format version {v}"))),
-    };
-    if (first.len() as u64) < header_bytes {
-        return Err(truncated_header());
     }
+    let raw = RawHeader::decode(first).ok_or_else(truncated_header)?;
 
-    let cluster_bits = u32_at(20)?;
+    let cluster_bits = raw.cluster_bits;
     if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
         return Err(Problem::Corrupt(format!(
             "cluster_bits {cluster_bits} is outside {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}"
         )));
     }
     let cluster_bytes = 1u64 << cluster_bits;
-    let crypt_method = u32_at(32)?;
-    if crypt_method != 0 {
+    if raw.crypt_method != 0 {
         return Err(Problem::Unsupported(format!(
-            "encryption (crypt_method {crypt_method})"
+            "encryption (crypt_method {})",
+            raw.crypt_method
         )));
     }
 
     let extensions_start = if version == 3 {
-        let incompatible = u64_at(72)?;
-        if incompatible != 0 {
-            let named: Vec<String> = (0..64)
-                .filter(|bit| incompatible & (1u64 << bit) != 0)
-                .map(|bit| {
-                    INCOMPATIBLE_FEATURES
-                        .iter()
-                        .find(|(b, _)| *b == bit)
-                        .map_or_else(
-                            || format!("incompatible feature bit {bit}"),
-                            |(_, n)| n.to_string(),
-                        )
-                })
-                .collect();
-            return Err(Problem::Unsupported(named.join(" and ")));
-        }
-        let refcount_order = u32_at(96)?;
-        if refcount_order > MAX_REFCOUNT_ORDER {
-            return Err(Problem::Corrupt(format!(
-                "refcount_order {refcount_order} is above {MAX_REFCOUNT_ORDER}"
-            )));
-        }
-        let header_length = u64::from(u32_at(100)?);
-        if header_length < V3_HEADER_BYTES
-            || header_length > cluster_bytes
-            || header_length % 8 != 0
-        {
-            return Err(Problem::Corrupt(format!(
-                "header_length {header_length} is not a multiple of 8 between {V3_HEADER_BYTES} and the cluster size {cluster_bytes}"
-            )));
-        }
-        header_length
+        check_v3_fields(&raw, cluster_bytes)?
     } else {
         V2_HEADER_BYTES
     };
 
-    let size_bytes = u64_at(24)?;
-    check_l1_table(first, file_bytes, cluster_bytes, size_bytes)?;
-    check_refcount_table(first, file_bytes, cluster_bytes)?;
+    let l1_table = check_l1_table(&raw, file_bytes, cluster_bytes)?;
+    let refcount_table = check_refcount_table(&raw, file_bytes, cluster_bytes)?;
 
-    let backing_offset = u64_at(8)?;
+    let backing_offset = raw.backing_file_offset;
     let backing_name = if backing_offset == 0 {
         None
     } else {
-        backing_name(first, cluster_bytes, backing_offset, u32_at(16)?)?
+        backing_name(first, cluster_bytes, backing_offset, raw.backing_file_size)?
     };
     // Extensions end where the backing file name starts, or with the cluster.
     let extensions_end = if backing_offset == 0 {
@@ -213,22 +148,52 @@ pub fn parse(first: &[u8], file_bytes: u64) -> Result<Header, Problem> {
     Ok(Header {
         version,
         cluster_bits,
-        size_bytes,
+        size_bytes: raw.size,
         backing: backing_name.map(|name| Backing {
             name,
             format: backing_format,
         }),
+        l1_table,
+        refcount_table,
     })
 }
 
-fn check_l1_table(
-    first: &[u8],
-    file_bytes: u64,
-    cluster_bytes: u64,
-    size_bytes: u64,
-) -> Result<(), Problem> {
-    let entries = be_u32(first, 36).unwrap_or(0);
-    let offset = be_u64(first, 40).unwrap_or(0);
+/// Checks what version 3 adds; where its header extensions start.
+fn check_v3_fields(raw: &RawHeader, cluster_bytes: u64) -> Result<u64, Problem> {
+    let incompatible = raw.incompatible_features;
+    if incompatible != 0 {
+        let named: Vec<String> = (0..64)
+            .filter(|bit| incompatible & (1u64 << bit) != 0)
+            .map(|bit| {
+                INCOMPATIBLE_FEATURES
+                    .iter()
+                    .find(|(b, _)| *b == bit)
+                    .map_or_else(
+                        || format!("incompatible feature bit {bit}"),
+                        |(_, n)| n.to_string(),
+                    )
+            })
+            .collect();
+        return Err(Problem::Unsupported(named.join(" and ")));
+    }
+    let refcount_order = raw.refcount_order;
+    if refcount_order > MAX_REFCOUNT_ORDER {
+        return Err(Problem::Corrupt(format!(
+            "refcount_order {refcount_order} is above {MAX_REFCOUNT_ORDER}"
+        )));
+    }
+    let header_length = u64::from(raw.header_length);
+    if header_length < V3_HEADER_BYTES || header_length > cluster_bytes || header_length % 8 != 0 {
+        return Err(Problem::Corrupt(format!(
+            "header_length {header_length} is not a multiple of 8 between {V3_HEADER_BYTES} and the cluster size {cluster_bytes}"
+        )));
+    }
+    Ok(header_length)
+}
+
+fn check_l1_table(raw: &RawHeader, file_bytes: u64, cluster_bytes: u64) -> Result<Table, Problem> {
+    let entries = raw.l1_size;
+    let offset = raw.l1_table_offset;
     if entries > 0 {
         if offset % cluster_bytes != 0 {
             return Err(Problem::Corrupt(format!(
@@ -247,17 +212,25 @@ fn check_l1_table(
     // Each L1 entry maps an L2 table of cluster_bytes / 8 data clusters.
     let mappable_bytes =
         u128::from(entries) * u128::from(cluster_bytes / 8) * u128::from(cluster_bytes);
-    if u128::from(size_bytes) > mappable_bytes {
+    if u128::from(raw.size) > mappable_bytes {
         return Err(Problem::Corrupt(format!(
-            "its L1 table of {entries} entries cannot map its size of {size_bytes} bytes"
+            "its L1 table of {entries} entries cannot map its size of {} bytes",
+            raw.size
         )));
     }
-    Ok(())
+    Ok(Table {
+        offset,
+        entries: u64::from(entries),
+    })
 }
 
-fn check_refcount_table(first: &[u8], file_bytes: u64, cluster_bytes: u64) -> Result<(), Problem> {
-    let offset = be_u64(first, 48).unwrap_or(0);
-    let clusters = be_u32(first, 56).unwrap_or(0);
+fn check_refcount_table(
+    raw: &RawHeader,
+    file_bytes: u64,
+    cluster_bytes: u64,
+) -> Result<Table, Problem> {
+    let offset = raw.refcount_table_offset;
+    let clusters = raw.refcount_table_clusters;
     if clusters == 0 {
         return Err(Problem::Corrupt("the refcount table is empty".into()));
     }
@@ -266,18 +239,20 @@ fn check_refcount_table(first: &[u8], file_bytes: u64, cluster_bytes: u64) -> Re
             "the refcount table offset {offset:#x} is not a cluster-aligned offset past the header"
         )));
     }
-    let end = u64::from(clusters)
-        .checked_mul(cluster_bytes)
-        .and_then(|bytes| offset.checked_add(bytes))
-        .ok_or_else(|| {
-            Problem::Corrupt(format!("the refcount table offset {offset:#x} overflows"))
-        })?;
+    // At most 2^32 clusters of 2^21 bytes: no overflow.
+    let bytes = u64::from(clusters) * cluster_bytes;
+    let end = offset.checked_add(bytes).ok_or_else(|| {
+        Problem::Corrupt(format!("the refcount table offset {offset:#x} overflows"))
+    })?;
     if end > file_bytes {
         return Err(Problem::Truncated(format!(
             "its refcount table ({offset:#x}..{end:#x}) ends beyond the end of the file ({file_bytes} bytes)"
         )));
     }
-    Ok(())
+    Ok(Table {
+        offset,
+        entries: bytes / 8,
+    })
 }
 
 fn backing_name(
@@ -315,32 +290,19 @@ fn backing_name(
 
 /// The backing format extension's value, if there is one between `start` and `end`.
 fn backing_format(first: &[u8], start: u64, end: u64) -> Result<Option<String>, Problem> {
-    let end = end.min(first.len() as u64);
-    let mut offset = start;
     let mut format = None;
-    // Each step advances by at least 8 bytes, so this ends.
-    while offset.saturating_add(8) <= end {
-        let (Some(kind), Some(length)) = (be_u32(first, offset), be_u32(first, offset + 4)) else {
-            break;
-        };
-        if kind == EXT_END {
-            break;
-        }
-        let data_start = offset + 8;
-        let data_end = data_start + u64::from(length);
-        if data_end > end {
-            return Err(Problem::Corrupt(format!(
-                "header extension {kind:#x} at {offset:#x} runs past the header area"
-            )));
-        }
-        if kind == EXT_BACKING_FORMAT {
-            // Within `first`: data_end <= end <= first.len().
-            let data = &first[data_start as usize..data_end as usize];
-            let name = std::str::from_utf8(data)
+    for extension in extensions(first, start, end) {
+        let extension = extension.map_err(|overrun| {
+            Problem::Corrupt(format!(
+                "header extension {:#x} at {:#x} runs past the header area",
+                overrun.kind, overrun.offset
+            ))
+        })?;
+        if extension.kind == EXT_BACKING_FORMAT {
+            let name = std::str::from_utf8(extension.data)
                 .map_err(|_| Problem::Corrupt("the backing format name is not UTF-8".into()))?;
             format = Some(name.to_string());
         }
-        offset = data_start + u64::from(length).next_multiple_of(8);
     }
     Ok(format)
 }
@@ -349,6 +311,7 @@ fn backing_format(first: &[u8], start: u64, end: u64) -> Result<Option<String>, 
 pub(crate) mod tests {
     use proptest::prelude::*;
 
+    use super::super::ondisk::EXT_END;
     use super::*;
 
     /// A well-formed v3 header of a `size_bytes` image with 64 KiB clusters
@@ -388,7 +351,7 @@ pub(crate) mod tests {
         (h, file_bytes)
     }
 
-    fn put(h: &mut [u8], offset: usize, value: &[u8]) {
+    pub(crate) fn put(h: &mut [u8], offset: usize, value: &[u8]) {
         h[offset..offset + value.len()].copy_from_slice(value);
     }
 
@@ -405,12 +368,20 @@ pub(crate) mod tests {
                     name: "base.raw".into(),
                     format: Some("raw".into())
                 }),
+                l1_table: Table {
+                    offset: 3 << 16,
+                    entries: 2
+                },
+                refcount_table: Table {
+                    offset: 1 << 16,
+                    entries: 1 << 13
+                },
             }
         );
         let (h, len) = image(1 << 20, None);
         assert_eq!(parse(&h, len).unwrap().backing, None);
         assert_eq!(first_cluster_bytes(&h), 1 << 16);
-        assert_eq!(first_cluster_bytes(b"QFI"), V3_HEADER_BYTES);
+        assert_eq!(first_cluster_bytes(b"QFI"), V3_HEADER_BYTES as usize);
     }
 
     #[test]
@@ -434,6 +405,15 @@ pub(crate) mod tests {
         // Zeros past the end of the file are what qcow2 readers take them
         // for (unallocated); only the tables must be there.
         assert!(parse(&h, 0x30010).is_ok());
+        // The refcount table (one cluster at 0x10000) cut short.
+        let (mut h, _) = image(1 << 20, None);
+        put(&mut h, 36, &0u32.to_be_bytes());
+        put(&mut h, 24, &0u64.to_be_bytes());
+        let err = parse(&h, 0x18000).unwrap_err();
+        assert!(
+            matches!(&err, Problem::Truncated(m) if m.contains("refcount table (0x10000..0x20000)")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -466,6 +446,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn too_few_l1_entries_for_the_size_are_refused() {
+        // 2 L1 entries of 64 KiB clusters map 1 GiB; a 2 GiB disk needs more.
+        let (mut h, len) = image(1 << 30, None);
+        put(&mut h, 24, &(2u64 << 30).to_be_bytes());
+        let err = parse(&h, len).unwrap_err();
+        assert_eq!(
+            err,
+            Problem::Corrupt(
+                "its L1 table of 2 entries cannot map its size of 2147483648 bytes".into()
+            )
+        );
+    }
+
+    #[test]
     fn unsupported_features_are_named() {
         let (good, len) = image(1 << 30, None);
         let mut h = good.clone();
@@ -487,6 +481,12 @@ pub(crate) mod tests {
             Problem::Unsupported(
                 "a compression type other than zlib and incompatible feature bit 9".into()
             )
+        );
+        let mut h = good.clone();
+        put(&mut h, 72, &(1u64 << 2).to_be_bytes());
+        assert_eq!(
+            parse(&h, len).unwrap_err(),
+            Problem::Unsupported("an external data file".into())
         );
     }
 
