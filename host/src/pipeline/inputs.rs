@@ -2,7 +2,7 @@
 //! starts: the kernel, the initramfs (built from the agent when none is
 //! given) and the root disk with its identity.
 
-use std::path::{Path, PathBuf};
+use vmbench_rootfs::DiskImage;
 
 use super::progress::Progress;
 use super::{BootConfig, Error, Result};
@@ -22,10 +22,11 @@ pub struct Inputs {
     pub rootfs: Option<Rootfs>,
 }
 
-/// A root disk image that passed validation, and its identity for results.
+/// A root disk image that passed validation (once for the run: its
+/// overlays are made over this one), and its identity for results.
 #[derive(Debug, Clone)]
 pub struct Rootfs {
-    pub path: PathBuf,
+    pub image: DiskImage,
     pub info: RootfsInfo,
 }
 
@@ -60,10 +61,13 @@ pub fn resolve(config: &BootConfig, progress: &Progress) -> Result<Inputs> {
         Some(inputs::check_initramfs(&path)?)
     };
     let rootfs = match &config.rootfs {
-        Some(path) => Some(Rootfs {
-            path: path.clone(),
-            info: rootfs_info(path, progress)?,
-        }),
+        Some(path) => {
+            let image = vmbench_rootfs::validate_image(path).map_err(Error::Rootfs)?;
+            Some(Rootfs {
+                info: rootfs_info(&image, progress)?,
+                image,
+            })
+        }
         None => None,
     };
     Ok(Inputs {
@@ -74,12 +78,14 @@ pub fn resolve(config: &BootConfig, progress: &Progress) -> Result<Inputs> {
     })
 }
 
-/// Checks the root disk image and says what it is: its chain, and its
-/// base's identity (the sidecar's hash when it still fits the file, else
-/// the file's own).
-fn rootfs_info(path: &Path, progress: &Progress) -> Result<RootfsInfo> {
-    let image = vmbench_rootfs::validate_image(path).map_err(Error::Rootfs)?;
-    let base = image.chain.last().map_or(path, |l| l.path.as_path());
+/// What the validated root disk image is: its chain, and its base's
+/// identity (the sidecar's hash when it still fits the file, else the
+/// file's own).
+fn rootfs_info(image: &DiskImage, progress: &Progress) -> Result<RootfsInfo> {
+    let base = image
+        .chain
+        .last()
+        .map_or(image.path.as_path(), |l| l.path.as_path());
     let base_bytes = std::fs::metadata(base).map(|m| m.len()).ok();
     let sidecar = image
         .base_info

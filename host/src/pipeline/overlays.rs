@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use vmbench_rootfs::DiskImage;
+
 use super::{Error, Result};
 use crate::results::OverlayUse;
 
@@ -12,7 +14,7 @@ pub const OVERLAY_NAME: &str = "rootfs.qcow2";
 /// One overlay per VM directory, made before any VM starts, so that a
 /// failure (a full disk) stops the run with nothing booted; on failure the
 /// ones made are removed.
-pub fn create(base: &Path, dirs: &[PathBuf]) -> Result<Vec<OverlayUse>> {
+pub fn create(base: &DiskImage, dirs: &[PathBuf]) -> Result<Vec<OverlayUse>> {
     let mut made: Vec<OverlayUse> = Vec::new();
     let undo = |made: &[OverlayUse]| {
         for overlay in made {
@@ -31,14 +33,16 @@ pub fn create(base: &Path, dirs: &[PathBuf]) -> Result<Vec<OverlayUse>> {
     Ok(made)
 }
 
-fn create_one(base: &Path, dir: &Path, id: u32) -> Result<OverlayUse> {
+/// One overlay, timed: the base was validated once for the run, so the
+/// time is the overlay's own.
+fn create_one(base: &DiskImage, dir: &Path, id: u32) -> Result<OverlayUse> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.to_path_buf(),
         source,
     })?;
     let path = dir.join(OVERLAY_NAME);
     let start = std::time::Instant::now();
-    vmbench_rootfs::create_overlay(base, &path, vmbench_rootfs::overlay::Durability::Unsynced)
+    vmbench_rootfs::create_overlay_over(base, &path, vmbench_rootfs::Durability::Unsynced)
         .map_err(|source| Error::Overlay { id, source })?;
     Ok(OverlayUse {
         path: path.display().to_string(),

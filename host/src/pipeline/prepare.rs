@@ -119,7 +119,7 @@ pub fn prepare(
     let overlays: Vec<Option<OverlayUse>> = match &inputs.rootfs {
         Some(rootfs) => {
             let dirs: Vec<PathBuf> = (0..total_vms).map(|id| vm_dir(&out, id)).collect();
-            overlays::create(&rootfs.path, &dirs)?
+            overlays::create(&rootfs.image, &dirs)?
                 .into_iter()
                 .map(Some)
                 .collect()
