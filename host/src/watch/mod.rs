@@ -342,6 +342,20 @@ mod tests {
         (record, guest.join().unwrap())
     }
 
+    /// The watch of a VMM that would run for 30 s, whose guest connects
+    /// and sends `bytes`.
+    fn guest_sends(bytes: Vec<u8>) -> VmRecord {
+        let (record, ()) = watch(
+            Command::new("sleep").arg("30"),
+            Duration::from_secs(20),
+            move |uds| {
+                let mut s = UnixStream::connect(uds).unwrap();
+                s.write_all(&bytes).unwrap();
+            },
+        );
+        record
+    }
+
     fn frame(message: &GuestMessage) -> Vec<u8> {
         encode_frame(message).unwrap()
     }
@@ -544,16 +558,9 @@ mod tests {
 
     #[test]
     fn an_unannounced_systemd_report_is_a_protocol_error() {
-        let (record, ()) = watch(
-            Command::new("sleep").arg("30"),
-            Duration::from_secs(20),
-            |uds| {
-                let mut s = UnixStream::connect(uds).unwrap();
-                s.write_all(&frame(&hello())).unwrap();
-                s.write_all(&frame(&GuestMessage::Systemd(systemd_report())))
-                    .unwrap();
-            },
-        );
+        let mut bytes = frame(&hello());
+        bytes.extend(frame(&GuestMessage::Systemd(systemd_report())));
+        let record = guest_sends(bytes);
         assert_eq!(record.status, VmStatus::ProtocolError, "{record:?}");
         assert!(record.error.unwrap().contains("did not announce"));
     }
@@ -592,14 +599,7 @@ mod tests {
     #[test]
     fn garbage_from_the_guest_is_a_protocol_error_and_ends_the_vm() {
         let started = Instant::now();
-        let (record, ()) = watch(
-            Command::new("sleep").arg("30"),
-            Duration::from_secs(20),
-            |uds| {
-                let mut s = UnixStream::connect(uds).unwrap();
-                s.write_all(b"\x03\x00\x00\x00\xff\xff\xff").unwrap();
-            },
-        );
+        let record = guest_sends(b"\x03\x00\x00\x00\xff\xff\xff".to_vec());
         assert_eq!(record.status, VmStatus::ProtocolError, "{record:?}");
         assert!(
             record.error.as_deref().unwrap().contains("invalid frame"),
@@ -621,14 +621,7 @@ mod tests {
 
     #[test]
     fn oversized_frame_from_the_guest_is_a_protocol_error() {
-        let (record, ()) = watch(
-            Command::new("sleep").arg("30"),
-            Duration::from_secs(20),
-            |uds| {
-                let mut s = UnixStream::connect(uds).unwrap();
-                s.write_all(&u32::MAX.to_le_bytes()).unwrap();
-            },
-        );
+        let record = guest_sends(u32::MAX.to_le_bytes().to_vec());
         assert_eq!(record.status, VmStatus::ProtocolError);
         assert!(
             record
