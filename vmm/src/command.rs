@@ -50,7 +50,7 @@ impl Ended {
                 .sum::<u64>()
         };
         let summary = format!(
-            "userspace exits: {} io out, {} io in, {} mmio write, {} mmio read; report: {}",
+            "userspace exits: {} io out, {} io in, {} mmio write, {} mmio read; account: {}",
             count(Kind::IoOut),
             count(Kind::IoIn),
             count(Kind::MmioWrite),

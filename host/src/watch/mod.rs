@@ -429,7 +429,7 @@ mod tests {
                 let dir = uds.parent().unwrap().to_path_buf();
                 let first_run = now_ns();
                 let marked = first_run + 1_000_000;
-                let report = Account {
+                let account_written = Account {
                     schema_version: account::SCHEMA_VERSION,
                     end: End::Reset,
                     ended_by_vcpu: Some(0),
@@ -445,7 +445,7 @@ mod tests {
                     virtio_bad_accesses: 0,
                     memory: MemoryUse::default(),
                 };
-                account::write(&dir, &report).unwrap();
+                account::write(&dir, &account_written).unwrap();
                 // The same marker, forwarded later through the socket.
                 std::thread::sleep(Duration::from_millis(50));
                 let mut m = UnixStream::connect(dir.join("marker.sock")).unwrap();

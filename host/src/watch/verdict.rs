@@ -17,16 +17,16 @@ impl Watch<'_> {
     /// collector only when the byte arrived.
     pub(super) fn read_vmm_account(&mut self) {
         match kvm::read_account(&self.spec.dir) {
-            Ok(report) => {
-                self.record.host_ns.vmm_ready = report.first_run_ns;
-                if !report.boot_markers.is_empty() {
-                    self.record.boot_markers = report
+            Ok(account) => {
+                self.record.host_ns.vmm_ready = account.first_run_ns;
+                if !account.boot_markers.is_empty() {
+                    self.record.boot_markers = account
                         .boot_markers
                         .iter()
                         .map(|&(code, host_ns)| BootMarker { code, host_ns })
                         .collect();
                     let first = |wanted: u8| {
-                        report
+                        account
                             .boot_markers
                             .iter()
                             .find(|(code, _)| *code == wanted)
@@ -39,7 +39,7 @@ impl Watch<'_> {
                         self.record.host_ns.switch_root = Some(at);
                     }
                 }
-                self.record.exits = Some(report);
+                self.record.exits = Some(account);
             }
             Err(e) => self
                 .record
