@@ -1,5 +1,6 @@
-//! One VM's boot timeline (DESIGN.md): marks on the host's CLOCK_MONOTONIC, the
-//! guest's own marks on its CLOCK_BOOTTIME, and the phases derived from both.
+//! One VM's boot timeline: marks on the host's CLOCK_MONOTONIC, the
+//! guest's own marks on its CLOCK_BOOTTIME, and the phases derived from both
+//! (`docs/results-json.md` lists them with their clocks).
 //!
 //! | phase             | view  | from                                   |
 //! |-------------------|-------|----------------------------------------|
