@@ -86,11 +86,7 @@ pub fn can_boot_guests(test: &str) -> bool {
             agent_bin().display()
         )
     };
-    assert!(
-        !in_ci(),
-        "{test}: under CI every install step has run, yet: {reason}"
-    );
-    println!("SKIPPED: {test}: {reason}");
+    skip_unless_ci(test, &reason);
     false
 }
 
