@@ -16,8 +16,8 @@ use vmbench_rootfs::provenance::sha256_file;
 use vmbench_rootfs::tree::scan_tree;
 use vmbench_rootfs::{
     build_plain_image, build_systemd_image, create_overlay, open_read_only, read_sidecar,
-    validate_image, BuildOptions, DiskFormat, Durability, Error, ImageKind, Output, RawSource,
-    AGENT_PATH, AGENT_UNIT, AGENT_UNIT_PATH, AGENT_UNIT_WANTS_PATH, IMAGE_JSON_PATH,
+    validate_image, BuildOptions, Built, DiskFormat, Durability, Error, ImageKind, Output,
+    RawSource, AGENT_PATH, AGENT_UNIT, AGENT_UNIT_PATH, AGENT_UNIT_WANTS_PATH, IMAGE_JSON_PATH,
 };
 
 fn in_ci() -> bool {
@@ -48,10 +48,13 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Fixture {
-        Fixture {
+    /// A fresh directory for `test`, or `None` (after saying SKIPPED, or
+    /// failing under CI) without mkfs.ext4 and debugfs, which every image
+    /// test needs.
+    fn new(test: &str) -> Option<Fixture> {
+        have(test, &["mkfs.ext4", "debugfs"]).then(|| Fixture {
             dir: tempfile::tempdir().unwrap(),
-        }
+        })
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -103,6 +106,28 @@ impl Fixture {
         root
     }
 
+    /// A plain image of `tree` with `agent` at `out` (`size_mib` None: the
+    /// default size).
+    fn build_plain(
+        &self,
+        tree: &Path,
+        size_mib: Option<u64>,
+        agent: &Path,
+        out: &Path,
+    ) -> vmbench_rootfs::Result<Built> {
+        let options = self.options(agent, Output::Path(out.to_path_buf()));
+        build_plain_image(tree, size_mib, &options, &mut quiet())
+    }
+
+    /// A 64 MiB plain image of a fresh small tree at `rel`, to make
+    /// overlays of.
+    fn base_image(&self, rel: &str) -> PathBuf {
+        let base = self.path(rel);
+        let (tree, agent) = (self.tree("tree"), self.agent(b"a"));
+        self.build_plain(&tree, Some(64), &agent, &base).unwrap();
+        base
+    }
+
     fn options(&self, agent: &Path, output: Output) -> BuildOptions {
         BuildOptions {
             agent: agent.to_path_buf(),
@@ -112,29 +137,44 @@ impl Fixture {
     }
 
     fn names(&self, rel: &str) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.path(rel))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
+        names_in(&self.path(rel))
     }
+}
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 fn quiet() -> impl FnMut(&str) {
     |_: &str| {}
 }
 
-/// debugfs's own view of a file, not through the library.
-fn debugfs_cat(image: &Path, path: &str) -> Vec<u8> {
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("cat {path}"))
-        .arg(image)
+/// Runs `program ARGS… FILES…`, which must succeed; its output.
+fn run_ok(program: &str, args: &[&str], files: &[&Path]) -> std::process::Output {
+    let out = Command::new(program)
+        .args(args)
+        .args(files)
         .output()
         .unwrap();
-    assert!(out.status.success());
-    out.stdout
+    assert!(
+        out.status.success(),
+        "{program} {} {files:?}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// debugfs's own view of a file, not through the library.
+fn debugfs_cat(image: &Path, path: &str) -> Vec<u8> {
+    run_ok("debugfs", &["-R", &format!("cat {path}")], &[image]).stdout
 }
 
 /// e2fsck comes in e2fsprogs with mkfs.ext4 and debugfs, which every caller
@@ -144,18 +184,7 @@ fn e2fsck_clean(image: &Path) {
         e2fs::tool_available("e2fsck"),
         "e2fsck is missing though mkfs.ext4 and debugfs are here"
     );
-    let out = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "e2fsck -fn {}: {}{}",
-        image.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok("e2fsck", &["-fn"], &[image]);
 }
 
 fn symlink_target(image: &Path, path: &str) -> String {
@@ -170,21 +199,14 @@ fn symlink_target(image: &Path, path: &str) -> String {
 
 #[test]
 fn a_plain_image_has_the_agent_and_init_and_leaves_the_tree_alone() {
-    if !have("a_plain_image_has_the_agent…", &["mkfs.ext4", "debugfs"]) {
+    let Some(fx) = Fixture::new("a_plain_image_has_the_agent…") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let tree = fx.tree("tree");
     let agent = fx.agent(b"agent one");
     let before = scan_tree(&tree).unwrap();
     let out = fx.path("out/plain.ext4");
-    let built = build_plain_image(
-        &tree,
-        None,
-        &fx.options(&agent, Output::Path(out.clone())),
-        &mut quiet(),
-    )
-    .unwrap();
+    let built = fx.build_plain(&tree, None, &agent, &out).unwrap();
     assert_eq!(built.path, out);
     assert!(!built.up_to_date);
     assert_eq!(scan_tree(&tree).unwrap(), before, "the tree is untouched");
@@ -234,23 +256,16 @@ fn a_plain_image_has_the_agent_and_init_and_leaves_the_tree_alone() {
 
 #[test]
 fn a_usr_merged_sbin_gets_init_inside_the_tree() {
-    if !have("a_usr_merged_sbin_gets_init…", &["mkfs.ext4", "debugfs"]) {
+    let Some(fx) = Fixture::new("a_usr_merged_sbin_gets_init…") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let tree = fx.tree("tree");
     fs::create_dir_all(tree.join("usr/sbin")).unwrap();
     // Absolute: followed on the host it would lead to the host's /usr/sbin.
     symlink("/usr/sbin", tree.join("sbin")).unwrap();
     let agent = fx.agent(b"a");
     let out = fx.path("merged.ext4");
-    build_plain_image(
-        &tree,
-        Some(64),
-        &fx.options(&agent, Output::Path(out.clone())),
-        &mut quiet(),
-    )
-    .unwrap();
+    fx.build_plain(&tree, Some(64), &agent, &out).unwrap();
     assert_eq!(symlink_target(&out, "/sbin"), "/usr/sbin");
     assert_eq!(symlink_target(&out, "/usr/sbin/init"), AGENT_PATH);
     assert_eq!(fs::metadata(&out).unwrap().len(), 64 << 20);
@@ -260,13 +275,7 @@ fn a_usr_merged_sbin_gets_init_inside_the_tree() {
     let tree = fx.tree("tree2");
     symlink("usr/sbin", tree.join("sbin")).unwrap();
     let out = fx.path("merged2.ext4");
-    build_plain_image(
-        &tree,
-        Some(64),
-        &fx.options(&agent, Output::Path(out.clone())),
-        &mut quiet(),
-    )
-    .unwrap();
+    fx.build_plain(&tree, Some(64), &agent, &out).unwrap();
     assert_eq!(symlink_target(&out, "/usr/sbin/init"), AGENT_PATH);
     e2fsck_clean(&out);
 
@@ -275,27 +284,23 @@ fn a_usr_merged_sbin_gets_init_inside_the_tree() {
     fs::create_dir(tree.join("sbin")).unwrap();
     symlink("/bin/sh", tree.join("sbin/init")).unwrap();
     let out = fx.path("own-init.ext4");
-    build_plain_image(
-        &tree,
-        Some(64),
-        &fx.options(&agent, Output::Path(out.clone())),
-        &mut quiet(),
-    )
-    .unwrap();
+    fx.build_plain(&tree, Some(64), &agent, &out).unwrap();
     assert_eq!(symlink_target(&out, "/sbin/init"), "/bin/sh");
 }
 
 #[test]
 fn cached_images_are_named_by_their_inputs_and_reproducible() {
-    if !have("cached_images_are_named…", &["mkfs.ext4", "debugfs"]) {
+    let Some(fx) = Fixture::new("cached_images_are_named…") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let tree = fx.tree("tree");
     let agent = fx.agent(b"agent");
     let cache = fx.path("cache");
-    let options = fx.options(&agent, Output::Cache(cache.clone()));
-    let first = build_plain_image(&tree, Some(64), &options, &mut quiet()).unwrap();
+    let cached = |tree: &Path, size_mib: u64, agent: &Path, cache: &Path| {
+        let options = fx.options(agent, Output::Cache(cache.to_path_buf()));
+        build_plain_image(tree, Some(size_mib), &options, &mut quiet()).unwrap()
+    };
+    let first = cached(&tree, 64, &agent, &cache);
     assert!(first.path.starts_with(&cache));
     let name = first
         .path
@@ -308,7 +313,7 @@ fn cached_images_are_named_by_their_inputs_and_reproducible() {
         name.starts_with("plain-") && name.ends_with(".ext4") && name.len() == 27,
         "{name}"
     );
-    let again = build_plain_image(&tree, Some(64), &options, &mut quiet()).unwrap();
+    let again = cached(&tree, 64, &agent, &cache);
     assert!(again.up_to_date);
     assert_eq!(again.path, first.path);
 
@@ -316,31 +321,19 @@ fn cached_images_are_named_by_their_inputs_and_reproducible() {
     // and the same bytes.
     let copy = fx.tree("copy");
     let elsewhere = fx.path("cache2");
-    let second = build_plain_image(
-        &copy,
-        Some(64),
-        &fx.options(&agent, Output::Cache(elsewhere)),
-        &mut quiet(),
-    )
-    .unwrap();
+    let second = cached(&copy, 64, &agent, &elsewhere);
     assert!(!second.up_to_date);
     assert_eq!(second.path.file_name(), first.path.file_name());
     assert_eq!(second.info.sha256, first.info.sha256, "reproducible bytes");
 
     // Other inputs, other names.
     let other_agent = fx.agent(b"another agent");
-    let other = build_plain_image(
-        &tree,
-        Some(64),
-        &fx.options(&other_agent, Output::Cache(cache.clone())),
-        &mut quiet(),
-    )
-    .unwrap();
+    let other = cached(&tree, 64, &other_agent, &cache);
     assert_ne!(other.path, first.path);
     fs::write(tree.join("etc/hostname"), "changed\n").unwrap();
-    let changed = build_plain_image(&tree, Some(64), &options, &mut quiet()).unwrap();
+    let changed = cached(&tree, 64, &agent, &cache);
     assert_ne!(changed.path, first.path);
-    let sized = build_plain_image(&tree, Some(96), &options, &mut quiet()).unwrap();
+    let sized = cached(&tree, 96, &agent, &cache);
     assert_ne!(sized.path, changed.path);
 
     // An image written after its sidecar is not trusted.
@@ -350,7 +343,7 @@ fn cached_images_are_named_by_their_inputs_and_reproducible() {
         .unwrap()
         .set_len(changed.info.size_bytes + 4096)
         .unwrap();
-    let rebuilt = build_plain_image(&tree, Some(64), &options, &mut quiet()).unwrap();
+    let rebuilt = cached(&tree, 64, &agent, &cache);
     assert!(!rebuilt.up_to_date);
     assert_eq!(rebuilt.info.sha256, changed.info.sha256);
     assert!(fx.names("cache").iter().all(|n| !n.ends_with(".tmp")));
@@ -358,10 +351,9 @@ fn cached_images_are_named_by_their_inputs_and_reproducible() {
 
 #[test]
 fn from_raw_installs_the_service_from_a_tree_and_from_an_image() {
-    if !have("from_raw_installs_the_service…", &["mkfs.ext4", "debugfs"]) {
+    let Some(fx) = Fixture::new("from_raw_installs_the_service…") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let tree = fx.systemd_tree("debian");
     let agent = fx.agent(b"agent");
     let out = fx.path("systemd.ext4");
@@ -436,10 +428,9 @@ fn from_raw_installs_the_service_from_a_tree_and_from_an_image() {
 
 #[test]
 fn from_raw_refuses_what_is_not_a_systemd_ext4_root() {
-    if !have("from_raw_refuses…", &["mkfs.ext4", "debugfs"]) {
+    let Some(fx) = Fixture::new("from_raw_refuses…") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let agent = fx.agent(b"agent");
     let options = fx.options(&agent, Output::Cache(fx.path("cache")));
 
@@ -477,13 +468,8 @@ fn from_raw_refuses_what_is_not_a_systemd_ext4_root() {
 
     // A plain ext4 image (no systemd in it) is refused too.
     let plain_image = fx.path("plain.ext4");
-    build_plain_image(
-        &plain,
-        Some(64),
-        &fx.options(&agent, Output::Path(plain_image.clone())),
-        &mut quiet(),
-    )
-    .unwrap();
+    fx.build_plain(&plain, Some(64), &agent, &plain_image)
+        .unwrap();
     let err =
         build_systemd_image(&RawSource::Image(plain_image), &options, &mut quiet()).unwrap_err();
     assert!(matches!(err, Error::NoSystemd { .. }), "{err}");
@@ -495,26 +481,18 @@ fn from_raw_refuses_what_is_not_a_systemd_ext4_root() {
 
 #[test]
 fn a_failure_part_way_leaves_no_output() {
-    if !have(
-        "a_failure_part_way_leaves_no_output",
-        &["mkfs.ext4", "debugfs"],
-    ) {
+    let Some(fx) = Fixture::new("a_failure_part_way_leaves_no_output") else {
         return;
-    }
-    let fx = Fixture::new();
+    };
     let tree = fx.tree("tree");
     fs::create_dir(fx.path("out")).unwrap();
 
     // mkfs.ext4 succeeds in 4 MiB; the 6 MiB agent then does not fit.
     let big_agent = fx.agent(&vec![1u8; 6 << 20]);
     let out = fx.path("out/small.ext4");
-    let err = build_plain_image(
-        &tree,
-        Some(4),
-        &fx.options(&big_agent, Output::Path(out.clone())),
-        &mut quiet(),
-    )
-    .unwrap_err();
+    let err = fx
+        .build_plain(&tree, Some(4), &big_agent, &out)
+        .unwrap_err();
     assert!(
         matches!(err, Error::ImageTooSmall { size_mib: 4, .. }),
         "{err}"
@@ -525,26 +503,14 @@ fn a_failure_part_way_leaves_no_output() {
     // The tree itself does not fit: mkfs.ext4 fails.
     fs::write(tree.join("big"), vec![3u8; 8 << 20]).unwrap();
     let agent = fx.agent(b"a");
-    let err = build_plain_image(
-        &tree,
-        Some(4),
-        &fx.options(&agent, Output::Path(out.clone())),
-        &mut quiet(),
-    )
-    .unwrap_err();
+    let err = fx.build_plain(&tree, Some(4), &agent, &out).unwrap_err();
     assert!(matches!(err, Error::ImageTooSmall { .. }), "{err}");
     assert!(fx.names("out").is_empty(), "{:?}", fx.names("out"));
 
     // Everything built, then the sidecar cannot be written: no image either.
     fs::create_dir_all(fx.path("out/blocked.ext4.json/x")).unwrap();
     let out = fx.path("out/blocked.ext4");
-    build_plain_image(
-        &tree,
-        Some(64),
-        &fx.options(&agent, Output::Path(out.clone())),
-        &mut quiet(),
-    )
-    .unwrap_err();
+    fx.build_plain(&tree, Some(64), &agent, &out).unwrap_err();
     assert!(!out.exists());
     assert_eq!(fx.names("out"), ["blocked.ext4.json"]);
 }
@@ -575,9 +541,9 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_disk_is_a_clear_error_and_leaves_nothing() {
     let test = "a_full_disk_is_a_clear_error_and_leaves_nothing";
-    if !have(test, &["mkfs.ext4", "debugfs"]) {
+    let Some(fx) = Fixture::new(test) else {
         return;
-    }
+    };
     if !nix::unistd::geteuid().is_root() {
         // Mounting a tmpfs needs root; CI runs as root.
         assert!(
@@ -592,58 +558,34 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing() {
         println!("SKIPPED: {test}: cannot mount a tmpfs here");
         return;
     };
-    let fx = Fixture::new();
     let tree = fx.tree("tree");
     fs::write(tree.join("big"), vec![9u8; 3 << 20]).unwrap();
     let agent = fx.agent(b"agent");
     let out = tmpfs.dir.path().join("full.ext4");
-    let err = build_plain_image(
-        &tree,
-        None,
-        &fx.options(&agent, Output::Path(out.clone())),
-        &mut quiet(),
-    )
-    .unwrap_err();
+    let err = fx.build_plain(&tree, None, &agent, &out).unwrap_err();
     assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
     assert!(err.to_string().contains("full.ext4"), "{err}");
     assert!(err.to_string().contains("ENOSPC"), "{err}");
-    assert_eq!(fs::read_dir(tmpfs.dir.path()).unwrap().count(), 0);
+    assert_eq!(names_in(tmpfs.dir.path()), Vec::<String>::new());
 
     // An overlay into a full tmpfs: the same.
     let base = fx.path("base.ext4");
-    build_plain_image(
-        &fx.tree("small"),
-        None,
-        &fx.options(&agent, Output::Path(base.clone())),
-        &mut quiet(),
-    )
-    .unwrap();
+    fx.build_plain(&fx.tree("small"), None, &agent, &base)
+        .unwrap();
     fs::write(tmpfs.dir.path().join("filler"), vec![0u8; 2 << 20]).unwrap_or(());
     let overlay = tmpfs.dir.path().join("vm.qcow2");
     let err = create_overlay(&base, &overlay, Durability::Synced).unwrap_err();
     assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
     assert!(err.to_string().contains("vm.qcow2"), "{err}");
-    let names: Vec<_> = fs::read_dir(tmpfs.dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, ["filler"]);
+    assert_eq!(names_in(tmpfs.dir.path()), ["filler"]);
 }
 
 #[test]
 fn overlays_read_through_to_the_base_and_qemu_img_agrees() {
-    if !have("overlays_read_through…", &["mkfs.ext4", "debugfs"]) {
+    let Some(fx) = Fixture::new("overlays_read_through…") else {
         return;
-    }
-    let fx = Fixture::new();
-    let base = fx.path("images/base.ext4");
-    build_plain_image(
-        &fx.tree("tree"),
-        Some(64),
-        &fx.options(&fx.agent(b"a"), Output::Path(base.clone())),
-        &mut quiet(),
-    )
-    .unwrap();
+    };
+    let base = fx.base_image("images/base.ext4");
     let base_sha = sha256_file(&base).unwrap();
     let base_bytes = fs::metadata(&base).unwrap().len();
 
@@ -694,16 +636,7 @@ fn overlays_read_through_to_the_base_and_qemu_img_agrees() {
     if !have("overlays_read_through… (qemu-img part)", &["qemu-img"]) {
         return;
     }
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(&overlay)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok("qemu-img", &["info", "--output=json", "-U"], &[&overlay]);
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["format"], "qcow2");
     assert_eq!(info["virtual-size"], base_bytes);
@@ -712,45 +645,19 @@ fn overlays_read_through_to_the_base_and_qemu_img_agrees() {
         base.canonicalize().unwrap().to_str().unwrap()
     );
     assert_eq!(info["backing-filename-format"], "raw");
-    let check = Command::new("qemu-img")
-        .args(["check", "-U"])
-        .arg(&overlay)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    run_ok("qemu-img", &["check", "-U"], &[&overlay]);
     // qemu-img reads the same guest bytes through it.
     let raw = fx.path("converted.raw");
-    let status = Command::new("qemu-img")
-        .args(["convert", "-U", "-O", "raw"])
-        .arg(&top)
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    run_ok("qemu-img", &["convert", "-U", "-O", "raw"], &[&top, &raw]);
     assert_eq!(sha256_file(&raw).unwrap(), base_sha);
 }
 
 #[test]
 fn broken_images_are_refused_by_name() {
-    if !have(
-        "broken_images_are_refused_by_name",
-        &["mkfs.ext4", "debugfs"],
-    ) {
+    let Some(fx) = Fixture::new("broken_images_are_refused_by_name") else {
         return;
-    }
-    let fx = Fixture::new();
-    let base = fx.path("base.ext4");
-    build_plain_image(
-        &fx.tree("tree"),
-        Some(64),
-        &fx.options(&fx.agent(b"a"), Output::Path(base.clone())),
-        &mut quiet(),
-    )
-    .unwrap();
+    };
+    let base = fx.base_image("base.ext4");
     let overlay = fx.path("good.qcow2");
     create_overlay(&base, &overlay, Durability::Unsynced).unwrap();
     let good = fs::read(&overlay).unwrap();

@@ -30,7 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use vmbench_e2e::vmbench_bin;
+use vmbench_e2e::vmm::vmm_command;
+use vmbench_e2e::{have_kvm, vmbench_bin};
 
 const MEM_MIB: u32 = 256;
 const LOAD_ADDR: u32 = 0x10_0000;
@@ -133,12 +134,8 @@ struct Ours {
 
 fn spawn_ours(kernel: &Path, dir: &Path) -> Result<Child, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    Command::new(vmbench_bin())
-        .arg("vmm")
-        .arg("--kernel")
-        .arg(kernel)
-        .args(["--mem-mib", &MEM_MIB.to_string(), "--dir"])
-        .arg(dir)
+    vmm_command(kernel, dir)
+        .args(["--mem-mib", &MEM_MIB.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -294,12 +291,7 @@ fn main() -> ExitCode {
     }
     let vms = arg("--vms", 20).max(1);
     let concurrent = arg("--concurrent", 32);
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        println!("SKIPPED: vmm_startup: cannot open /dev/kvm: {e}");
+    if !have_kvm("vmm_startup") {
         return ExitCode::SUCCESS;
     }
     let work = tempfile::tempdir().expect("a temporary directory");

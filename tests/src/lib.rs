@@ -1,5 +1,7 @@
 //! Helpers for vmbench's end-to-end tests: find the real binaries, decide
-//! whether a test can run here, and read results.json.
+//! whether a test can run here, and read results.json; `boot` runs `vmbench
+//! boot`, `vmm` runs `vmbench vmm`, `vsock` is the host's side of the vsock
+//! test guest.
 //!
 //! A test that needs something this machine lacks prints `SKIPPED: <reason>`
 //! and returns; under CI (`CI=true`) a missing package or kernel is a failure
@@ -9,6 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod boot;
+pub mod vmm;
 pub mod vsock;
 
 /// The workspace root.
@@ -82,11 +86,7 @@ pub fn can_boot_guests(test: &str) -> bool {
             agent_bin().display()
         )
     };
-    assert!(
-        !in_ci(),
-        "{test}: under CI every install step has run, yet: {reason}"
-    );
-    println!("SKIPPED: {test}: {reason}");
+    skip_unless_ci(test, &reason);
     false
 }
 
@@ -112,6 +112,15 @@ pub fn dump(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Checks that `out` failed with exit `code` and said why in one line on
+/// stderr; returns stderr.
+pub fn one_line_error(out: &Output, code: i32) -> String {
+    assert_eq!(out.status.code(), Some(code), "{}", dump(out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    stderr
 }
 
 /// A minimal x86-64 ELF executable: one PT_LOAD at 1 MiB holding the headers

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use crate::workspace;
+use crate::{skip_unless_ci, workspace};
 
 /// What a failed check says: which step, and what was seen.
 pub type Check<T> = Result<T, String>;
@@ -33,6 +33,21 @@ pub const GUEST_PREFIX: &str = "vsock-guest: ";
 /// The guest built by scripts/build-test-guest.sh.
 pub fn vsock_guest_bin() -> PathBuf {
     workspace().join("target/vsock-guest/release/vsock-guest")
+}
+
+/// The built guest, or `None` (after printing why, or failing under CI)
+/// when it is not built.
+pub fn built_vsock_guest(test: &str) -> Option<PathBuf> {
+    let guest = vsock_guest_bin();
+    if guest.is_file() {
+        return Some(guest);
+    }
+    let reason = format!(
+        "{} is not built (scripts/build-test-guest.sh)",
+        guest.display()
+    );
+    skip_unless_ci(test, &reason);
+    None
 }
 
 /// `name` on PATH, or in ~/.cargo/bin (where `cargo install` puts

@@ -1,24 +1,27 @@
 //! The guest agent must be a static executable: the initramfs has no libc.
 
+use std::path::PathBuf;
 use std::process::Command;
 
-use vmbench_e2e::{agent_bin, in_ci, workspace};
+use vmbench_e2e::{agent_bin, skip_unless_ci, workspace};
+
+/// The built agent, or `None` (after printing why, or failing under CI)
+/// when it is not built.
+fn built_agent(test: &str) -> Option<PathBuf> {
+    let agent = agent_bin();
+    if agent.is_file() {
+        return Some(agent);
+    }
+    let reason = format!("{} is not built (scripts/build-agent.sh)", agent.display());
+    skip_unless_ci(test, &reason);
+    None
+}
 
 #[test]
 fn agent_is_statically_linked() {
-    let agent = agent_bin();
-    if !agent.is_file() {
-        assert!(
-            !in_ci(),
-            "under CI scripts/build-agent.sh has run, yet {} is missing",
-            agent.display()
-        );
-        println!(
-            "SKIPPED: agent_is_statically_linked: {} not built (scripts/build-agent.sh)",
-            agent.display()
-        );
+    let Some(agent) = built_agent("agent_is_statically_linked") else {
         return;
-    }
+    };
     let bytes = std::fs::read(&agent).unwrap();
     // ELF64, executable (ET_EXEC: not PIE), no PT_INTERP or PT_DYNAMIC segment.
     assert_eq!(&bytes[..4], b"\x7fELF");
@@ -47,12 +50,9 @@ fn agent_is_statically_linked() {
 #[test]
 fn agent_refuses_to_run_outside_a_guest() {
     // Run as an ordinary process it must not mount or reboot anything.
-    let agent = agent_bin();
-    if !agent.is_file() {
-        assert!(!in_ci(), "{} is missing under CI", agent.display());
-        println!("SKIPPED: agent_refuses_to_run_outside_a_guest: agent not built");
+    let Some(agent) = built_agent("agent_refuses_to_run_outside_a_guest") else {
         return;
-    }
+    };
     let out = Command::new(&agent)
         .current_dir(workspace())
         .output()

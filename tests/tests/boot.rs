@@ -1,36 +1,8 @@
 //! End to end: the real `vmbench` binary boots real guests under QEMU (TCG on
 //! machines without native KVM) and its results.json says what happened.
 
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
-
-use vmbench_e2e::{can_boot_guests, dump, results, vmbench};
-
-/// Guests share two cores: booting them from several tests at once would only
-/// measure the contention.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// A boot test's workspace: the lock that keeps it alone, and a fresh directory.
-struct BootTest {
-    _alone: MutexGuard<'static, ()>,
-    dir: tempfile::TempDir,
-}
-
-impl BootTest {
-    /// `None` (after printing why) when guests cannot boot here.
-    fn start(name: &str) -> Option<BootTest> {
-        let alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        can_boot_guests(name).then(|| BootTest {
-            _alone: alone,
-            dir: tempfile::tempdir().unwrap(),
-        })
-    }
-
-    /// The run's --out directory (not created yet: vmbench creates it).
-    fn out_dir(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-}
+use vmbench_e2e::boot::{self, BootTest};
+use vmbench_e2e::{dump, one_line_error, results};
 
 #[test]
 fn two_vms_boot_ok_with_plausible_timelines() {
@@ -38,17 +10,7 @@ fn two_vms_boot_ok_with_plausible_timelines() {
         return;
     };
     let out_dir = test.out_dir();
-    let out = vmbench(&[
-        "boot",
-        "--backend",
-        "qemu",
-        "--vms",
-        "2",
-        "--timeout-s",
-        "120",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = boot::run("qemu", &out_dir, &["--vms", "2", "--timeout-s", "120"]);
     assert!(out.status.success(), "{}", dump(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("2/2 VMs ok"), "{}", dump(&out));
@@ -134,19 +96,18 @@ fn guest_that_never_reports_is_a_timeout() {
     let out_dir = test.out_dir();
     // The agent reports to a port nobody listens on, and keeps trying for
     // longer than the host waits.
-    let out = vmbench(&[
-        "boot",
-        "--backend",
+    let out = boot::run(
         "qemu",
-        "--vms",
-        "1",
-        "--timeout-s",
-        "8",
-        "--append",
-        "vmbench.port=4321 vmbench.connect_timeout_ms=600000",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+        &out_dir,
+        &[
+            "--vms",
+            "1",
+            "--timeout-s",
+            "8",
+            "--append",
+            "vmbench.port=4321 vmbench.connect_timeout_ms=600000",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", dump(&out));
     let r = results(&out_dir);
     let vm = &r["vms"][0];
@@ -170,32 +131,18 @@ fn corrupt_initramfs_is_a_clear_error() {
         return;
     };
     let out_dir = test.out_dir();
-    let bad = test.dir.path().join("bad.cpio.gz");
+    let bad = test.dir().join("bad.cpio.gz");
     // A valid gzip header followed by garbage, as a truncated download would be.
     std::fs::write(
         &bad,
         b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03garbage-garbage",
     )
     .unwrap();
-    let out = vmbench(&[
-        "boot",
-        "--backend",
-        "qemu",
-        "--initramfs",
-        bad.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    let out = boot::run("qemu", &out_dir, &["--initramfs", bad.to_str().unwrap()]);
+    let stderr = one_line_error(&out, 2);
+    assert!(stderr.starts_with("vmbench: error: Initramfs"), "{stderr}");
     assert!(
-        lines[0].starts_with("vmbench: error: Initramfs"),
-        "{stderr}"
-    );
-    assert!(
-        lines[0].contains("bad.cpio.gz") && lines[0].contains("corrupt"),
+        stderr.contains("bad.cpio.gz") && stderr.contains("corrupt"),
         "{stderr}"
     );
     assert!(!out_dir.join("results.json").exists(), "no run was started");
@@ -204,19 +151,9 @@ fn corrupt_initramfs_is_a_clear_error() {
 #[test]
 fn missing_kernel_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let out = vmbench(&[
-        "boot",
-        "--backend",
-        "qemu",
-        "--kernel",
-        "/nonexistent/vmlinux",
-        "--out",
-        dir.path().to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = boot::run("qemu", dir.path(), &["--kernel", "/nonexistent/vmlinux"]);
     // Without QEMU the first complaint is QEMU's; either way one line naming the fix.
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = one_line_error(&out, 2);
     assert!(
         stderr.contains("/nonexistent/vmlinux") || stderr.contains("install"),
         "{stderr}"

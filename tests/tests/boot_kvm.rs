@@ -9,46 +9,23 @@
 //! KVM's reason, the instruction bytes and the registers in one readable
 //! error, and the `vmm` phase and the exit account are still recorded.
 
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
-
-use vmbench_e2e::{
-    can_boot_guests, dump, have_kvm, kvm_verdict, plain_base, results, sha256, vmbench,
-};
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn alone() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn out_dir(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join("run")
-}
+use vmbench_e2e::boot::{self, BootTest};
+use vmbench_e2e::{dump, kvm_verdict, plain_base, results, sha256};
 
 #[test]
 fn linux_guests_boot_under_the_kvm_backend() {
     let name = "linux_guests_boot_under_the_kvm_backend";
-    let _alone = alone();
-    if !have_kvm(name) || !can_boot_guests(name) {
+    let Some(test) = BootTest::start_with_kvm(name) else {
         return;
-    }
+    };
     let (native, verdict) = kvm_verdict();
-    let dir = tempfile::tempdir().unwrap();
-    let out_dir = out_dir(&dir);
+    let out_dir = test.out_dir();
     let vms = if native { "2" } else { "1" };
-    let out = vmbench(&[
-        "boot",
-        "--backend",
+    let out = boot::run(
         "kvm",
-        "--vms",
-        vms,
-        "--timeout-s",
-        "60",
-        "--exits",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+        &out_dir,
+        &["--vms", vms, "--timeout-s", "60", "--exits"],
+    );
     let r = results(&out_dir);
     assert_eq!(r["environment"]["backend"], "kvm");
     let vm = &r["vms"][0];
@@ -97,25 +74,12 @@ fn linux_guests_boot_under_the_kvm_backend() {
 
 #[test]
 fn kvm_and_qemu_side_by_side() {
-    let name = "kvm_and_qemu_side_by_side";
-    let _alone = alone();
-    if !have_kvm(name) || !can_boot_guests(name) {
+    let Some(test) = BootTest::start_with_kvm("kvm_and_qemu_side_by_side") else {
         return;
-    }
+    };
     let (native, _) = kvm_verdict();
-    let dir = tempfile::tempdir().unwrap();
-    let out_dir = out_dir(&dir);
-    let out = vmbench(&[
-        "boot",
-        "--backend",
-        "kvm,qemu",
-        "--vms",
-        "1",
-        "--timeout-s",
-        "120",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out_dir = test.out_dir();
+    let out = boot::run("kvm,qemu", &out_dir, &["--vms", "1", "--timeout-s", "120"]);
     let r = results(&out_dir);
     assert_eq!(r["environment"]["backend"], "kvm,qemu");
     let vms = r["vms"].as_array().unwrap();
@@ -151,29 +115,26 @@ fn kvm_and_qemu_side_by_side() {
 #[test]
 fn kvm_backend_boots_from_overlays_of_a_root_disk() {
     let name = "kvm_backend_boots_from_overlays_of_a_root_disk";
-    let _alone = alone();
-    if !have_kvm(name) || !can_boot_guests(name) {
+    let Some(test) = BootTest::start_with_kvm(name) else {
         return;
-    }
+    };
     let (native, verdict) = kvm_verdict();
-    let dir = tempfile::tempdir().unwrap();
-    let base = plain_base(dir.path());
+    let base = plain_base(test.dir());
     let before = sha256(&base);
-    let out_dir = out_dir(&dir);
+    let out_dir = test.out_dir();
     let vms = if native { "2" } else { "1" };
-    let out = vmbench(&[
-        "boot",
-        "--backend",
+    let out = boot::run(
         "kvm",
-        "--rootfs",
-        base.to_str().unwrap(),
-        "--vms",
-        vms,
-        "--timeout-s",
-        "60",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+        &out_dir,
+        &[
+            "--rootfs",
+            base.to_str().unwrap(),
+            "--vms",
+            vms,
+            "--timeout-s",
+            "60",
+        ],
+    );
     assert_eq!(sha256(&base), before, "the base was written to");
     let r = results(&out_dir);
     for vm in r["vms"].as_array().unwrap() {

@@ -13,47 +13,48 @@
 //!   `systemd-analyze time` run in the same guest, and every unit's times.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::process::{Command, Output};
 
-use vmbench_e2e::{can_boot_guests, dump, in_ci, plain_base, results, sha256, vmbench};
+use vmbench_e2e::boot::{self, BootTest};
+use vmbench_e2e::{
+    can_boot_guests, dump, in_ci, one_line_error, plain_base, results, sha256, vmbench,
+};
 
-/// The tests boot TCG guests: one at a time, so they do not slow each other
-/// past their timeouts on a 2-core machine.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn alone() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+/// `vmbench boot` of `vms` VMs under QEMU and TCG (a Linux guest cannot run
+/// on this host's emulated KVM), each from its own overlay of `base`.
+fn boot_from(base: &Path, out_dir: &Path, vms: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["--accel", "tcg", "--rootfs", base.to_str().unwrap()];
+    args.extend(["--vms", vms]);
+    args.extend(extra);
+    boot::run("qemu", out_dir, &args)
 }
 
-fn boot_args<'a>(base: &'a Path, out: &'a Path, vms: &'a str) -> Vec<&'a str> {
-    vec![
-        "boot",
-        "--backend",
-        "qemu",
-        "--accel",
-        "tcg",
-        "--rootfs",
-        base.to_str().unwrap(),
-        "--vms",
-        vms,
-        "--out",
-        out.to_str().unwrap(),
-    ]
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    // SAFETY: geteuid only reads this process's credentials.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For a test that needs root for `what`: without it, prints `SKIPPED:`
+/// and returns false, or fails under CI, which runs as root.
+fn have_root(test: &str, what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(!in_ci(), "{test}: CI runs as root, which {what} needs");
+    println!("SKIPPED: {test}: {what} needs root");
+    false
 }
 
 #[test]
 fn two_vms_boot_from_overlays_of_one_ext4_base() {
-    let name = "two_vms_boot_from_overlays_of_one_ext4_base";
-    if !can_boot_guests(name) {
+    let Some(test) = BootTest::start("two_vms_boot_from_overlays_of_one_ext4_base") else {
         return;
-    }
-    let _alone = alone();
-    let dir = tempfile::tempdir().unwrap();
-    let base = plain_base(dir.path());
+    };
+    let base = plain_base(test.dir());
     let before = sha256(&base);
-    let run = dir.path().join("run");
-    let out = vmbench(&boot_args(&base, &run, "2"));
+    let run = test.out_dir();
+    let out = boot_from(&base, &run, "2", &[]);
     assert!(out.status.success(), "{}", dump(&out));
     assert_eq!(sha256(&base), before, "the base image was written to");
     let r = results(&run);
@@ -92,18 +93,13 @@ fn two_vms_boot_from_overlays_of_one_ext4_base() {
 /// superblock and journal); reading through it shows the base's files.
 #[test]
 fn kept_overlays_hold_the_guests_writes_over_the_base() {
-    let name = "kept_overlays_hold_the_guests_writes_over_the_base";
-    if !can_boot_guests(name) {
+    let Some(test) = BootTest::start("kept_overlays_hold_the_guests_writes_over_the_base") else {
         return;
-    }
-    let _alone = alone();
-    let dir = tempfile::tempdir().unwrap();
-    let base = plain_base(dir.path());
+    };
+    let base = plain_base(test.dir());
     let before = sha256(&base);
-    let run = dir.path().join("run");
-    let mut args = boot_args(&base, &run, "1");
-    args.push("--keep");
-    let out = vmbench(&args);
+    let run = test.out_dir();
+    let out = boot_from(&base, &run, "1", &["--keep"]);
     assert!(out.status.success(), "{}", dump(&out));
     assert_eq!(sha256(&base), before);
     let overlay = run.join("vm-0/rootfs.qcow2");
@@ -120,7 +116,7 @@ fn kept_overlays_hold_the_guests_writes_over_the_base() {
         base.canonicalize().unwrap().to_str().unwrap()
     );
     // What the guest wrote is in the overlay, and only there.
-    let raw = dir.path().join("through-overlay.raw");
+    let raw = test.dir().join("through-overlay.raw");
     let convert = Command::new("qemu-img")
         .args(["convert", "-O", "raw"])
         .arg(&overlay)
@@ -145,17 +141,12 @@ fn kept_overlays_hold_the_guests_writes_over_the_base() {
 /// `/sbin/init`, which for a `vmbench rootfs ext4` image is the agent.
 #[test]
 fn a_plain_image_boots_without_an_initramfs() {
-    let name = "a_plain_image_boots_without_an_initramfs";
-    if !can_boot_guests(name) {
+    let Some(test) = BootTest::start("a_plain_image_boots_without_an_initramfs") else {
         return;
-    }
-    let _alone = alone();
-    let dir = tempfile::tempdir().unwrap();
-    let base = plain_base(dir.path());
-    let run = dir.path().join("run");
-    let mut args = boot_args(&base, &run, "1");
-    args.push("--no-initramfs");
-    let out = vmbench(&args);
+    };
+    let base = plain_base(test.dir());
+    let run = test.out_dir();
+    let out = boot_from(&base, &run, "1", &["--no-initramfs"]);
     assert!(out.status.success(), "{}", dump(&out));
     let r = results(&run);
     assert_eq!(r["environment"]["initramfs"], "none");
@@ -180,10 +171,7 @@ fn a_plain_image_boots_without_an_initramfs() {
 
 /// One line on stderr naming the problem, exit 2, and no VM started.
 fn refused(base: &Path, run: &Path, expect: &str) {
-    let out = vmbench(&boot_args(base, run, "1"));
-    assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = one_line_error(&boot_from(base, run, "1", &[]), 2);
     assert!(stderr.contains(expect), "expected {expect:?}: {stderr}");
     assert!(!run.join("results.json").exists(), "a run was started");
 }
@@ -241,12 +229,7 @@ fn a_full_disk_while_writing_overlays_is_a_clear_error() {
     if !can_boot_guests(name) {
         return;
     }
-    if !is_root() {
-        assert!(
-            !in_ci(),
-            "{name}: CI runs as root, which mounting a tmpfs needs"
-        );
-        println!("SKIPPED: {name}: mounting a small tmpfs needs root");
+    if !have_root(name, "mounting a small tmpfs") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -267,10 +250,7 @@ fn a_full_disk_while_writing_overlays_is_a_clear_error() {
     }
     let _unmount = Unmount(small.clone());
     let run = small.join("run");
-    let out = vmbench(&boot_args(&base, &run, "16"));
-    assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = one_line_error(&boot_from(&base, &run, "16", &[]), 2);
     assert!(
         stderr.contains("Cannot create the overlay") && stderr.contains("No space left"),
         "{stderr}"
@@ -323,9 +303,7 @@ fn debian_without_root_is_a_clear_error() {
         .arg(&out_image)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let stderr = one_line_error(&out, 2);
     assert!(
         stderr.contains("root") && stderr.contains("debootstrap"),
         "{stderr}"
@@ -333,25 +311,17 @@ fn debian_without_root_is_a_clear_error() {
     assert!(!out_image.exists());
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid only reads this process's credentials.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Debian bookworm with systemd, booted from an overlay under QEMU and TCG:
 /// the agent reports systemd's own account once the boot has finished.
 #[test]
 fn debian_systemd_guest_reports_systemds_phases() {
     let name = "debian_systemd_guest_reports_systemds_phases";
-    if !can_boot_guests(name) {
+    let Some(test) = BootTest::start(name) else {
+        return;
+    };
+    if !have_root(name, "debootstrap") {
         return;
     }
-    if !is_root() {
-        assert!(!in_ci(), "{name}: CI runs as root, which debootstrap needs");
-        println!("SKIPPED: {name}: debootstrap needs root");
-        return;
-    }
-    let _alone = alone();
     // Built once into the image cache (about 35 s); later runs reuse it.
     let built = vmbench(&["rootfs", "debian"]);
     assert!(built.status.success(), "{}", dump(&built));
@@ -360,11 +330,8 @@ fn debian_systemd_guest_reports_systemds_phases() {
     assert!(image.is_file(), "{}: {}", image.display(), dump(&built));
     let before = sha256(&image);
 
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let mut args = boot_args(&image, &run, "1");
-    args.extend(["--timeout-s", "300"]);
-    let out = vmbench(&args);
+    let run = test.out_dir();
+    let out = boot_from(&image, &run, "1", &["--timeout-s", "300"]);
     assert!(out.status.success(), "{}", dump(&out));
     assert_eq!(sha256(&image), before, "the base image was written to");
     let r = results(&run);
@@ -404,10 +371,13 @@ fn debian_systemd_guest_reports_systemds_phases() {
 
     // The same image booted as the distribution boots itself: no initramfs,
     // systemd as PID 1 from the disk; systemd's "kernel" is then the kernel.
-    let direct = dir.path().join("direct");
-    let mut args = boot_args(&image, &direct, "1");
-    args.extend(["--timeout-s", "300", "--no-initramfs"]);
-    let out = vmbench(&args);
+    let direct = test.dir().join("direct");
+    let out = boot_from(
+        &image,
+        &direct,
+        "1",
+        &["--timeout-s", "300", "--no-initramfs"],
+    );
     assert!(out.status.success(), "{}", dump(&out));
     let d = results(&direct);
     let dvm = &d["vms"][0];

@@ -6,9 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use vmbench_e2e::vmm::{vmm_command, vmm_json};
+use vmbench_e2e::vsock::wait_for_path;
 use vmbench_e2e::{
     doc_mismatches, documented_paths, documented_schema_version, dump, have_kvm, json_paths,
-    tiny_elf, vmbench_bin, workspace,
+    one_line_error, tiny_elf, workspace,
 };
 
 /// 'ok\n' to COM1, 0x60 to the boot-marker port, a write to an MMIO address
@@ -46,12 +48,8 @@ const VIRTIO_MMIO_GUEST: &[u8] = &[
 
 /// `vmbench vmm --kernel KERNEL --mem-mib MIB --dir DIR EXTRA…`.
 fn run_vmm(kernel: &Path, mem_mib: u32, dir: &Path, extra: &[&str]) -> Output {
-    Command::new(vmbench_bin())
-        .arg("vmm")
-        .arg("--kernel")
-        .arg(kernel)
-        .args(["--mem-mib", &mem_mib.to_string(), "--dir"])
-        .arg(dir)
+    vmm_command(kernel, dir)
+        .args(["--mem-mib", &mem_mib.to_string()])
         .args(extra)
         .output()
         .unwrap()
@@ -66,10 +64,6 @@ fn run_guest_with(code: &[u8], extra: &[&str]) -> (Output, tempfile::TempDir) {
 
 fn run_guest(code: &[u8]) -> (Output, tempfile::TempDir) {
     run_guest_with(code, &[])
-}
-
-fn vmm_json(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("vmm.json")).unwrap()).unwrap()
 }
 
 #[test]
@@ -239,24 +233,16 @@ fn sigterm_stops_a_spinning_guest_with_a_report() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("guest.elf");
     std::fs::write(&kernel, tiny_elf(&[0xeb, 0xfe])).unwrap(); // jmp $
-    let child = Command::new(vmbench_bin())
-        .arg("vmm")
-        .arg("--kernel")
-        .arg(&kernel)
-        .args(["--mem-mib", "16", "--vcpus", "2", "--dir"])
-        .arg(dir.path())
+    let child = vmm_command(&kernel, dir.path())
+        .args(["--mem-mib", "16", "--vcpus", "2"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Wait for the VM to be running (serial.log exists once it is set up).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !dir.path().join("serial.log").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the VMM never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    let serial = dir.path().join("serial.log");
+    if let Err(e) = wait_for_path(&serial, std::time::Duration::from_secs(10)) {
+        panic!("the VMM never started: {e}");
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
     // SAFETY: kill(2) on our own child's pid.
@@ -275,14 +261,8 @@ fn kernel_that_is_not_one_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad");
     std::fs::write(&bad, b"not a kernel").unwrap();
-    let out = Command::new(vmbench_bin())
-        .args(["vmm", "--kernel", bad.to_str().unwrap(), "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", dump(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let out = vmm_command(&bad, dir.path()).output().unwrap();
+    let stderr = one_line_error(&out, 2);
     assert!(
         stderr.contains("Cannot load kernel") || stderr.contains("/dev/kvm"),
         "{stderr}"
@@ -354,9 +334,7 @@ fn linux_through_entry(kernel: &Path, entry: &str, native: bool) {
         let said = vmm_json(dir.path())["guest_said"].to_string();
         assert!(said.contains("Kernel panic"), "{said}");
     } else {
-        assert_eq!(out.status.code(), Some(1), "{}", dump(&out));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let stderr = one_line_error(&out, 1);
         assert!(
             stderr.contains("emulation failure") && stderr.contains("instruction bytes: "),
             "{stderr}"
@@ -387,12 +365,8 @@ fn thirty_two_concurrent_vms_run_and_end_cleanly() {
         .map(|i| {
             let dir = work.path().join(format!("vm-{i}"));
             std::fs::create_dir(&dir).unwrap();
-            let child = Command::new(vmbench_bin())
-                .arg("vmm")
-                .arg("--kernel")
-                .arg(&kernel)
-                .args(["--mem-mib", "256", "--dir"])
-                .arg(&dir)
+            let child = vmm_command(&kernel, &dir)
+                .args(["--mem-mib", "256"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -403,8 +377,7 @@ fn thirty_two_concurrent_vms_run_and_end_cleanly() {
     for (dir, child) in running {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}: {}", dir.display(), dump(&out));
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("vmm.json")).unwrap()).unwrap();
+        let report = vmm_json(&dir);
         assert_eq!(report["end"]["kind"], "reset", "{report}");
         assert_eq!(
             std::fs::read_to_string(dir.join("serial.log")).unwrap(),
@@ -510,9 +483,7 @@ fn bad_disks_are_one_line_errors() {
     }
     for (arg, file, expected) in &cases {
         let out = run_vmm(&kernel, 16, dir.path(), &["--disk", arg]);
-        assert_eq!(out.status.code(), Some(2), "{arg}: {}", dump(&out));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let stderr = one_line_error(&out, 2);
         assert!(stderr.contains(&file.display().to_string()), "{stderr}");
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }

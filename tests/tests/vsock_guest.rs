@@ -15,18 +15,19 @@
 //! against both VMMs.
 
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use vmbench_e2e::vmm::{vmm_command, vmm_json};
 use vmbench_e2e::vsock::{
-    connect_and_echo, expect_done, expect_error, find_program, guest_lines, patterned_bytes,
-    serve_guest_connection, vsock_guest_bin, wait_for_path, KillOnDrop,
+    built_vsock_guest, connect_and_echo, expect_done, expect_error, find_program, guest_lines,
+    patterned_bytes, serve_guest_connection, vsock_guest_bin, wait_for_path, Check, KillOnDrop,
 };
-use vmbench_e2e::{dump, have_kvm, skip_unless_ci, vmbench_bin};
+use vmbench_e2e::{dump, have_kvm, skip_unless_ci};
 
 const GUEST_CID: u32 = 3;
-/// QEMU's start to its exit. The guest itself needs well under a second
+/// The VMM's start to its exit. The guest itself needs well under a second
 /// under TCG; its own waits are about 10 s each.
 const VM_TIMEOUT: Duration = Duration::from_secs(90);
 /// One host-side step: a connection, an echo, a close.
@@ -62,82 +63,95 @@ impl GuestDir {
     fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(name)).unwrap_or_default()
     }
-}
-
-/// A guest under QEMU with its vhost-device-vsock, in a directory of its own.
-/// Fields drop in order: QEMU is killed first, then its backend, then the
-/// directory goes.
-struct QemuGuest {
-    qemu: Option<KillOnDrop>,
-    vhost: Option<KillOnDrop>,
-    dir: GuestDir,
-    qemu_bin: PathBuf,
-    vhost_bin: PathBuf,
-}
-
-impl QemuGuest {
-    /// `None` (after printing why, or failing under CI) when QEMU,
-    /// vhost-device-vsock or the built guest is missing.
-    fn new(test: &str) -> Option<QemuGuest> {
-        let qemu_bin = find_program("qemu-system-x86_64");
-        let vhost_bin = find_program("vhost-device-vsock");
-        let missing = match (&qemu_bin, &vhost_bin) {
-            (None, _) => Some("qemu-system-x86_64 is not installed (scripts/setup.sh)".into()),
-            (_, None) => Some("vhost-device-vsock is not installed (scripts/setup.sh)".into()),
-            _ if !vsock_guest_bin().is_file() => Some(format!(
-                "{} is not built (scripts/build-test-guest.sh)",
-                vsock_guest_bin().display()
-            )),
-            _ => None,
-        };
-        if let Some(reason) = missing {
-            skip_unless_ci(test, &reason);
-            return None;
-        }
-        Some(QemuGuest {
-            qemu: None,
-            vhost: None,
-            dir: GuestDir::new(),
-            qemu_bin: qemu_bin.unwrap(),
-            vhost_bin: vhost_bin.unwrap(),
-        })
-    }
 
     /// A log file for a child's stdout and stderr both.
     fn log_file(&self, name: &str) -> (Stdio, Stdio) {
-        let file = std::fs::File::create(self.dir.path(name)).unwrap();
+        let file = std::fs::File::create(self.path(name)).unwrap();
         let again = file.try_clone().unwrap();
         (file.into(), again.into())
     }
+}
 
-    /// Starts vhost-device-vsock, waits for its socket (QEMU fails without
-    /// it), then starts QEMU with the guest and `append` as its command line.
-    fn boot(&mut self, append: &str) {
-        let vhost_socket = self.dir.path("vhu.sock");
+/// The VMM that runs the guest.
+enum Vmm {
+    /// QEMU microvm with vhost-user-vsock-device, served by
+    /// vhost-device-vsock: the reference.
+    Qemu {
+        qemu_bin: PathBuf,
+        vhost_bin: PathBuf,
+    },
+    /// `vmbench vmm`, entered at `entry`; with a vsock device (CID 3) when
+    /// `vsock`.
+    Ours { entry: &'static str, vsock: bool },
+}
+
+impl Vmm {
+    fn name(&self) -> String {
+        match self {
+            Vmm::Qemu { .. } => "QEMU".into(),
+            Vmm::Ours { entry, .. } => format!("vmbench vmm (entry {entry})"),
+        }
+    }
+
+    /// Everything in `dir` that tells what happened, for a failure message.
+    fn logs(&self, dir: &GuestDir) -> String {
+        let names: &[&str] = match self {
+            Vmm::Qemu { .. } => &["serial.log", "qemu.log", "vhost.log"],
+            Vmm::Ours { .. } => &["serial.log", "vmm.log"],
+        };
+        names
+            .iter()
+            .map(|name| format!("--- {name}\n{}", dir.read(name)))
+            .collect()
+    }
+
+    /// Starts the guest in `dir` with `cmdline`: the VMM, and the backend it
+    /// needs first if it has one.
+    fn start(&self, dir: &GuestDir, cmdline: &str) -> (KillOnDrop, Option<KillOnDrop>) {
+        match self {
+            Vmm::Qemu {
+                qemu_bin,
+                vhost_bin,
+            } => {
+                let vhost = self.start_vhost(dir, vhost_bin);
+                (self.start_qemu(dir, qemu_bin, cmdline), Some(vhost))
+            }
+            Vmm::Ours { entry, vsock } => (self.start_ours(dir, entry, *vsock, cmdline), None),
+        }
+    }
+
+    /// Starts vhost-device-vsock and waits for its socket (QEMU fails
+    /// without it).
+    fn start_vhost(&self, dir: &GuestDir, vhost_bin: &Path) -> KillOnDrop {
+        let vhost_socket = dir.path("vhu.sock");
         let vm = format!(
             "guest-cid={GUEST_CID},socket={},uds-path={}",
             vhost_socket.display(),
-            self.dir.uds().display()
+            dir.uds().display()
         );
-        let (stdout, stderr) = self.log_file("vhost.log");
+        let (stdout, stderr) = dir.log_file("vhost.log");
         let vhost = KillOnDrop::spawn(
             "vhost-device-vsock",
-            Command::new(&self.vhost_bin)
+            Command::new(vhost_bin)
                 .args(["--vm", &vm])
                 .stdin(Stdio::null())
                 .stdout(stdout)
                 .stderr(stderr),
-        );
-        self.vhost = Some(vhost.unwrap());
+        )
+        .unwrap();
         if let Err(e) = wait_for_path(&vhost_socket, STEP_TIMEOUT) {
-            panic!("{e}\n{}", self.logs());
+            panic!("{e}\n{}", self.logs(dir));
         }
-        let serial = format!("file:{}", self.dir.path("serial.log").display());
-        let chardev = format!("socket,id=c0,path={}", vhost_socket.display());
-        let (stdout, stderr) = self.log_file("qemu.log");
-        let qemu = KillOnDrop::spawn(
+        vhost
+    }
+
+    fn start_qemu(&self, dir: &GuestDir, qemu_bin: &Path, append: &str) -> KillOnDrop {
+        let serial = format!("file:{}", dir.path("serial.log").display());
+        let chardev = format!("socket,id=c0,path={}", dir.path("vhu.sock").display());
+        let (stdout, stderr) = dir.log_file("qemu.log");
+        KillOnDrop::spawn(
             "qemu",
-            Command::new(&self.qemu_bin)
+            Command::new(qemu_bin)
                 .args(["-M", "microvm,acpi=off", "-accel", "tcg", "-m", "64"])
                 .args([
                     "-nographic",
@@ -156,64 +170,150 @@ impl QemuGuest {
                 .stdin(Stdio::null())
                 .stdout(stdout)
                 .stderr(stderr),
-        );
-        self.qemu = Some(qemu.unwrap());
+        )
+        .unwrap()
     }
 
-    /// Waits for the guest to end its VM (QEMU exits on its triple fault)
-    /// and returns the serial log.
+    fn start_ours(&self, dir: &GuestDir, entry: &str, vsock: bool, cmdline: &str) -> KillOnDrop {
+        let (stdout, stderr) = dir.log_file("vmm.log");
+        let mut command = vmm_command(&vsock_guest_bin(), dir.0.path());
+        command.args(["--mem-mib", "64", "--entry", entry, "--cmdline", cmdline]);
+        if vsock {
+            command.args(["--vsock-cid", &GUEST_CID.to_string()]);
+        }
+        let command = command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        KillOnDrop::spawn("vmbench vmm", command).unwrap()
+    }
+}
+
+/// The guest under one VMM, in a directory of its own. Fields drop in
+/// order: the VMM is killed first, then its backend, then the directory
+/// goes.
+struct Guest {
+    vm: Option<KillOnDrop>,
+    backend: Option<KillOnDrop>,
+    dir: GuestDir,
+    vmm: Vmm,
+}
+
+impl Guest {
+    fn new(vmm: Vmm) -> Guest {
+        Guest {
+            vm: None,
+            backend: None,
+            dir: GuestDir::new(),
+            vmm,
+        }
+    }
+
+    /// Under QEMU; `None` (after printing why, or failing under CI) when
+    /// QEMU, vhost-device-vsock or the built guest is missing.
+    fn under_qemu(test: &str) -> Option<Guest> {
+        let qemu_bin = find_program("qemu-system-x86_64");
+        let vhost_bin = find_program("vhost-device-vsock");
+        let missing = match (&qemu_bin, &vhost_bin) {
+            (None, _) => Some("qemu-system-x86_64"),
+            (_, None) => Some("vhost-device-vsock"),
+            _ => None,
+        };
+        if let Some(program) = missing {
+            skip_unless_ci(
+                test,
+                &format!("{program} is not installed (scripts/setup.sh)"),
+            );
+            return None;
+        }
+        built_vsock_guest(test)?;
+        Some(Guest::new(Vmm::Qemu {
+            qemu_bin: qemu_bin.unwrap(),
+            vhost_bin: vhost_bin.unwrap(),
+        }))
+    }
+
+    /// Under `vmbench vmm`, entered at `entry`, with a vsock device when
+    /// `vsock`; `None` (after printing why, or failing under CI) without the
+    /// built guest or /dev/kvm.
+    fn under_vmbench_vmm(test: &str, entry: &'static str, vsock: bool) -> Option<Guest> {
+        built_vsock_guest(test)?;
+        have_kvm(test).then(|| Guest::new(Vmm::Ours { entry, vsock }))
+    }
+
+    fn boot(&mut self, cmdline: &str) {
+        let (vm, backend) = self.vmm.start(&self.dir, cmdline);
+        (self.vm, self.backend) = (Some(vm), backend);
+    }
+
+    /// Passes a host-side step, or fails the test with every log.
+    fn check(&self, step: Check<()>) {
+        if let Err(e) = step {
+            panic!("{}: {e}\n{}", self.vmm.name(), self.logs());
+        }
+    }
+
+    /// Waits for the guest to end its VM (QEMU exits on its triple fault,
+    /// ours on its reset) and returns the serial log.
     fn finish(&mut self) -> String {
-        let qemu = self.qemu.as_mut().expect("booted");
-        match qemu.wait_timeout(VM_TIMEOUT) {
+        let vm = self.vm.as_mut().expect("booted");
+        match vm.wait_timeout(VM_TIMEOUT) {
             Ok(status) if status.success() => {}
-            Ok(status) => panic!("QEMU failed: {status}\n{}", self.logs()),
+            Ok(status) => panic!("{} failed: {status}\n{}", self.vmm.name(), self.logs()),
             Err(e) => panic!("{e}\n{}", self.logs()),
         }
         self.dir.read("serial.log")
     }
 
-    /// Everything that tells what happened, for a failure message.
+    /// vmbench vmm's account of the run, once finished.
+    fn report(&self) -> serde_json::Value {
+        vmm_json(self.dir.0.path())
+    }
+
     fn logs(&self) -> String {
-        format!(
-            "--- serial.log\n{}--- qemu.log\n{}--- vhost.log\n{}",
-            self.dir.read("serial.log"),
-            self.dir.read("qemu.log"),
-            self.dir.read("vhost.log")
-        )
+        self.vmm.logs(&self.dir)
+    }
+
+    /// `vsockguest.connect=5000`: the guest connects to host port 5000,
+    /// greets with `tok-1` and echoes `data`, the host serving it; the guest
+    /// reports the echo done.
+    fn echo_as_client(&mut self, data: &[u8]) {
+        let listener = self.dir.listen(5000);
+        self.boot("vsockguest.connect=5000 vsockguest.message=tok-1");
+        self.check(serve_guest_connection(
+            &listener,
+            b"tok-1\n",
+            data,
+            STEP_TIMEOUT,
+        ));
+        let serial = self.finish();
+        expect_done(&serial, "connect", 5000, data.len()).unwrap();
+    }
+
+    /// `vsockguest.listen=6000`: the host connects to guest port 6000 and
+    /// echoes `data` through it; the guest reports the echo done.
+    fn echo_as_server(&mut self, data: &[u8]) {
+        self.boot("vsockguest.listen=6000");
+        // CONNECT is retried until the guest answers: it may still be booting.
+        self.check(connect_and_echo(&self.dir.uds(), 6000, data, STEP_TIMEOUT));
+        let serial = self.finish();
+        expect_done(&serial, "listen", 6000, data.len()).unwrap();
     }
 }
 
 #[test]
 fn connect_mode_greets_and_echoes_100_kib_under_qemu() {
-    let Some(mut guest) = QemuGuest::new("connect_mode_greets_and_echoes_100_kib_under_qemu")
+    let Some(mut guest) = Guest::under_qemu("connect_mode_greets_and_echoes_100_kib_under_qemu")
     else {
         return;
     };
-    let listener = guest.dir.listen(5000);
-    guest.boot("vsockguest.connect=5000 vsockguest.message=tok-1");
-    let data = patterned_bytes(ECHO_BYTES, 1);
-    let served = serve_guest_connection(&listener, b"tok-1\n", &data, STEP_TIMEOUT);
-    if let Err(e) = served {
-        panic!("{e}\n{}", guest.logs());
-    }
-    let serial = guest.finish();
-    expect_done(&serial, "connect", 5000, data.len()).unwrap();
+    guest.echo_as_client(&patterned_bytes(ECHO_BYTES, 1));
 }
 
 #[test]
 fn listen_mode_accepts_the_host_and_echoes_under_qemu() {
-    let Some(mut guest) = QemuGuest::new("listen_mode_accepts_the_host_and_echoes_under_qemu")
+    let Some(mut guest) = Guest::under_qemu("listen_mode_accepts_the_host_and_echoes_under_qemu")
     else {
         return;
     };
-    guest.boot("vsockguest.listen=6000");
-    let data = patterned_bytes(ECHO_BYTES, 2);
-    // CONNECT is retried until the guest answers: it may still be booting.
-    if let Err(e) = connect_and_echo(&guest.dir.uds(), 6000, &data, STEP_TIMEOUT) {
-        panic!("{e}\n{}", guest.logs());
-    }
-    let serial = guest.finish();
-    expect_done(&serial, "listen", 6000, data.len()).unwrap();
+    guest.echo_as_server(&patterned_bytes(ECHO_BYTES, 2));
 }
 
 /// A spec-following backend answers a REQUEST nobody listens for with RST,
@@ -226,7 +326,7 @@ fn listen_mode_accepts_the_host_and_echoes_under_qemu() {
 /// connect.
 #[test]
 fn connect_to_a_port_nobody_listens_on_fails_under_qemu() {
-    let Some(mut guest) = QemuGuest::new("connect_to_a_port_nobody_listens_on_fails_under_qemu")
+    let Some(mut guest) = Guest::under_qemu("connect_to_a_port_nobody_listens_on_fails_under_qemu")
     else {
         return;
     };
@@ -242,70 +342,6 @@ fn connect_to_a_port_nobody_listens_on_fails_under_qemu() {
     );
 }
 
-/// The guest under `vmbench vmm` with a vsock device, in a directory of its own.
-struct VmmGuest {
-    vmm: Option<KillOnDrop>,
-    dir: GuestDir,
-}
-
-impl VmmGuest {
-    /// `None` (after printing why, or failing under CI) without /dev/kvm or the built guest.
-    fn new(test: &str) -> Option<VmmGuest> {
-        if !vsock_guest_bin().is_file() {
-            skip_unless_ci(
-                test,
-                "the vsock guest is not built (scripts/build-test-guest.sh)",
-            );
-            return None;
-        }
-        if !have_kvm(test) {
-            return None;
-        }
-        Some(VmmGuest {
-            vmm: None,
-            dir: GuestDir::new(),
-        })
-    }
-
-    fn boot(&mut self, entry: &str, cmdline: &str) {
-        let log = std::fs::File::create(self.dir.path("vmm.log")).unwrap();
-        let vmm = KillOnDrop::spawn(
-            "vmbench vmm",
-            Command::new(vmbench_bin())
-                .arg("vmm")
-                .arg("--kernel")
-                .arg(vsock_guest_bin())
-                .args(["--mem-mib", "64", "--vsock-cid", "3", "--entry", entry])
-                .args(["--cmdline", cmdline, "--dir"])
-                .arg(self.dir.0.path())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log),
-        );
-        self.vmm = Some(vmm.unwrap());
-    }
-
-    /// Waits for the VM to end (the guest resets it); the serial log and vmm.json.
-    fn finish(&mut self) -> (String, serde_json::Value) {
-        let vmm = self.vmm.as_mut().expect("booted");
-        match vmm.wait_timeout(VM_TIMEOUT) {
-            Ok(status) if status.success() => {}
-            Ok(status) => panic!("vmbench vmm failed: {status}\n{}", self.logs()),
-            Err(e) => panic!("{e}\n{}", self.logs()),
-        }
-        let report = serde_json::from_str(&self.dir.read("vmm.json")).unwrap();
-        (self.dir.read("serial.log"), report)
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- serial.log\n{}--- vmm.log\n{}",
-            self.dir.read("serial.log"),
-            self.dir.read("vmm.log")
-        )
-    }
-}
-
 /// The vsock device's counters in vmm.json.
 fn vsock_counters(report: &serde_json::Value) -> &serde_json::Value {
     &report["devices"]["0xd0000000:19"]
@@ -314,20 +350,13 @@ fn vsock_counters(report: &serde_json::Value) -> &serde_json::Value {
 #[test]
 fn connect_mode_greets_and_echoes_100_kib_under_vmbench_vmm() {
     for entry in ["pvh", "linux64"] {
-        let Some(mut guest) =
-            VmmGuest::new("connect_mode_greets_and_echoes_100_kib_under_vmbench_vmm")
-        else {
+        let test = "connect_mode_greets_and_echoes_100_kib_under_vmbench_vmm";
+        let Some(mut guest) = Guest::under_vmbench_vmm(test, entry, true) else {
             return;
         };
-        let listener = guest.dir.listen(5000);
-        guest.boot(entry, "vsockguest.connect=5000 vsockguest.message=tok-1");
         let data = patterned_bytes(ECHO_BYTES, 3);
-        let served = serve_guest_connection(&listener, b"tok-1\n", &data, STEP_TIMEOUT);
-        if let Err(e) = served {
-            panic!("{entry}: {e}\n{}", guest.logs());
-        }
-        let (serial, report) = guest.finish();
-        expect_done(&serial, "connect", 5000, data.len()).unwrap();
+        guest.echo_as_client(&data);
+        let report = guest.report();
         assert_eq!(report["end"]["kind"], "reset", "{report}");
         let counters = vsock_counters(&report);
         assert_eq!(counters["connections_from_guest"], 1, "{counters}");
@@ -358,18 +387,12 @@ fn connect_mode_greets_and_echoes_100_kib_under_vmbench_vmm() {
 
 #[test]
 fn listen_mode_accepts_the_host_and_echoes_under_vmbench_vmm() {
-    let Some(mut guest) =
-        VmmGuest::new("listen_mode_accepts_the_host_and_echoes_under_vmbench_vmm")
-    else {
+    let test = "listen_mode_accepts_the_host_and_echoes_under_vmbench_vmm";
+    let Some(mut guest) = Guest::under_vmbench_vmm(test, "pvh", true) else {
         return;
     };
-    guest.boot("pvh", "vsockguest.listen=6000");
-    let data = patterned_bytes(ECHO_BYTES, 4);
-    if let Err(e) = connect_and_echo(&guest.dir.uds(), 6000, &data, STEP_TIMEOUT) {
-        panic!("{e}\n{}", guest.logs());
-    }
-    let (serial, report) = guest.finish();
-    expect_done(&serial, "listen", 6000, data.len()).unwrap();
+    guest.echo_as_server(&patterned_bytes(ECHO_BYTES, 4));
+    let report = guest.report();
     assert!(
         vsock_counters(&report)["connections_from_host"].as_u64() >= Some(1),
         "{report}"
@@ -380,14 +403,14 @@ fn listen_mode_accepts_the_host_and_echoes_under_vmbench_vmm() {
 /// listens for with RST, as the spec (and Firecracker) does.
 #[test]
 fn connect_to_a_port_nobody_listens_on_is_refused_under_vmbench_vmm() {
-    let Some(mut guest) =
-        VmmGuest::new("connect_to_a_port_nobody_listens_on_is_refused_under_vmbench_vmm")
-    else {
+    let test = "connect_to_a_port_nobody_listens_on_is_refused_under_vmbench_vmm";
+    let Some(mut guest) = Guest::under_vmbench_vmm(test, "pvh", true) else {
         return;
     };
-    guest.boot("pvh", "vsockguest.connect=5999");
-    let (serial, report) = guest.finish();
+    guest.boot("vsockguest.connect=5999");
+    let serial = guest.finish();
     expect_error(&serial, "refused port=5999").unwrap();
+    let report = guest.report();
     let counters = vsock_counters(&report);
     assert_eq!(counters["connections_refused"], 1, "{counters}");
     assert_eq!(counters["rst_sent"], 1, "{counters}");
@@ -399,34 +422,20 @@ fn connect_to_a_port_nobody_listens_on_is_refused_under_vmbench_vmm() {
 /// emulator on hosts with nested KVM (no SSE, see build-test-guest.sh).
 #[test]
 fn both_entries_run_under_vmbench_vmm() {
-    let test = "both_entries_run_under_vmbench_vmm";
-    if !vsock_guest_bin().is_file() {
-        skip_unless_ci(
-            test,
-            "the vsock guest is not built (scripts/build-test-guest.sh)",
-        );
-        return;
-    }
-    if !have_kvm(test) {
-        return;
-    }
     for (entry, shown) in [("pvh", "pvh"), ("linux64", "linux")] {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(vmbench_bin())
-            .arg("vmm")
-            .arg("--kernel")
-            .arg(vsock_guest_bin())
-            .args(["--mem-mib", "64", "--entry", entry, "--dir"])
-            .arg(dir.path())
-            .args(["--cmdline", "vsockguest.connect=5000"])
-            .output()
-            .unwrap();
-        let serial = std::fs::read_to_string(dir.path().join("serial.log")).unwrap_or_default();
-        assert!(out.status.success(), "{entry}: {}\n{serial}", dump(&out));
+        let test = "both_entries_run_under_vmbench_vmm";
+        let Some(mut guest) = Guest::under_vmbench_vmm(test, entry, false) else {
+            return;
+        };
+        guest.boot("vsockguest.connect=5000");
+        let serial = guest.finish();
         assert!(
-            String::from_utf8_lossy(&out.stdout).contains("the guest reset the machine"),
+            guest
+                .dir
+                .read("vmm.log")
+                .contains("the guest reset the machine"),
             "{entry}: {}",
-            dump(&out)
+            guest.logs()
         );
         let lines = guest_lines(&serial);
         assert_eq!(
@@ -510,14 +519,9 @@ fn read_elf(bytes: &[u8]) -> ElfFacts {
 #[test]
 fn guest_elf_is_one_static_segment_at_1_mib_with_both_entries() {
     let test = "guest_elf_is_one_static_segment_at_1_mib_with_both_entries";
-    let guest = vsock_guest_bin();
-    if !guest.is_file() {
-        skip_unless_ci(
-            test,
-            "the vsock guest is not built (scripts/build-test-guest.sh)",
-        );
+    let Some(guest) = built_vsock_guest(test) else {
         return;
-    }
+    };
     let bytes = std::fs::read(&guest).unwrap();
     let elf = read_elf(&bytes);
     assert_eq!(elf.e_type, 2, "ET_EXEC: linked at fixed addresses, not PIE");
@@ -556,14 +560,9 @@ fn guest_elf_is_one_static_segment_at_1_mib_with_both_entries() {
 #[test]
 fn guest_code_uses_no_sse_registers() {
     let test = "guest_code_uses_no_sse_registers";
-    let guest = vsock_guest_bin();
-    if !guest.is_file() {
-        skip_unless_ci(
-            test,
-            "the vsock guest is not built (scripts/build-test-guest.sh)",
-        );
+    let Some(guest) = built_vsock_guest(test) else {
         return;
-    }
+    };
     let Some(objdump) = find_program("objdump") else {
         skip_unless_ci(test, "objdump (binutils) is not installed");
         return;

@@ -546,6 +546,13 @@ mod tests {
             self.to_guest.push_back((header, Vec::new()));
         }
 
+        /// A host with nothing to send, connecting to the guest's `port`.
+        fn connecting(port: u32) -> FakeHost {
+            let mut host = FakeHost::new(Vec::new(), 0);
+            host.request(port);
+            host
+        }
+
         /// The host connecting to the guest's `port`.
         fn request(&mut self, port: u32) {
             self.guest_port = Some(port);
@@ -672,18 +679,29 @@ mod tests {
         }
     }
 
+    /// connect() from GUEST_PORT to the host's HOST_PORT, greeting with
+    /// `greeting`.
+    fn connect_to(host: &mut FakeHost, greeting: &[u8]) -> Result<Summary> {
+        connect(
+            host,
+            guest(GUEST_PORT),
+            HOST_PORT,
+            greeting,
+            &mut ring(),
+            WAIT_TICKS,
+        )
+    }
+
+    /// listen() on the guest's port 6000.
+    fn listen_on_6000(host: &mut FakeHost) -> Result<Summary> {
+        listen(host, guest(6000), &mut ring(), WAIT_TICKS)
+    }
+
     #[test]
     fn connect_sends_the_greeting_then_echoes_through_small_windows() {
         let data = pattern(100 * 1024);
         let mut host = FakeHost::new(data.clone(), 6 + data.len());
-        let summary = connect(
-            &mut host,
-            guest(GUEST_PORT),
-            HOST_PORT,
-            b"tok-1\n",
-            &mut ring(),
-            WAIT_TICKS,
-        );
+        let summary = connect_to(&mut host, b"tok-1\n");
         assert_eq!(
             summary,
             Ok(Summary {
@@ -714,15 +732,7 @@ mod tests {
         let mut host = FakeHost::new(data.clone(), 6 + data.len());
         host.lazy_credit = true;
         host.chunk_bytes = data.len();
-        let summary = connect(
-            &mut host,
-            guest(GUEST_PORT),
-            HOST_PORT,
-            b"tok-2\n",
-            &mut ring(),
-            WAIT_TICKS,
-        )
-        .unwrap();
+        let summary = connect_to(&mut host, b"tok-2\n").unwrap();
         assert_eq!(summary.echoed_bytes, data.len() as u64);
         assert!(host.ops_from_guest().contains(&Op::CreditRequest));
     }
@@ -731,14 +741,7 @@ mod tests {
     fn a_reset_answer_is_a_refusal() {
         let mut host = FakeHost::new(Vec::new(), 0);
         host.refuse = true;
-        let result = connect(
-            &mut host,
-            guest(GUEST_PORT),
-            HOST_PORT,
-            b"x\n",
-            &mut ring(),
-            WAIT_TICKS,
-        );
+        let result = connect_to(&mut host, b"x\n");
         assert_eq!(result, Err(Error::Refused { port: HOST_PORT }));
     }
 
@@ -746,14 +749,7 @@ mod tests {
     fn no_answer_is_a_timeout_after_the_wait() {
         let mut host = FakeHost::new(Vec::new(), 0);
         host.silent = true;
-        let result = connect(
-            &mut host,
-            guest(GUEST_PORT),
-            HOST_PORT,
-            b"x\n",
-            &mut ring(),
-            WAIT_TICKS,
-        );
+        let result = connect_to(&mut host, b"x\n");
         assert_eq!(
             result,
             Err(Error::Timeout {
@@ -770,7 +766,7 @@ mod tests {
         host.request(7777);
         host.request(6000);
         host.host_port = 1024;
-        let summary = listen(&mut host, guest(6000), &mut ring(), WAIT_TICKS).unwrap();
+        let summary = listen_on_6000(&mut host).unwrap();
         assert_eq!(summary.echoed_bytes, data.len() as u64);
         assert!(host.received == data, "the echo differs");
         let (rst, _) = &host.from_guest[0];
@@ -785,16 +781,15 @@ mod tests {
     #[test]
     fn listen_times_out_without_a_request() {
         let mut host = FakeHost::new(Vec::new(), 0);
-        let result = listen(&mut host, guest(6000), &mut ring(), WAIT_TICKS);
+        let result = listen_on_6000(&mut host);
         assert_eq!(result, Err(Error::Timeout { waiting: "request" }));
     }
 
     #[test]
     fn a_credit_request_gets_a_credit_update() {
-        let mut host = FakeHost::new(Vec::new(), 0);
-        host.request(6000);
+        let mut host = FakeHost::connecting(6000);
         host.queue(Op::CreditRequest, 0);
-        listen(&mut host, guest(6000), &mut ring(), WAIT_TICKS).unwrap();
+        listen_on_6000(&mut host).unwrap();
         assert_eq!(host.ops_from_guest()[..2], [Op::Response, Op::CreditUpdate]);
     }
 
@@ -803,7 +798,7 @@ mod tests {
         let mut host = FakeHost::new(pattern(100), 100);
         host.request(6000);
         host.rst_on_shutdown = false;
-        let summary = listen(&mut host, guest(6000), &mut ring(), WAIT_TICKS).unwrap();
+        let summary = listen_on_6000(&mut host).unwrap();
         assert_eq!(
             summary,
             Summary {
@@ -816,17 +811,15 @@ mod tests {
 
     #[test]
     fn a_reset_from_the_host_ends_the_echo() {
-        let mut host = FakeHost::new(Vec::new(), 0);
-        host.request(6000);
+        let mut host = FakeHost::connecting(6000);
         host.queue(Op::Rst, 0);
-        let summary = listen(&mut host, guest(6000), &mut ring(), WAIT_TICKS).unwrap();
+        let summary = listen_on_6000(&mut host).unwrap();
         assert_eq!(summary.ended, Ending::ResetByHost);
     }
 
     #[test]
     fn what_is_left_when_the_host_stops_receiving_is_dropped() {
-        let mut host = FakeHost::new(Vec::new(), 0);
-        host.request(6000);
+        let mut host = FakeHost::connecting(6000);
         host.host_buf_alloc = 0;
         host.lazy_credit = true;
         // The guest cannot echo (no host credit), then the host shuts down.
@@ -834,7 +827,7 @@ mod tests {
         host.to_guest.push_back((rw, b"hello".to_vec()));
         host.queue(Op::Shutdown, SHUTDOWN_RCV | SHUTDOWN_SEND);
         host.shut_down = true;
-        let summary = listen(&mut host, guest(6000), &mut ring(), WAIT_TICKS).unwrap();
+        let summary = listen_on_6000(&mut host).unwrap();
         assert_eq!(
             summary,
             Summary {
@@ -846,10 +839,9 @@ mod tests {
 
     /// Runs listen() against a host that sends `bad` right after connecting.
     fn listen_then(bad: Header, payload: &[u8]) -> Result<Summary> {
-        let mut host = FakeHost::new(Vec::new(), 0);
-        host.request(6000);
+        let mut host = FakeHost::connecting(6000);
         host.to_guest.push_back((bad, payload.to_vec()));
-        listen(&mut host, guest(6000), &mut ring(), WAIT_TICKS)
+        listen_on_6000(&mut host)
     }
 
     fn from_host(op: u16, len: u32) -> Header {
@@ -895,14 +887,13 @@ mod tests {
 
     #[test]
     fn data_after_the_hosts_shutdown_is_a_bad_packet() {
-        let mut host = FakeHost::new(Vec::new(), 0);
-        host.request(6000);
+        let mut host = FakeHost::connecting(6000);
         host.rst_on_shutdown = false;
         host.queue(Op::Shutdown, SHUTDOWN_SEND);
         host.shut_down = true;
         host.to_guest
             .push_back((from_host(Op::Rw as u16, 1), b"x".to_vec()));
-        let result = listen(&mut host, guest(6000), &mut ring(), WAIT_TICKS);
+        let result = listen_on_6000(&mut host);
         assert_eq!(
             result,
             Err(Error::BadPacket {
@@ -918,14 +909,7 @@ mod tests {
         let mut rw = from_host(Op::Rw as u16, 1);
         (rw.src_port, rw.dst_port) = (HOST_PORT, GUEST_PORT);
         host.to_guest.push_back((rw, b"x".to_vec()));
-        let result = connect(
-            &mut host,
-            guest(GUEST_PORT),
-            HOST_PORT,
-            b"x\n",
-            &mut ring(),
-            WAIT_TICKS,
-        );
+        let result = connect_to(&mut host, b"x\n");
         assert_eq!(
             result,
             Err(Error::BadPacket {

@@ -74,6 +74,7 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
+    use crate::xorshift::XorShift64;
 
     fn boxed() -> Box<EchoRing> {
         Box::new(EchoRing::EMPTY)
@@ -113,16 +114,10 @@ mod tests {
     fn behaves_like_a_deque_under_random_use() {
         let mut ring = boxed();
         let mut model = VecDeque::new();
-        let mut seed = 0x1234_5678_9abc_def1u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = XorShift64::new(0x1234_5678_9abc_def1);
         let mut counter = 0u8;
         for _ in 0..20_000 {
-            let r = next();
+            let r = rng.next_u64();
             if r % 2 == 0 {
                 let n = (r >> 8) as usize % 5000;
                 let data: Vec<u8> = (0..n)

@@ -39,6 +39,8 @@ pub mod queue;
 pub mod serial;
 pub mod virtio_mmio;
 pub mod vsock;
+#[cfg(test)]
+mod xorshift;
 
 use core::fmt;
 

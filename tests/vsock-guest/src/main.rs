@@ -25,6 +25,16 @@ use vsock_guest::{boot, Entry};
 
 global_asm!(
     r#"
+    /* Every data segment register to the boot GDT's data descriptor. */
+    .macro load_data_segments
+    movl $0x10, %eax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw %ax, %fs
+    movw %ax, %gs
+    .endm
+
     /* QEMU reads this descriptor as a 64-bit value and aligns the note name
        to the segment's alignment, so: 4-byte aligned, 8-byte descriptor. */
     .pushsection .note.Xen, "a", @note
@@ -64,12 +74,7 @@ pvh_start:
 
     .code64
 pvh_long:
-    movl $0x10, %eax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movw %ax, %fs
-    movw %ax, %gs
+    load_data_segments
     leaq boot_stack_top(%rip), %rsp
     movl %esi, %edi
     call {pvh_main}
@@ -101,12 +106,7 @@ linux_start:
     pushq %rax
     lretq
 1:
-    movl $0x10, %eax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movw %ax, %fs
-    movw %ax, %gs
+    load_data_segments
     movq %rsi, %rdi
     call {linux_main}
     ud2

@@ -271,6 +271,7 @@ impl SplitQueue {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+    use crate::xorshift::XorShift64;
 
     /// The device's side, for tests: reads the available ring, writes the
     /// used ring, through the same raw pointer the queue uses.
@@ -470,13 +471,7 @@ pub mod tests {
     fn random_device_behaviour_never_panics() {
         // A small property test: whatever a device writes in the used ring,
         // take_used returns Ok or BadPacket and never hands out an id twice.
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = XorShift64::new(0x9e37_79b9_7f4a_7c15);
         for _ in 0..2_000 {
             let (_memory, mut queue, mut device) = queue(8);
             for id in 0..8 {
@@ -484,7 +479,7 @@ pub mod tests {
             }
             let mut returned = 0u64;
             for _ in 0..12 {
-                let r = next();
+                let r = rng.next_u64();
                 match r % 4 {
                     0 => device.set_used_idx((r >> 8) as u16),
                     _ => device.push_used((r >> 8) as u32 % 10, (r >> 40) as u32 % 120),
