@@ -393,6 +393,27 @@ pub fn doc_mismatches(
     (undocumented, missing)
 }
 
+/// Asserts that `value` is what its format document `docs/<doc>` says:
+/// every field in it is documented under "Fields", every documented field
+/// that is not optional is there, and its `schema_version` is the
+/// document's.
+pub fn assert_follows_its_document(value: &serde_json::Value, doc: &str) {
+    let doc = workspace().join("docs").join(doc);
+    let documented = documented_paths(&doc, "Fields");
+    let (undocumented, missing) = doc_mismatches(value, &documented);
+    assert!(
+        undocumented.is_empty(),
+        "fields {} does not describe: {undocumented:?}",
+        doc.display()
+    );
+    assert!(
+        missing.is_empty(),
+        "fields {} says are always there, missing: {missing:?}",
+        doc.display()
+    );
+    assert_eq!(value["schema_version"], documented_schema_version(&doc));
+}
+
 /// The version a format document describes, from its sentence "The
 /// current `schema_version` is **N**."
 pub fn documented_schema_version(doc: &Path) -> u64 {

@@ -2,7 +2,7 @@
 //! machines without native KVM) and its results.json says what happened.
 
 use vmbench_e2e::boot::{self, BootTest};
-use vmbench_e2e::{dump, one_line_error, results};
+use vmbench_e2e::{assert_follows_its_document, dump, one_line_error, results};
 
 #[test]
 fn two_vms_boot_ok_with_plausible_timelines() {
@@ -89,6 +89,21 @@ fn two_vms_boot_ok_with_plausible_timelines() {
 }
 
 #[test]
+fn results_json_is_what_its_document_says() {
+    let Some(test) = BootTest::start("results_json_is_what_its_document_says") else {
+        return;
+    };
+    let out_dir = test.out_dir();
+    let out = boot::run("qemu", &out_dir, &["--vms", "2", "--json"]);
+    assert!(out.status.success(), "{}", dump(&out));
+    let r = results(&out_dir);
+    assert_follows_its_document(&r, "results-json.md");
+    // --json prints the file itself.
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, r);
+}
+
+#[test]
 fn guest_that_never_reports_is_a_timeout() {
     let Some(test) = BootTest::start("guest_that_never_reports_is_a_timeout") else {
         return;
@@ -122,6 +137,7 @@ fn guest_that_never_reports_is_a_timeout() {
         error.contains("serial log ends:") && !error.contains("(serial log is empty)"),
         "{error}"
     );
+    assert_follows_its_document(&r, "results-json.md");
     assert_eq!(r["aggregate"]["ok"], 0);
 }
 

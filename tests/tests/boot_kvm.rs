@@ -10,7 +10,7 @@
 //! error, and the `vmm` phase and the exit account are still recorded.
 
 use vmbench_e2e::boot::{self, BootTest};
-use vmbench_e2e::{dump, kvm_verdict, plain_base, results, sha256};
+use vmbench_e2e::{assert_follows_its_document, dump, kvm_verdict, plain_base, results, sha256};
 
 #[test]
 fn linux_guests_boot_under_the_kvm_backend() {
@@ -27,6 +27,7 @@ fn linux_guests_boot_under_the_kvm_backend() {
         &["--vms", vms, "--timeout-s", "60", "--exits"],
     );
     let r = results(&out_dir);
+    assert_follows_its_document(&r, "results-json.md");
     assert_eq!(r["environment"]["backend"], "kvm");
     let vm = &r["vms"][0];
     assert_eq!(vm["backend"], "kvm");
@@ -81,6 +82,7 @@ fn kvm_and_qemu_side_by_side() {
     let out_dir = test.out_dir();
     let out = boot::run("kvm,qemu", &out_dir, &["--vms", "1", "--timeout-s", "120"]);
     let r = results(&out_dir);
+    assert_follows_its_document(&r, "results-json.md");
     assert_eq!(r["environment"]["backend"], "kvm,qemu");
     let vms = r["vms"].as_array().unwrap();
     assert_eq!(vms.len(), 2);

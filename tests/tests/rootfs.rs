@@ -17,7 +17,8 @@ use std::process::{Command, Output};
 
 use vmbench_e2e::boot::{self, BootTest};
 use vmbench_e2e::{
-    can_boot_guests, dump, in_ci, one_line_error, plain_base, results, sha256, vmbench,
+    assert_follows_its_document, can_boot_guests, dump, in_ci, one_line_error, plain_base, results,
+    sha256, vmbench,
 };
 
 /// `vmbench boot` of `vms` VMs under QEMU and TCG (a Linux guest cannot run
@@ -58,6 +59,7 @@ fn two_vms_boot_from_overlays_of_one_ext4_base() {
     assert!(out.status.success(), "{}", dump(&out));
     assert_eq!(sha256(&base), before, "the base image was written to");
     let r = results(&run);
+    assert_follows_its_document(&r, "results-json.md");
     let rootfs = &r["environment"]["rootfs"];
     assert_eq!(rootfs["base_sha256"], before.as_str(), "{rootfs}");
     assert_eq!(rootfs["format"], "raw");
@@ -335,6 +337,7 @@ fn debian_systemd_guest_reports_systemds_phases() {
     assert!(out.status.success(), "{}", dump(&out));
     assert_eq!(sha256(&image), before, "the base image was written to");
     let r = results(&run);
+    assert_follows_its_document(&r, "results-json.md");
     let vm = &r["vms"][0];
     assert_eq!(vm["status"], "ok", "{vm}");
     let sd = &vm["systemd"];
