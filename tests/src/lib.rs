@@ -262,10 +262,14 @@ pub fn documented_paths(doc: &Path, heading: &str) -> Vec<DocumentedPath> {
     paths
 }
 
-/// The path of every object member in `value`, in the syntax of
-/// [`DocumentedPath`] but with the real keys.
-pub fn json_paths(value: &serde_json::Value) -> std::collections::BTreeSet<String> {
-    fn walk(value: &serde_json::Value, at: &str, out: &mut std::collections::BTreeSet<String>) {
+/// Every node under `value` with its path: each object member (`true`)
+/// and each array element (`false`, its path ending in `[]`).
+fn nodes(value: &serde_json::Value) -> Vec<(String, &serde_json::Value, bool)> {
+    fn walk<'v>(
+        value: &'v serde_json::Value,
+        at: &str,
+        out: &mut Vec<(String, &'v serde_json::Value, bool)>,
+    ) {
         match value {
             serde_json::Value::Object(members) => {
                 for (key, member) in members {
@@ -274,21 +278,33 @@ pub fn json_paths(value: &serde_json::Value) -> std::collections::BTreeSet<Strin
                     } else {
                         format!("{at}.{key}")
                     };
-                    out.insert(path.clone());
+                    out.push((path.clone(), member, true));
                     walk(member, &path, out);
                 }
             }
             serde_json::Value::Array(elements) => {
                 for element in elements {
-                    walk(element, &format!("{at}[]"), out);
+                    let path = format!("{at}[]");
+                    out.push((path.clone(), element, false));
+                    walk(element, &path, out);
                 }
             }
             _ => {}
         }
     }
-    let mut out = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
     walk(value, "", &mut out);
     out
+}
+
+/// The path of every object member in `value`, in the syntax of
+/// [`DocumentedPath`] but with the real keys.
+pub fn json_paths(value: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    nodes(value)
+        .into_iter()
+        .filter(|(_, _, member)| *member)
+        .map(|(path, _, _)| path)
+        .collect()
 }
 
 /// A path's steps: its keys, with each `[]` a step of its own.
@@ -317,32 +333,15 @@ fn starts_with_steps(path: &[&str], pattern: &[&str]) -> bool {
 }
 
 /// The paths in `value` that hold an object (not null, not a number): the
-/// objects whose documented fields must be there.
+/// objects whose documented fields must be there. The root is `""`.
 fn object_paths(value: &serde_json::Value) -> std::collections::BTreeSet<String> {
-    fn walk(value: &serde_json::Value, at: &str, out: &mut std::collections::BTreeSet<String>) {
-        match value {
-            serde_json::Value::Object(members) => {
-                out.insert(at.to_string());
-                for (key, member) in members {
-                    let path = if at.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{at}.{key}")
-                    };
-                    walk(member, &path, out);
-                }
-            }
-            serde_json::Value::Array(elements) => {
-                for element in elements {
-                    walk(element, &format!("{at}[]"), out);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut out = std::collections::BTreeSet::new();
-    walk(value, "", &mut out);
-    out
+    let root = value.is_object().then(String::new);
+    nodes(value)
+        .into_iter()
+        .filter(|(_, node, _)| node.is_object())
+        .map(|(path, _, _)| path)
+        .chain(root)
+        .collect()
 }
 
 /// Whether `path` (real keys) is the field `pattern` documents.
