@@ -82,6 +82,21 @@ fn from_result(name: &'static str, result: Result<String, String>, fix: &str) ->
     }
 }
 
+/// A program found (its path and version) or missing (with its fix).
+fn program_check(
+    name: &'static str,
+    found: locate::Result<std::path::PathBuf>,
+    fix: &str,
+) -> Check {
+    from_result(
+        name,
+        found
+            .map(|p| format!("{} ({})", p.display(), environment::program_version(&p)))
+            .map_err(|e| e.to_string()),
+        fix,
+    )
+}
+
 pub fn run() -> Diagnosis {
     let mut checks = Vec::new();
     let calibration = kvm_probe::calibrate();
@@ -107,18 +122,14 @@ pub fn run() -> Diagnosis {
             fix: Some("load kvm_intel or kvm_amd on a host with VT-x/AMD-V to measure hardware boot times".into()),
         },
     });
-    checks.push(from_result(
+    checks.push(program_check(
         "qemu",
-        locate::qemu()
-            .map(|p| format!("{} ({})", p.display(), environment::program_version(&p)))
-            .map_err(|e| e.to_string()),
+        locate::qemu(),
         "apt-get install qemu-system-x86 qemu-utils",
     ));
-    checks.push(from_result(
+    checks.push(program_check(
         "vhost-device-vsock",
-        locate::vhost_device_vsock()
-            .map(|p| format!("{} ({})", p.display(), environment::program_version(&p)))
-            .map_err(|e| e.to_string()),
+        locate::vhost_device_vsock(),
         "cargo install --locked vhost-device-vsock",
     ));
     checks.push(kernel_check());
