@@ -16,7 +16,10 @@
 //! - [`results`] is results.json; [`stats`] summarises samples;
 //!   [`render`] prints tables from results alone;
 //! - [`environment`] records how a result was produced; [`doctor`] says what
-//!   this host can run.
+//!   this host can run; [`rootfs_command`] is `vmbench rootfs`.
+//!
+//! Small shared pieces: [`clock`] (the host clock of every mark),
+//! [`error_line`] (an error on one line), [`log_tail`] (a log's end).
 
 pub mod backend;
 pub mod clock;

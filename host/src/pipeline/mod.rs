@@ -49,7 +49,7 @@ pub struct BootConfig {
     pub mem_mib: u32,
     pub vcpus: u32,
     pub accel: AccelChoice,
-    /// Seconds a VM may take from start to exit; default [`options::timeout`]'s.
+    /// Seconds a VM may take from start to exit; default [`options::default_timeout_s`].
     pub timeout_s: Option<f64>,
     /// A root disk image each VM boots from, through its own overlay.
     pub rootfs: Option<PathBuf>,

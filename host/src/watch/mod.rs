@@ -5,9 +5,9 @@
 //! pidfd), the deadline — and timestamps each event on CLOCK_MONOTONIC the
 //! moment it wakes, so a VM costs vmbench no CPU while it boots.
 //!
-//! - [`sockets`]: the listeners and the VMM's pidfd;
-//! - [`messages`]: what arrives on them ([`collector`] judges the report bytes);
-//! - [`verdict`]: the VM's phases, status, error and warnings at the end.
+//! - `sockets`: the listeners and the VMM's pidfd;
+//! - `messages`: what arrives on them ([`collector`] judges the report bytes);
+//! - `verdict`: the VM's phases, status, error and warnings at the end.
 
 pub mod collector;
 mod messages;
