@@ -63,6 +63,13 @@ struct VmmArgs {
     /// backing files are only ever read: the guest's writes stay in the image.
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<vmbench_vmm::machine::DiskConfig>,
+    /// A test aid for hosts whose KVM emulates guest code (nested KVM
+    /// without hardware support): complete the few instructions KVM's
+    /// emulator refuses (INT3, UD2, CLAC, STAC, register POPCNT) so Linux
+    /// gets as far as it can. Timings are then the emulator's. `vmbench boot
+    /// --backend kvm` turns it on where its KVM calibration finds KVM emulating.
+    #[arg(long)]
+    emulated_kvm: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -352,6 +359,7 @@ fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
             EntryArg::Linux64 => EntryChoice::Linux64,
         },
         disks: args.disks,
+        emulated_kvm: args.emulated_kvm,
     };
     let ended = vmbench_vmm::command::run(&config)?;
     match ended.message() {

@@ -55,9 +55,23 @@ pub struct Environment {
     /// `--rootfs`: the root disk every VM boots from (through its own overlay).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rootfs: Option<RootfsInfo>,
+    /// The kvm backend on KVM that emulates guest code: what was done so
+    /// Linux gets as far as it can there (its timings are the emulator's).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub emulated_kvm: Option<EmulatedKvmSetup>,
     pub mem_mib: u32,
     pub vcpus: u32,
     pub timeout_s: f64,
+}
+
+/// What the kvm backend does on KVM that emulates guest code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmulatedKvmSetup {
+    /// Added to each of its guests' kernel command lines.
+    pub cmdline: String,
+    /// The VMM completes the instructions KVM's emulator refuses
+    /// (`vmbench vmm --emulated-kvm`); each VM's `exits.emulated_kvm` counts them.
+    pub instruction_fallback: bool,
 }
 
 /// The root disk image of a run: which file, and which content.

@@ -15,6 +15,11 @@
 //! | `guest_initrd`    | guest | at the root switch − at PID-1 entry    |
 //! | `guest_userspace` | guest | at Ready − at the switch (else PID 1)  |
 //!
+//! Where the agent never marks `init_start` because the host cannot run
+//! guest userspace (KVM emulating guest code), the kernel's `Run /init`
+//! console line, timestamped by our VMM (`run_init`), ends `kernel` and
+//! `vmm_and_kernel` instead.
+//!
 //! With a root disk, the agent runs first from the initramfs and switches to
 //! the disk; `userspace` is then the real root's, as `systemd-analyze`
 //! counts it, and the initramfs's time is `initrd`. A systemd guest sends
@@ -34,6 +39,11 @@ use vmbench_proto::GuestMarks;
 pub struct HostMarks {
     pub spawn: Option<u64>,
     pub vmm_ready: Option<u64>,
+    /// kvm backend: the kernel's `Run … as init process` console line, as
+    /// the VMM timestamped it. It ends the kernel phase where the agent
+    /// never marks `init_start` (a host that cannot run guest userspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_init: Option<u64>,
     pub init_start: Option<u64>,
     /// The agent in the initramfs switched to the root disk (boot marker 0x62).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,11 +99,12 @@ impl Phases {
     ) -> Phases {
         let nonzero = |ns: u64| (ns > 0).then_some(ns);
         let guest_switch = guest.and_then(|g| nonzero(g.switch_root_ns));
+        let kernel_end = host.init_start.or(host.run_init);
         Phases {
             total: span_ms(host.spawn, host.ready),
             vmm: span_ms(host.spawn, host.vmm_ready),
-            kernel: span_ms(host.vmm_ready, host.init_start),
-            vmm_and_kernel: span_ms(host.spawn, host.init_start),
+            kernel: span_ms(host.vmm_ready, kernel_end),
+            vmm_and_kernel: span_ms(host.spawn, kernel_end),
             initrd: span_ms(host.init_start, host.switch_root),
             userspace: span_ms(host.switch_root.or(host.init_start), host.ready),
             shutdown: span_ms(host.reported.or(host.ready), host.exit),
@@ -132,6 +143,7 @@ mod tests {
         let host = HostMarks {
             spawn: Some(1000 * MS),
             vmm_ready: Some(1004 * MS),
+            run_init: Some(1790 * MS),
             init_start: Some(1804 * MS),
             switch_root: None,
             hello: Some(1810 * MS),
@@ -147,13 +159,28 @@ mod tests {
         let p = Phases::derive(&host, Some(700 * MS), Some(&guest));
         assert_eq!(p.total, Some(820.0));
         assert_eq!(p.vmm, Some(4.0));
-        assert_eq!(p.kernel, Some(800.0));
+        assert_eq!(p.kernel, Some(800.0), "the agent's mark, not the console's");
         assert_eq!(p.vmm_and_kernel, Some(804.0));
         assert_eq!(p.userspace, Some(16.0));
         assert_eq!(p.shutdown, Some(30.0));
         assert_eq!(p.guest_kernel, Some(700.0));
         assert_eq!(p.guest_userspace, Some(14.0));
         assert_eq!(p.disagreement(), None);
+    }
+
+    #[test]
+    fn without_the_agents_mark_the_run_init_line_ends_the_kernel() {
+        let host = HostMarks {
+            spawn: Some(1000 * MS),
+            vmm_ready: Some(1003 * MS),
+            run_init: Some(23_003 * MS),
+            exit: Some(23_500 * MS),
+            ..HostMarks::default()
+        };
+        let p = Phases::derive(&host, None, None);
+        assert_eq!((p.vmm, p.kernel), (Some(3.0), Some(22_000.0)));
+        assert_eq!(p.vmm_and_kernel, Some(22_003.0));
+        assert_eq!((p.total, p.userspace), (None, None));
     }
 
     #[test]

@@ -116,10 +116,25 @@ pub struct VmmAccount {
     pub devices: BTreeMap<String, BTreeMap<String, u64>>,
     /// (code, CLOCK_MONOTONIC ns) of each boot-marker write, taken at the exit.
     pub boot_markers: Vec<(u8, u64)>,
+    /// Console lines timestamped by the VMM (CLOCK_MONOTONIC ns):
+    /// `first_line`, `run_init`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub console_marks: BTreeMap<String, u64>,
     pub unclaimed_ports: BTreeMap<u16, u64>,
     pub unclaimed_mmio: BTreeMap<u64, u64>,
     pub virtio_bad_accesses: u64,
     pub memory: VmmMemory,
+    /// The emulated-KVM fallback's completed instructions, by kind (`int3`,
+    /// `ud2`, `clac`, `stac`, `popcnt`), when it was on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulated_kvm: Option<EmulatedKvm>,
+}
+
+/// What the emulated-KVM fallback did: a test aid on hosts whose KVM
+/// emulates guest code, whose timings are the emulator's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EmulatedKvm {
+    pub recovered: BTreeMap<String, u64>,
 }
 
 fn latency(l: &vmm_exits::Latency) -> ExitLatency {
@@ -138,6 +153,7 @@ fn kind_name(kind: vmm_exits::Kind) -> &'static str {
         vmm_exits::Kind::IoOut => "io_out",
         vmm_exits::Kind::MmioRead => "mmio_read",
         vmm_exits::Kind::MmioWrite => "mmio_write",
+        vmm_exits::Kind::Emulation => "emulation",
         vmm_exits::Kind::Other => "other",
     }
 }
@@ -189,6 +205,7 @@ impl VmmAccount {
                 .collect(),
             devices: account.devices.clone(),
             boot_markers: account.boot_markers.clone(),
+            console_marks: account.console_marks.clone(),
             unclaimed_ports: account.unclaimed_ports.clone(),
             unclaimed_mmio: account.unclaimed_mmio.clone(),
             virtio_bad_accesses: account.virtio_bad_accesses,
@@ -197,6 +214,13 @@ impl VmmAccount {
                 guest_resident_kib: account.memory.guest_resident_kib,
                 vmm_overhead_kib: account.memory.vmm_overhead_kib,
             },
+            emulated_kvm: account.emulated_kvm.as_ref().map(|c| EmulatedKvm {
+                recovered: c
+                    .recovered
+                    .iter()
+                    .map(|(kind, n)| (kind.name().to_string(), *n))
+                    .collect(),
+            }),
         }
     }
 
@@ -236,13 +260,16 @@ mod tests {
                 first_run_ns: Some(5),
                 exits: exits.sealed(),
                 kvm_stats: Err("no stats".into()),
+                recovered: Default::default(),
             }],
             devices: BTreeMap::new(),
             boot_markers: vec![(0x60, 7)],
+            console_marks: BTreeMap::from([("run_init".to_string(), 6)]),
             unclaimed_ports: BTreeMap::new(),
             unclaimed_mmio: BTreeMap::new(),
             virtio_bad_accesses: 0,
             memory: vmm::MemoryUse::default(),
+            emulated_kvm: Some(vmbench_vmm::emulated_kvm::Counts::default()),
         };
         let ours = serde_json::to_value(VmmAccount::from_vmm(&account)).unwrap();
         let mut theirs = serde_json::to_value(&account).unwrap();

@@ -60,11 +60,20 @@ pub struct Account {
     pub devices: BTreeMap<String, BTreeMap<String, u64>>,
     /// Boot-marker codes with their host times.
     pub boot_markers: Vec<(u8, u64)>,
+    /// Console lines timestamped at the exit that ended them
+    /// (CLOCK_MONOTONIC ns): `first_line`, and `run_init` for the kernel's
+    /// `Run … as init process`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub console_marks: BTreeMap<String, u64>,
     pub unclaimed_ports: BTreeMap<u16, u64>,
     pub unclaimed_mmio: BTreeMap<u64, u64>,
     /// Driver accesses the virtio-mmio transports ignored, all slots together.
     pub virtio_bad_accesses: u64,
     pub memory: MemoryUse,
+    /// With the emulated-KVM fallback on (a test aid for hosts whose KVM
+    /// emulates guest code): the instructions it completed, by kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulated_kvm: Option<crate::emulated_kvm::Counts>,
 }
 
 /// The VMM's memory at the end: its peak resident set, how much of that is
@@ -85,6 +94,10 @@ pub struct VcpuAccount {
     pub exits: ExitStats,
     /// KVM's own statistics for the vCPU, or why they could not be read.
     pub kvm_stats: Result<BTreeMap<String, u64>, String>,
+    /// Instructions the emulated-KVM fallback completed on this vCPU; not
+    /// in the file: the account's `emulated_kvm` sums them.
+    #[serde(skip)]
+    pub recovered: crate::emulated_kvm::Counts,
 }
 
 /// Writes `account` to `<dir>/vmm.json` through a temporary file and a

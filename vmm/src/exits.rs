@@ -81,6 +81,9 @@ pub enum Kind {
     IoOut,
     MmioRead,
     MmioWrite,
+    /// An instruction KVM's emulator refused, completed by the VMM's
+    /// emulated-KVM fallback.
+    Emulation,
     Other,
 }
 

@@ -33,6 +33,10 @@
 //! device ([`devices::virtio::vsock`]). Their queues are served on one
 //! device thread ([`event_loop`]).
 //!
+//! [`emulated_kvm`] is a test aid for hosts whose KVM emulates guest code:
+//! it completes the few instructions KVM's emulator refuses, so Linux gets
+//! to `Run /init` there (`vmbench vmm --emulated-kvm`).
+//!
 //! [`command`] is the body of `vmbench vmm`; [`probe`] is a second, tiny
 //! use of KVM that times a calibration guest to tell native KVM from KVM
 //! that emulates guest code. Every time the VMM records is on [`clock`].
@@ -49,6 +53,7 @@ pub mod clock;
 pub mod command;
 pub mod cpu;
 pub mod devices;
+pub mod emulated_kvm;
 pub mod event_loop;
 pub mod exits;
 pub mod kvm_stats;

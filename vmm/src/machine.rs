@@ -42,6 +42,7 @@ use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::mmio::{MmioTransport, VirtioDevice};
 use crate::devices::virtio::vsock::VsockDevice;
 use crate::devices::virtio::Interrupt;
+use crate::emulated_kvm;
 use crate::event_loop::EventLoop;
 use crate::exits::{ExitStats, Kind, Target};
 use crate::vm_dir;
@@ -66,6 +67,10 @@ pub struct MachineConfig {
     /// virtio-blk disks, in the order the guest finds them: the first is
     /// its `/dev/vda`. They take the first MMIO slots, before the vsock device.
     pub disks: Vec<DiskConfig>,
+    /// Complete the few instructions an emulating KVM refuses
+    /// ([`crate::emulated_kvm`]): a test aid for hosts whose KVM emulates
+    /// guest code, off by default.
+    pub emulated_kvm: bool,
 }
 
 /// At most this many disks: each device needs an interrupt line of its own,
@@ -270,6 +275,8 @@ struct Shared {
     mmio: MmioBus,
     /// Set once the VM is ending: vCPUs stop instead of re-entering the guest.
     stopping: AtomicBool,
+    /// [`MachineConfig::emulated_kvm`].
+    emulated_kvm: bool,
 }
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
@@ -334,6 +341,7 @@ impl Machine {
                 pio: Mutex::new(pio),
                 mmio,
                 stopping: AtomicBool::new(false),
+                emulated_kvm: config.emulated_kvm,
             }),
             entry: entry.name(),
             dir: config.dir.clone(),
@@ -546,6 +554,8 @@ fn account_of(
     vcpus: Vec<VcpuAccount>,
 ) -> Account {
     let (ended_by_vcpu, end) = ended;
+    let vcpus_recovered: Vec<emulated_kvm::Counts> =
+        vcpus.iter().map(|v| v.recovered.clone()).collect();
     let devices = shared.mmio.device_counters();
     let virtio_bad_accesses = shared.mmio.bad_accesses();
     let pio = lock(&shared.pio);
@@ -560,10 +570,18 @@ fn account_of(
         vcpus,
         devices,
         boot_markers: pio.marker.marks().to_vec(),
+        console_marks: pio.serial.console_marks(),
         unclaimed_ports: pio.unclaimed.clone(),
         unclaimed_mmio: shared.mmio.unclaimed(),
         virtio_bad_accesses,
         memory: memory_use(mem),
+        emulated_kvm: shared.emulated_kvm.then(|| {
+            let mut all = emulated_kvm::Counts::default();
+            for vcpu in &vcpus_recovered {
+                all.add(vcpu);
+            }
+            all
+        }),
     }
 }
 
@@ -676,6 +694,7 @@ fn run_vcpu(
     let mut exits = ExitStats::default();
     let mut first_run_ns = None;
     let mut other_exits = 0u64;
+    let mut recovered_counts = emulated_kvm::Counts::default();
     let end = loop {
         if shared.stopping.load(Ordering::SeqCst) {
             break None;
@@ -695,6 +714,13 @@ fn run_vcpu(
                 })
             }
             Outcome::InternalError => {
+                if shared.emulated_kvm {
+                    if let Some(recovered) = complete_refused(&mut vcpu) {
+                        recovered_counts.count(recovered);
+                        exits.record(Kind::Emulation, Target::None, now_ns() - at);
+                        continue;
+                    }
+                }
                 let what = internal_error(&mut vcpu);
                 break Some(End::Failed {
                     detail: failure(&vcpu, index, &what),
@@ -710,6 +736,7 @@ fn run_vcpu(
         first_run_ns,
         exits: exits.sealed(),
         kvm_stats: crate::kvm_stats::read_vcpu(&vcpu).map_err(|e| e.to_string()),
+        recovered: recovered_counts,
     }
 }
 
@@ -775,6 +802,36 @@ fn handle_exit(
 
 /// Exits no device handles that a vCPU may make before its VM fails.
 const MAX_OTHER_EXITS: u64 = 1_000_000;
+
+/// The instruction KVM's emulator refused, completed by the VMM if it is
+/// one [`emulated_kvm`] knows: its kind, or `None` (the VM then fails as
+/// without the fallback).
+fn complete_refused(vcpu: &mut VcpuFd) -> Option<emulated_kvm::Recovered> {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, for which KVM fills
+    // the `emulation_failure` view of the union; plain integers and bytes.
+    let failure = unsafe { run.__bindgen_anon_1.emulation_failure };
+    // SAFETY: as above.
+    let insn = unsafe { failure.__bindgen_anon_1.__bindgen_anon_1 };
+    let has_bytes = failure.suberror == 1 && failure.ndata >= 3 && failure.flags & 1 == 1;
+    if !has_bytes {
+        return None;
+    }
+    let bytes = &insn.insn_bytes[..usize::from(insn.insn_size).min(insn.insn_bytes.len())];
+    let regs = vcpu.get_regs().ok()?;
+    let long_mode = vcpu.get_sregs().ok()?.cs.l == 1;
+    let completion = emulated_kvm::complete(bytes, &regs, long_mode)?;
+    vcpu.set_regs(&completion.regs).ok()?;
+    if let Some(vector) = completion.inject {
+        let mut events = vcpu.get_vcpu_events().ok()?;
+        events.exception.injected = 1;
+        events.exception.nr = vector;
+        events.exception.has_error_code = 0;
+        events.exception.error_code = 0;
+        vcpu.set_vcpu_events(&events).ok()?;
+    }
+    Some(completion.recovered)
+}
 
 /// KVM's account of an internal error, from the vCPU's kvm_run area.
 fn internal_error(vcpu: &mut VcpuFd) -> String {
@@ -861,6 +918,7 @@ mod tests {
             pio: Mutex::new(PioBus::new(serial, BootMarker::default())),
             mmio: MmioBus::default(),
             stopping: AtomicBool::new(false),
+            emulated_kvm: false,
         };
         (shared, out)
     }

@@ -5,7 +5,7 @@
 use vmbench_vmm::probe::{self, KvmVerdict};
 
 use super::{BootConfig, Error, Result};
-use crate::backend::kvm::KvmVmm;
+use crate::backend::kvm::{self, KvmVmm};
 use crate::backend::qemu::Qemu;
 use crate::backend::{Accel, Launcher};
 use crate::{environment, locate};
@@ -93,6 +93,14 @@ impl Backends {
                 Launcher::Kvm(_) => None,
             })
             .unwrap_or_else(|| "not used".into())
+    }
+
+    /// Whether backend `index` is our VMM on KVM that emulates guest code:
+    /// its guests then need [`kvm::EMULATED_KVM_CMDLINE`] and the VMM's
+    /// emulated-KVM fallback, and their timings are the emulator's.
+    pub fn on_emulated_kvm(&self, index: usize) -> bool {
+        matches!(self.launchers[index], Launcher::Kvm(_))
+            && kvm::on_emulated_kvm(self.accels[index])
     }
 
     /// What the KVM calibration found, in words.

@@ -9,10 +9,10 @@ use std::time::Duration;
 use super::backends::Backends;
 use super::inputs::Inputs;
 use super::{overlays, BootConfig, Error, Result};
-use crate::backend::VmSpec;
+use crate::backend::{kvm, VmSpec};
 use crate::environment;
 use crate::inputs::KernelFormat;
-use crate::results::{self, Environment, OverlayUse, RunResults, VmRecord};
+use crate::results::{self, EmulatedKvmSetup, Environment, OverlayUse, RunResults, VmRecord};
 
 /// The root disk, as the guest's first virtio-blk device: the agent in the
 /// initramfs switches to it.
@@ -47,8 +47,9 @@ pub fn base_cmdline(vm_id: u32, port: u32) -> String {
     format!("console=ttyS0 panic=-1 reboot=t vmbench.id={vm_id} vmbench.port={port}")
 }
 
-/// VM `id`'s whole command line: vmbench's settings, the root disk's, then `--append`.
-fn cmdline(config: &BootConfig, with_rootfs: bool, id: u32) -> String {
+/// VM `id`'s whole command line: vmbench's settings, the root disk's, what
+/// an emulating KVM needs, then `--append`.
+fn cmdline(config: &BootConfig, with_rootfs: bool, emulated_kvm: bool, id: u32) -> String {
     let mut line = base_cmdline(id, config.port);
     if with_rootfs {
         let root = if config.no_initramfs {
@@ -57,6 +58,9 @@ fn cmdline(config: &BootConfig, with_rootfs: bool, id: u32) -> String {
             ROOT_DISK_CMDLINE
         };
         line = format!("{line} {root}");
+    }
+    if emulated_kvm {
+        line = format!("{line} {}", kvm::EMULATED_KVM_CMDLINE);
     }
     let append = config.append.join(" ");
     if !append.is_empty() {
@@ -106,7 +110,7 @@ pub fn prepare(
             inputs,
             backends,
             timeout,
-            cmdline(config, with_rootfs, 0),
+            cmdline(config, with_rootfs, backends.on_emulated_kvm(0), 0),
         ),
         vms: (0..total_vms)
             .map(|id| VmRecord::new(id, &vm_dir(&out, id)))
@@ -139,7 +143,7 @@ pub fn prepare(
                     dir: vm_dir(&out, id),
                     kernel: inputs.kernel.path.clone(),
                     initramfs: inputs.initramfs.as_ref().map(|i| i.path.clone()),
-                    cmdline: cmdline(config, with_rootfs, id),
+                    cmdline: cmdline(config, with_rootfs, backends.on_emulated_kvm(backend), id),
                     mem_mib: config.mem_mib,
                     vcpus: config.vcpus,
                     accel: backends.accels[backend],
@@ -199,6 +203,12 @@ fn environment_of(
         vhost_device_vsock_version: backends.vhost_device_vsock_version(),
         kernel_cmdline,
         rootfs: inputs.rootfs.as_ref().map(|r| r.info.clone()),
+        emulated_kvm: (0..backends.launchers.len())
+            .any(|b| backends.on_emulated_kvm(b))
+            .then(|| EmulatedKvmSetup {
+                cmdline: kvm::EMULATED_KVM_CMDLINE.to_string(),
+                instruction_fallback: true,
+            }),
         mem_mib: config.mem_mib,
         vcpus: config.vcpus,
         timeout_s: timeout.as_secs_f64(),

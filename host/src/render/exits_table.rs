@@ -32,8 +32,10 @@ fn exit_rows(account: &VmmAccount) -> Vec<ExitRow> {
                 .or_default()
                 .merge(l);
         }
-        if let Some(l) = vcpu.exits.by_kind.get("other") {
-            by_event.entry("other".into()).or_default().merge(l);
+        for (kind, event) in [("other", "other"), ("emulation", "emulated instruction")] {
+            if let Some(l) = vcpu.exits.by_kind.get(kind) {
+                by_event.entry(event.into()).or_default().merge(l);
+            }
         }
     }
     let mut rows: Vec<ExitRow> = by_event
@@ -126,6 +128,18 @@ fn vm_exits(vm: &VmRecord, account: &VmmAccount) -> String {
         time as f64 / 1e6
     );
     out.push_str(&kvm_counters_line(account));
+    if let Some(emulated) = &account.emulated_kvm {
+        let counts: Vec<String> = emulated
+            .recovered
+            .iter()
+            .map(|(kind, n)| format!("{kind}={n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "instructions KVM's emulator refused, completed by the VMM (emulated KVM: a test aid, emulator timings): {}",
+            if counts.is_empty() { "none".to_string() } else { counts.join(" ") }
+        );
+    }
     out
 }
 

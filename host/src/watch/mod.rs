@@ -439,11 +439,13 @@ mod tests {
                     end_ns: marked + 2_000_000,
                     vcpus: vec![],
                     devices: Default::default(),
+                    console_marks: Default::default(),
                     boot_markers: vec![(MARKER_USERSPACE_START, marked), (0x61, marked + 10)],
                     unclaimed_ports: Default::default(),
                     unclaimed_mmio: Default::default(),
                     virtio_bad_accesses: 0,
                     memory: MemoryUse::default(),
+                    emulated_kvm: None,
                 };
                 account::write(&dir, &account_written).unwrap();
                 // The same marker, forwarded later through the socket.

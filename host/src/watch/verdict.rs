@@ -19,6 +19,7 @@ impl Watch<'_> {
         match kvm::read_account(&self.spec.dir) {
             Ok(account) => {
                 self.record.host_ns.vmm_ready = account.first_run_ns;
+                self.record.host_ns.run_init = account.console_marks.get("run_init").copied();
                 if !account.boot_markers.is_empty() {
                     self.record.boot_markers = account
                         .boot_markers
@@ -56,6 +57,26 @@ impl Watch<'_> {
         );
     }
 
+    /// Why a kvm-backend guest on KVM that emulates guest code ended when it
+    /// did: the kernel reached `Run /init`, then init died at its first
+    /// system call (such a host handles SYSCALL without the VMM, and the
+    /// guest's init is killed), which no VMM can change. `None` for any
+    /// other end.
+    fn no_guest_userspace_here(&self) -> Option<String> {
+        if !(matches!(self.backend, Launcher::Kvm(_)) && kvm::on_emulated_kvm(self.spec.accel)) {
+            return None;
+        }
+        let run_init = self.record.host_ns.run_init?;
+        let said = self.record.exits.as_ref()?.guest_said.as_deref()?;
+        if !said.contains("Attempted to kill init") {
+            return None;
+        }
+        let after_ms = run_init.saturating_sub(self.record.host_ns.spawn?) as f64 / 1e6;
+        Some(format!(
+            "The kernel reached Run /init {after_ms:.0} ms after spawn, but this host's KVM emulates guest code and cannot run guest userspace under KVM: init died at its first system call (the kernel said \"{said}\")"
+        ))
+    }
+
     /// The VM's verdict, from everything seen.
     pub(super) fn conclude(&mut self) {
         self.update_phases();
@@ -84,6 +105,8 @@ impl Watch<'_> {
                 )
             };
             (VmStatus::Timeout, Some(what))
+        } else if let Some(why) = self.no_guest_userspace_here() {
+            (VmStatus::Failed, Some(why))
         } else if !ready {
             let status = self.record.vmm_exit.clone().unwrap_or_default();
             let said = vmm_said(self.backend, self.spec);

@@ -58,7 +58,9 @@ impl PioBus {
     /// `now_ns`: the host time of the exit, for the boot marker.
     pub fn write(&mut self, port: u16, data: &[u8], now_ns: u64) -> Request {
         match (port, data) {
-            (SERIAL_BASE..=SERIAL_LAST, [value]) => self.serial.write(port - SERIAL_BASE, *value),
+            (SERIAL_BASE..=SERIAL_LAST, [value]) => {
+                self.serial.write(port - SERIAL_BASE, *value, now_ns)
+            }
             (BOOT_MARKER_PORT, [code]) => self.marker.write(*code, now_ns),
             (I8042_COMMAND, [command]) => {
                 if self.i8042.write_command(*command) {
@@ -152,9 +154,14 @@ impl MmioBus {
             .iter()
             .map(|s| {
                 let t = lock(&s.transport);
+                let mut counters = t.device().counters();
+                counters.extend(
+                    t.driver_state()
+                        .map(|(name, value)| (name.to_string(), value)),
+                );
                 (
                     format!("{:#x}:{}", s.base, t.device().device_type()),
-                    t.device().counters(),
+                    counters,
                 )
             })
             .collect()

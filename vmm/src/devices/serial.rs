@@ -2,9 +2,13 @@
 //! serial.log and its interrupt to an eventfd (an irqfd for IRQ 4 once the
 //! VM has an irqchip). The last few console lines are also kept, so the VMM
 //! can say what the kernel said last when the VM ended (a reboot, a power
-//! off and a panic all end in the same triple fault).
+//! off and a panic all end in the same triple fault), and two lines are
+//! timestamped on the host clock at the exit that ends them: the first
+//! (the console is up) and the kernel's `Run … as init process` (the last
+//! thing the kernel says before init; the marks a guest that cannot run
+//! userspace still gives the kernel phase).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -32,7 +36,23 @@ const TAIL_LINE_BYTES: usize = 256;
 struct TailState {
     lines: VecDeque<String>,
     current: Vec<u8>,
+    /// The host time of the write being handled.
+    now_ns: u64,
+    /// [`CONSOLE_MARKS`] seen so far, with the host time their line ended.
+    marks: BTreeMap<String, u64>,
 }
+
+/// Whether a console line (its timestamp included) is the one a mark names.
+type IsLine = fn(&str) -> bool;
+
+/// The console lines timestamped: a name, and how to know the line (each
+/// is kept once, the first time).
+const CONSOLE_MARKS: [(&str, IsLine); 2] = [
+    ("first_line", |_| true),
+    ("run_init", |line| {
+        line.contains("Run ") && line.ends_with(" as init process")
+    }),
+];
 
 /// Passes the output on and keeps its tail.
 struct Tee {
@@ -51,6 +71,12 @@ impl Write for Tee {
                         .trim_end()
                         .to_string();
                     tail.current.clear();
+                    let now_ns = tail.now_ns;
+                    for (name, is) in CONSOLE_MARKS {
+                        if !tail.marks.contains_key(name) && is(&line) {
+                            tail.marks.insert(name.to_string(), now_ns);
+                        }
+                    }
                     if tail.lines.len() == TAIL_LINES {
                         tail.lines.pop_front();
                     }
@@ -131,7 +157,15 @@ impl SerialPort {
         self.uart.read(offset as u8)
     }
 
-    pub fn write(&mut self, offset: u16, value: u8) {
+    /// The console's timestamped lines (CLOCK_MONOTONIC ns): `first_line`,
+    /// `run_init`, those that were written.
+    pub fn console_marks(&self) -> BTreeMap<String, u64> {
+        super::bus::lock(&self.tail).marks.clone()
+    }
+
+    /// A register write at host time `now_ns` (the exit's).
+    pub fn write(&mut self, offset: u16, value: u8, now_ns: u64) {
+        super::bus::lock(&self.tail).now_ns = now_ns;
         if self.uart.write(offset as u8, value).is_err() {
             self.errors += 1;
         }
@@ -150,14 +184,36 @@ mod tests {
         let (mut port, out) = SerialPort::in_memory();
         assert_ne!(port.read(LSR) & LSR_THR_EMPTY, 0, "ready to transmit");
         for b in b"Linux version" {
-            port.write(0, *b);
+            port.write(0, *b, 0);
         }
         assert_eq!(out.lock().unwrap().as_slice(), b"Linux version");
         assert_eq!(port.errors, 0);
     }
 
     fn say(port: &mut SerialPort, text: &str) {
-        text.bytes().for_each(|b| port.write(0, b));
+        say_at(port, text, 0);
+    }
+
+    fn say_at(port: &mut SerialPort, text: &str, now_ns: u64) {
+        text.bytes().for_each(|b| port.write(0, b, now_ns));
+    }
+
+    #[test]
+    fn the_first_line_and_run_init_are_timestamped_once() {
+        let (mut port, _) = SerialPort::in_memory();
+        say_at(&mut port, "[    0.00] Linux version 6.1", 10);
+        assert!(
+            port.console_marks().is_empty(),
+            "a line counts once it ends"
+        );
+        say_at(&mut port, "\n", 11);
+        say_at(&mut port, "[    0.10] Run /init as init process\r\n", 20);
+        say_at(&mut port, "[    0.20] Run /sbin/init as init process\n", 30);
+        let marks: Vec<(String, u64)> = port.console_marks().into_iter().collect();
+        assert_eq!(
+            marks,
+            [("first_line".to_string(), 11), ("run_init".to_string(), 20)]
+        );
     }
 
     #[test]

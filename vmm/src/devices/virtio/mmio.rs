@@ -159,6 +159,17 @@ impl MmioTransport {
         self.device.features() | FEATURE_VERSION_1
     }
 
+    /// Where the driver got to with this device, for the account: the
+    /// device status it wrote last (DRIVER_OK is 4), the features the
+    /// device offers and those the driver accepted.
+    pub fn driver_state(&self) -> [(&'static str, u64); 3] {
+        [
+            ("driver_status", u64::from(self.status)),
+            ("offered_features", self.offered()),
+            ("accepted_features", self.driver_features),
+        ]
+    }
+
     fn live(&self) -> bool {
         self.status & STATUS_DRIVER_OK != 0
     }
