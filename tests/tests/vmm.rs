@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use vmbench_e2e::vmm::{vmm_command, vmm_json};
 use vmbench_e2e::vsock::wait_for_path;
 use vmbench_e2e::{
-    assert_follows_its_document, dump, have_kvm, json_paths, one_line_error, tiny_elf,
+    assert_follows_its_document, dump, have_kvm, json_paths, kvm_verdict, one_line_error, tiny_elf,
 };
 
 /// 'ok\n' to COM1, 0x60 to the boot-marker port, a write to an MMIO address
@@ -46,6 +46,25 @@ const VIRTIO_MMIO_GUEST: &[u8] = &[
 ];
 
 /// `vmbench vmm --kernel KERNEL --mem-mib MIB --dir DIR EXTRA…`.
+/// POPCNT of 0xf0000000000000ff into RAX (12, printed as '<' = '0' + 12),
+/// then of 0 (ZF set: 'Z', else 'n'), a newline, an i8042 reset. KVM's
+/// emulator refuses POPCNT where it emulates guest code; native KVM runs it.
+const POPCNT_GUEST: &[u8] = &[
+    0x48, 0xbf, 0xff, 0, 0, 0, 0, 0, 0, 0xf0, // mov rdi, 0xf0000000000000ff
+    0xf3, 0x48, 0x0f, 0xb8, 0xc7, // popcnt rax, rdi
+    0x04, 0x30, // add al, '0'
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xee, // out dx, al
+    0x31, 0xff, // xor edi, edi
+    0xf3, 0x48, 0x0f, 0xb8, 0xcf, // popcnt rcx, rdi
+    0xb0, b'Z', // mov al, 'Z'
+    0x74, 0x02, // jz +2
+    0xb0, b'n', // mov al, 'n'
+    0xee, // out dx, al
+    0xb0, b'\n', 0xee, // mov al, '\n'; out dx, al
+    0xb0, 0xfe, 0xe6, 0x64, // mov al, 0xfe; out 0x64, al (reset)
+];
+
 fn run_vmm(kernel: &Path, mem_mib: u32, dir: &Path, extra: &[&str]) -> Output {
     vmm_command(kernel, dir)
         .args(["--mem-mib", &mem_mib.to_string()])
@@ -568,4 +587,45 @@ fn disks_come_first_and_the_guest_sees_them() {
         "{report}"
     );
     assert_eq!(report["virtio_bad_accesses"], 0, "{report}");
+}
+
+/// `--emulated-kvm` completes an instruction KVM's emulator refuses, with
+/// the right result and flags, and counts it; off by default. Where KVM
+/// runs guest code natively the same guest gives the same output and
+/// nothing is completed.
+#[test]
+fn the_emulated_kvm_fallback_completes_popcnt_and_is_off_by_default() {
+    let name = "the_emulated_kvm_fallback_completes_popcnt_and_is_off_by_default";
+    if !have_kvm(name) {
+        return;
+    }
+    let (native, _) = kvm_verdict();
+    let (out, dir) = run_guest_with(POPCNT_GUEST, &["--emulated-kvm"]);
+    assert!(out.status.success(), "{}", dump(&out));
+    let serial = std::fs::read_to_string(dir.path().join("serial.log")).unwrap();
+    assert_eq!(serial, "<Z\n", "12 set bits, then ZF for 0");
+    let account = vmm_json(dir.path());
+    let recovered = &account["emulated_kvm"]["recovered"];
+    if native {
+        assert_eq!(recovered, &serde_json::json!({}), "{account}");
+    } else {
+        assert_eq!(recovered["popcnt"], 2, "{account}");
+        let emulation = &account["vcpus"][0]["exits"]["by_kind"]["emulation"];
+        assert_eq!(emulation["count"], 2, "{account}");
+    }
+    // Without the flag the VMM completes nothing: an emulating KVM's refusal
+    // ends the VM with its paragraph, as before.
+    let (out, dir) = run_guest(POPCNT_GUEST);
+    let account = vmm_json(dir.path());
+    assert!(account.get("emulated_kvm").is_none(), "{account}");
+    if native {
+        assert!(out.status.success(), "{}", dump(&out));
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{}", dump(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("instruction bytes: f3 48 0f b8 c7"),
+            "{stderr}"
+        );
+    }
 }
