@@ -100,6 +100,7 @@ impl Conversation {
         crate::marker::write(vmbench_proto::MARKER_USERSPACE_READY);
         self.marks.ready_ns = boottime_ns();
         self.marks.systemd_follows = systemd_follows;
+        self.marks.clocksource = clocksource();
         let marks = self.marks.clone();
         self.send("ready", &GuestMessage::Ready(marks))
     }
@@ -211,6 +212,14 @@ fn mem_total_kib() -> Option<u64> {
 fn parse_mem_total_kib(meminfo: &str) -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The kernel's current clocksource (`tsc`, `kvm-clock`, `jiffies`, …),
+/// or empty when sysfs does not say.
+fn clocksource() -> String {
+    std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

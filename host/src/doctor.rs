@@ -152,7 +152,8 @@ fn kernel_check() -> Check {
         Ok(path) => path,
         Err(e) => return from_result("guest kernel", Err(e.to_string()), fix),
     };
-    if let Err(e) = inputs::check_kernel(&path) {
+    // `vmbench boot`'s default backend here may be QEMU, which needs a PVH note.
+    if let Err(e) = inputs::check_kernel(&path).and_then(|k| k.check_entry(Some("QEMU"))) {
         return from_result("guest kernel", Err(e.to_string()), fix);
     }
     match locate::kernel_inputs(&path) {

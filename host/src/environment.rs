@@ -61,6 +61,42 @@ pub fn host_kernel() -> String {
     }
 }
 
+/// The host's TSC frequency in kHz, measured: the TSC read beside
+/// CLOCK_MONOTONIC_RAW over three 10 ms windows, the median taken. `None`
+/// when the TSC does not tick at a constant rate through sleep states
+/// (`/proc/cpuinfo` lacks `constant_tsc` or `nonstop_tsc`), so it is no clock.
+///
+/// QEMU's TCG guests read the host's TSC, but their kernels often fail to
+/// calibrate it against the emulated PIT on a busy host and fall back to
+/// the jiffies clocksource (4 ms steps); given this value as
+/// `tsc_early_khz=` they use the TSC at once.
+pub fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+    if !(has("constant_tsc") && has("nonstop_tsc")) {
+        return None;
+    }
+    let mut windows: Vec<f64> = (0..3).filter_map(|_| tsc_khz_over(10)).collect();
+    windows.sort_by(f64::total_cmp);
+    windows.get(windows.len() / 2).map(|khz| khz.round() as u64)
+}
+
+/// TSC ticks per ms of CLOCK_MONOTONIC_RAW over a window of `ms`.
+fn tsc_khz_over(ms: u64) -> Option<f64> {
+    let raw_ns = || {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_RAW)
+            .ok()
+            .map(|t| t.tv_sec() as f64 * 1e9 + t.tv_nsec() as f64)
+    };
+    // SAFETY: RDTSC reads a counter; it touches no memory.
+    let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+    let (t0, c0) = (raw_ns()?, tsc());
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    let (c1, t1) = (tsc(), raw_ns()?);
+    (t1 > t0).then(|| (c1.wrapping_sub(c0)) as f64 / ((t1 - t0) / 1e6))
+}
+
 /// The first line a program prints for `--version`, or why there is none.
 pub fn program_version(program: &Path) -> String {
     match Command::new(program).arg("--version").output() {
@@ -85,6 +121,16 @@ mod tests {
         assert_eq!(cpu.family, "25");
         assert_eq!(cpu.model, "1");
         assert_eq!(cpu.logical_cpus, 2);
+    }
+
+    #[test]
+    fn the_tsc_frequency_is_plausible_where_the_tsc_is_a_clock() {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        match host_tsc_khz() {
+            // Between 100 MHz and 10 GHz.
+            Some(khz) => assert!((100_000..10_000_000).contains(&khz), "{khz} kHz"),
+            None => assert!(!cpuinfo.contains("nonstop_tsc") || !cpuinfo.contains("constant_tsc")),
+        }
     }
 
     #[test]

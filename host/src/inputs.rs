@@ -17,8 +17,8 @@ pub enum Error {
     },
     #[error("Kernel {path} is neither an x86-64 ELF vmlinux nor a bzImage ({detail})")]
     NotAKernel { path: PathBuf, detail: String },
-    #[error("Kernel {path} is an ELF vmlinux without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y")]
-    NoPvhNote { path: PathBuf },
+    #[error("Kernel {path} is an ELF vmlinux without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY), which {needs} needs; build it with CONFIG_PVH=y, use its bzImage, or boot it with --backend kvm --entry linux64")]
+    NoPvhNote { path: PathBuf, needs: &'static str },
     #[error("Initramfs {path} is corrupt: {source}")]
     BadInitramfs {
         path: PathBuf,
@@ -40,6 +40,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub enum KernelFormat {
     /// An ELF vmlinux with a PVH entry point.
     ElfPvh,
+    /// An ELF vmlinux without one: only the 64-bit Linux entry of our VMM
+    /// boots it (QEMU loads an ELF kernel only through the PVH note).
+    Elf,
     /// A bzImage (setup header magic "HdrS").
     BzImage,
 }
@@ -64,14 +67,9 @@ pub struct CheckedFile<K> {
 /// Reads and checks a kernel image.
 pub fn check_kernel(path: &Path) -> Result<CheckedFile<KernelFormat>> {
     let bytes = read("kernel", path)?;
-    let kind = kernel_format(&bytes).map_err(|detail| match detail {
-        FormatProblem::NoPvh => Error::NoPvhNote {
-            path: path.to_path_buf(),
-        },
-        FormatProblem::Other(detail) => Error::NotAKernel {
-            path: path.to_path_buf(),
-            detail,
-        },
+    let kind = kernel_format(&bytes).map_err(|detail| Error::NotAKernel {
+        path: path.to_path_buf(),
+        detail,
     })?;
     Ok(CheckedFile {
         path: path.to_path_buf(),
@@ -81,21 +79,30 @@ pub fn check_kernel(path: &Path) -> Result<CheckedFile<KernelFormat>> {
     })
 }
 
-enum FormatProblem {
-    NoPvh,
-    Other(String),
+impl CheckedFile<KernelFormat> {
+    /// Refuses a kernel the way it will be booted cannot enter: an ELF
+    /// without a PVH note under QEMU, or with `--entry pvh`. `needs` names
+    /// what needs the note.
+    pub fn check_entry(&self, needs_pvh: Option<&'static str>) -> Result<()> {
+        match (self.kind, needs_pvh) {
+            (KernelFormat::Elf, Some(needs)) => Err(Error::NoPvhNote {
+                path: self.path.clone(),
+                needs,
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
-fn kernel_format(bytes: &[u8]) -> std::result::Result<KernelFormat, FormatProblem> {
+/// What kind of kernel `bytes` is, or what it is not.
+fn kernel_format(bytes: &[u8]) -> std::result::Result<KernelFormat, String> {
     if bytes.starts_with(b"\x7fELF") {
         use vmbench_vmm::loader::{pvh_entry, ElfError};
         return match pvh_entry(bytes) {
             Ok(Some(_)) => Ok(KernelFormat::ElfPvh),
-            Ok(None) => Err(FormatProblem::NoPvh),
-            Err(ElfError::Unreadable(detail)) => {
-                Err(FormatProblem::Other(format!("unreadable ELF: {detail}")))
-            }
-            Err(e) => Err(FormatProblem::Other(e.to_string())),
+            Ok(None) => Ok(KernelFormat::Elf),
+            Err(ElfError::Unreadable(detail)) => Err(format!("unreadable ELF: {detail}")),
+            Err(e) => Err(e.to_string()),
         };
     }
     // The x86 boot protocol's setup header: "HdrS" at offset 0x202.
@@ -103,10 +110,7 @@ fn kernel_format(bytes: &[u8]) -> std::result::Result<KernelFormat, FormatProble
         return Ok(KernelFormat::BzImage);
     }
     let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    Err(FormatProblem::Other(format!(
-        "starts with {}",
-        head.join(" ")
-    )))
+    Err(format!("starts with {}", head.join(" ")))
 }
 
 /// Reads and checks an initramfs: a cpio newc archive (plain or gzip) with an
@@ -191,10 +195,18 @@ mod tests {
     }
 
     #[test]
-    fn elf_without_pvh_note_is_refused() {
+    fn an_elf_without_pvh_note_is_refused_only_where_the_note_is_needed() {
         // This test binary is an x86-64 ELF without a PVH note.
         let exe = std::env::current_exe().unwrap();
-        assert!(matches!(check_kernel(&exe), Err(Error::NoPvhNote { .. })));
+        let kernel = check_kernel(&exe).unwrap();
+        assert_eq!(kernel.kind, KernelFormat::Elf);
+        assert!(
+            kernel.check_entry(None).is_ok(),
+            "the 64-bit entry boots it"
+        );
+        let err = kernel.check_entry(Some("QEMU")).unwrap_err();
+        assert!(matches!(err, Error::NoPvhNote { needs: "QEMU", .. }));
+        assert!(err.to_string().contains("--entry linux64"), "{err}");
     }
 
     #[test]

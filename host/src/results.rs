@@ -11,8 +11,12 @@ use crate::environment::HostCpu;
 use crate::stats::Summary;
 use crate::timeline::{HostMarks, Phases};
 
-/// Bump when a field changes meaning or is removed.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bump when a field changes meaning or is removed. 2: `aggregate`'s
+/// `initrd_ms` and `userspace_ms` are the host clock's only (they took the
+/// guest's where the host had none), beside `guest_initrd_ms` and
+/// `guest_userspace_ms`; `aggregate_by_backend`'s `vmbench_cpu_ms_per_vm`
+/// divides the run's CPU by all its VMs.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResults {
@@ -55,6 +59,10 @@ pub struct Environment {
     /// `--rootfs`: the root disk every VM boots from (through its own overlay).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rootfs: Option<RootfsInfo>,
+    /// TCG guests: the host's TSC frequency, measured, which their kernels
+    /// get as `tsc_early_khz=` for a precise clock.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub host_tsc_khz: Option<u64>,
     /// The kvm backend on KVM that emulates guest code: what was done so
     /// Linux gets as far as it can there (its timings are the emulator's).
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -235,7 +243,14 @@ pub struct Aggregate {
     /// Root disks: the agent's initramfs until the switch to the disk, host clock.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub initrd_ms: Option<Summary>,
+    /// The same on the guest's clock.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub guest_initrd_ms: Option<Summary>,
+    /// PID 1 (or the root switch) until Ready, host clock.
     pub userspace_ms: Option<Summary>,
+    /// The same on the guest's clock.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub guest_userspace_ms: Option<Summary>,
     pub shutdown_ms: Option<Summary>,
     /// systemd guests: the phases as `systemd-analyze time` reads them.
     #[serde(skip_serializing_if = "Option::is_none", default)]

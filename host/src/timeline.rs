@@ -125,11 +125,6 @@ impl Phases {
             )
         })
     }
-
-    /// Userspace as the table shows it: the host's view, else the guest's.
-    pub fn userspace_any(&self) -> Option<f64> {
-        self.userspace.or(self.guest_userspace)
-    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,46 @@ fn results_json_is_what_its_document_says() {
     assert_eq!(printed, r);
 }
 
+/// Guests keep a precise clock: under TCG the kernel gets the host's TSC
+/// frequency and keeps the TSC even on a loaded host (four VMs on this
+/// host's cores), instead of falling back to jiffies and 4 ms steps.
+#[test]
+fn guests_keep_a_precise_clock() {
+    let Some(test) = BootTest::start("guests_keep_a_precise_clock") else {
+        return;
+    };
+    let out_dir = test.out_dir();
+    let out = boot::run("qemu", &out_dir, &["--vms", "4", "--timeout-s", "120"]);
+    assert!(out.status.success(), "{}", dump(&out));
+    let r = results(&out_dir);
+    let env = &r["environment"];
+    if env["accel"] == "tcg" {
+        let khz = env["host_tsc_khz"].as_u64().unwrap();
+        let cmdline = env["kernel_cmdline"].as_str().unwrap();
+        assert!(
+            cmdline.contains(&format!("tsc_early_khz={khz} tsc=reliable")),
+            "{cmdline}"
+        );
+    }
+    let mut guest_ms = Vec::new();
+    for vm in r["vms"].as_array().unwrap() {
+        let clock = vm["guest_ns"]["clocksource"].as_str().unwrap();
+        assert!(
+            !clock.is_empty() && !clock.contains("jiffies"),
+            "vm-{} kept {clock:?}: {vm}",
+            vm["id"]
+        );
+        let warnings = vm["warnings"].to_string();
+        assert!(!warnings.contains("clocksource"), "{warnings}");
+        for phase in ["guest_kernel", "guest_userspace"] {
+            guest_ms.push(vm["phases_ms"][phase].as_f64().unwrap());
+        }
+    }
+    // A jiffies clock moves in 4 ms steps: every guest time a multiple of 4 ms.
+    let off_the_jiffy = |ms: &f64| (ms / 4.0 - (ms / 4.0).round()).abs() > 1e-6;
+    assert!(guest_ms.iter().any(off_the_jiffy), "{guest_ms:?}");
+}
+
 #[test]
 fn guest_that_never_reports_is_a_timeout() {
     let Some(test) = BootTest::start("guest_that_never_reports_is_a_timeout") else {

@@ -31,7 +31,7 @@ pub use frame::{decode_body, encode_frame, FrameDecoder, FRAME_HEADER_BYTES, MAX
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks. Bump on any change to a message.
-pub const PROTO_VERSION: u32 = 2;
+pub const PROTO_VERSION: u32 = 3;
 
 /// The vsock port the guest connects to unless `vmbench.port=` says otherwise.
 pub const DEFAULT_PORT: u32 = 1234;
@@ -98,6 +98,10 @@ pub struct GuestMarks {
     pub service_start_ns: u64,
     /// A [`GuestMessage::Systemd`] report follows this `Ready`.
     pub systemd_follows: bool,
+    /// The guest kernel's clocksource when it became ready
+    /// (`/sys/devices/system/clocksource/clocksource0/current_clocksource`):
+    /// every guest time above is on it. Empty if it could not be read.
+    pub clocksource: String,
 }
 
 /// What a systemd guest's manager says about its boot, as `systemctl show`

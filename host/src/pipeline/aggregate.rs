@@ -31,7 +31,8 @@ pub fn self_cpu_ms() -> f64 {
 
 /// Fills in the aggregates and marks the run finished.
 pub fn finish(results: &mut RunResults, backends: &Backends, measured: Measured) {
-    results.aggregate = Some(aggregate(&results.vms, measured));
+    let all_vms = results.vms.len();
+    results.aggregate = Some(aggregate(&results.vms, measured, all_vms));
     if backends.launchers.len() > 1 {
         results.aggregate_by_backend = Some(
             backends
@@ -44,7 +45,7 @@ pub fn finish(results: &mut RunResults, backends: &Backends, measured: Measured)
                         .filter(|v| v.backend == name)
                         .cloned()
                         .collect();
-                    (name.to_string(), aggregate(&vms, measured))
+                    (name.to_string(), aggregate(&vms, measured, all_vms))
                 })
                 .collect(),
         );
@@ -52,7 +53,10 @@ pub fn finish(results: &mut RunResults, backends: &Backends, measured: Measured)
     results.finished = true;
 }
 
-pub fn aggregate(vms: &[VmRecord], measured: Measured) -> Aggregate {
+/// The statistics of `vms`; vmbench's own CPU time is the whole run's, so
+/// per VM it is divided by `all_vms`, the run's VMs (not only these: it
+/// cannot be split by backend).
+pub fn aggregate(vms: &[VmRecord], measured: Measured, all_vms: usize) -> Aggregate {
     let ok: Vec<&VmRecord> = vms.iter().filter(|v| v.status == VmStatus::Ok).collect();
     let first_spawn = vms.iter().filter_map(|v| v.host_ns.spawn).min();
     let last = |f: fn(&VmRecord) -> Option<u64>| vms.iter().map(f).collect::<Option<Vec<u64>>>();
@@ -66,14 +70,16 @@ pub fn aggregate(vms: &[VmRecord], measured: Measured) -> Aggregate {
         ok: ok.len(),
         wall_ms: measured.wall_ms,
         all_ready_ms,
-        vmbench_cpu_ms_per_vm: measured.cpu_ms_while_vms_ran / vms.len().max(1) as f64,
+        vmbench_cpu_ms_per_vm: measured.cpu_ms_while_vms_ran / all_vms.max(1) as f64,
         vmbench_cpu_ms_total: measured.cpu_ms_total,
         total_ms: summary(|v| v.phases_ms.total),
         vmm_ms: summary(|v| v.phases_ms.vmm),
         kernel_ms: summary(|v| v.phases_ms.kernel),
         guest_kernel_ms: summary(|v| v.phases_ms.guest_kernel),
-        initrd_ms: summary(|v| v.phases_ms.initrd.or(v.phases_ms.guest_initrd)),
-        userspace_ms: summary(|v| v.phases_ms.userspace_any()),
+        initrd_ms: summary(|v| v.phases_ms.initrd),
+        guest_initrd_ms: summary(|v| v.phases_ms.guest_initrd),
+        userspace_ms: summary(|v| v.phases_ms.userspace),
+        guest_userspace_ms: summary(|v| v.phases_ms.guest_userspace),
         shutdown_ms: summary(|v| v.phases_ms.shutdown),
         systemd_kernel_ms: summary(|v| v.systemd.as_ref()?.phases_ms.kernel),
         systemd_initrd_ms: summary(|v| v.systemd.as_ref()?.phases_ms.initrd),
@@ -130,7 +136,7 @@ mod tests {
             vm(1, VmStatus::Ok, 1_000_000, Some(301_000_000), Some(300.0)),
             vm(2, VmStatus::Timeout, 2_000_000, None, None),
         ];
-        let agg = aggregate(&vms, measured(30.0, 130.0, 400.0));
+        let agg = aggregate(&vms, measured(30.0, 130.0, 400.0), 3);
         assert_eq!((agg.vms, agg.ok), (3, 2));
         assert_eq!(agg.total_ms.unwrap().median, 200.0);
         assert_eq!(agg.all_ready_ms, None, "a VM never got ready");
@@ -146,7 +152,7 @@ mod tests {
             vm(1, VmStatus::Ok, 5, Some(250_000_000), Some(250.0)),
         ];
         assert_eq!(
-            aggregate(&vms, measured(0.0, 0.0, 0.0)).all_ready_ms,
+            aggregate(&vms, measured(0.0, 0.0, 0.0), 2).all_ready_ms,
             Some(250.0)
         );
     }

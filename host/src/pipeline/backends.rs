@@ -35,6 +35,10 @@ pub struct Backends {
     pub launchers: Vec<Launcher>,
     pub accels: Vec<Accel>,
     pub kvm: KvmVerdict,
+    /// Measured when a backend runs TCG guests: their kernels get it as
+    /// `tsc_early_khz=`, so they keep a precise clock (see
+    /// [`environment::host_tsc_khz`]).
+    pub host_tsc_khz: Option<u64>,
 }
 
 pub fn resolve(config: &BootConfig) -> Result<Backends> {
@@ -45,17 +49,22 @@ pub fn resolve(config: &BootConfig) -> Result<Backends> {
     let kvm_accel = Accel::Kvm {
         native: calibration.verdict.is_native(),
     };
-    let accels = launchers
+    let accels: Vec<Accel> = launchers
         .iter()
         .map(|l| match l {
             Launcher::Kvm(_) => kvm_accel,
             Launcher::Qemu(_) => qemu_accel,
         })
         .collect();
+    let host_tsc_khz = accels
+        .contains(&Accel::Tcg)
+        .then(environment::host_tsc_khz)
+        .flatten();
     Ok(Backends {
         launchers,
         accels,
         kvm: calibration.verdict,
+        host_tsc_khz,
     })
 }
 
@@ -101,6 +110,25 @@ impl Backends {
     pub fn on_emulated_kvm(&self, index: usize) -> bool {
         matches!(self.launchers[index], Launcher::Kvm(_))
             && kvm::on_emulated_kvm(self.accels[index])
+    }
+
+    /// What backend `index`'s guests need on their kernel command line for
+    /// a precise clock and to boot at all: under TCG, the host's TSC
+    /// frequency (`tsc_early_khz=`: TCG's emulated PIT cannot calibrate it
+    /// on a busy host) and `tsc=reliable` (the guest's TSC is the host's,
+    /// constant and nonstop, but the clocksource watchdog compares it with
+    /// jiffies that TCG's timer interrupts let slip under load, and would
+    /// mark it unstable: either way the kernel falls back to jiffies, 4 ms
+    /// steps); `noxsave` on KVM that emulates guest code. On native KVM the
+    /// guest has kvm-clock and needs nothing.
+    pub fn cmdline_extra(&self, index: usize) -> Option<String> {
+        if self.on_emulated_kvm(index) {
+            return Some(kvm::EMULATED_KVM_CMDLINE.to_string());
+        }
+        match (self.accels[index], self.host_tsc_khz) {
+            (Accel::Tcg, Some(khz)) => Some(format!("tsc_early_khz={khz} tsc=reliable")),
+            _ => None,
+        }
     }
 
     /// What the KVM calibration found, in words.

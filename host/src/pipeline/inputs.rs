@@ -4,8 +4,10 @@
 
 use vmbench_rootfs::DiskImage;
 
+use super::backends::Backends;
 use super::progress::Progress;
 use super::{BootConfig, Error, Result};
+use crate::backend::Launcher;
 use crate::inputs::{self, CheckedFile, KernelFormat};
 use crate::locate::{self, KernelInputs};
 use crate::results::RootfsInfo;
@@ -113,4 +115,22 @@ fn rootfs_info(image: &DiskImage, progress: &Progress) -> Result<RootfsInfo> {
         base_sha256,
         built_by: sidecar.and_then(|info| serde_json::to_value(&info.provenance).ok()),
     })
+}
+
+/// Refuses a kernel the chosen backends cannot enter: an ELF vmlinux without
+/// a PVH note boots only through our VMM's 64-bit Linux entry, not under
+/// QEMU and not with `--entry pvh`.
+pub fn check_entry(inputs: &Inputs, backends: &Backends, config: &BootConfig) -> Result<()> {
+    let needs_pvh = if backends
+        .launchers
+        .iter()
+        .any(|l| matches!(l, Launcher::Qemu(_)))
+    {
+        Some("QEMU")
+    } else if config.entry.as_deref() == Some("pvh") {
+        Some("--entry pvh")
+    } else {
+        None
+    };
+    Ok(inputs.kernel.check_entry(needs_pvh)?)
 }

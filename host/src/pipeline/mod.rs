@@ -6,7 +6,8 @@
 //! 2. [`inputs`]: the kernel, the initramfs and the root disk are found and
 //!    checked, once, before anything starts;
 //! 3. [`backends`]: KVM is calibrated, and the backends and accelerators
-//!    the configuration names are resolved against what it found;
+//!    the configuration names are resolved against what it found (and the
+//!    kernel checked against them: [`inputs::check_entry`]);
 //! 4. [`prepare`]: the output directory, each VM's spec and command line,
 //!    the overlays of the root disk, and the results.json that says how the
 //!    run was set up;
@@ -123,6 +124,7 @@ pub fn run(config: &BootConfig) -> Result<Outcome> {
     let timeout = options::check(config)?;
     let inputs = inputs::resolve(config, &progress)?;
     let backends = backends::resolve(config)?;
+    inputs::check_entry(&inputs, &backends, config)?;
     let mut run = prepare::prepare(config, timeout, &inputs, &backends)?;
     let write = |results: &RunResults| {
         results::write_atomic(&run.results_path, results).map_err(|source| Error::Write {

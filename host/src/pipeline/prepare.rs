@@ -48,8 +48,8 @@ pub fn base_cmdline(vm_id: u32, port: u32) -> String {
 }
 
 /// VM `id`'s whole command line: vmbench's settings, the root disk's, what
-/// an emulating KVM needs, then `--append`.
-fn cmdline(config: &BootConfig, with_rootfs: bool, emulated_kvm: bool, id: u32) -> String {
+/// its backend needs (a clock, or `noxsave`), then `--append`.
+fn cmdline(config: &BootConfig, with_rootfs: bool, extra: Option<String>, id: u32) -> String {
     let mut line = base_cmdline(id, config.port);
     if with_rootfs {
         let root = if config.no_initramfs {
@@ -59,8 +59,8 @@ fn cmdline(config: &BootConfig, with_rootfs: bool, emulated_kvm: bool, id: u32) 
         };
         line = format!("{line} {root}");
     }
-    if emulated_kvm {
-        line = format!("{line} {}", kvm::EMULATED_KVM_CMDLINE);
+    if let Some(extra) = extra {
+        line = format!("{line} {extra}");
     }
     let append = config.append.join(" ");
     if !append.is_empty() {
@@ -110,7 +110,7 @@ pub fn prepare(
             inputs,
             backends,
             timeout,
-            cmdline(config, with_rootfs, backends.on_emulated_kvm(0), 0),
+            cmdline(config, with_rootfs, backends.cmdline_extra(0), 0),
         ),
         vms: (0..total_vms)
             .map(|id| VmRecord::new(id, &vm_dir(&out, id)))
@@ -143,7 +143,7 @@ pub fn prepare(
                     dir: vm_dir(&out, id),
                     kernel: inputs.kernel.path.clone(),
                     initramfs: inputs.initramfs.as_ref().map(|i| i.path.clone()),
-                    cmdline: cmdline(config, with_rootfs, backends.on_emulated_kvm(backend), id),
+                    cmdline: cmdline(config, with_rootfs, backends.cmdline_extra(backend), id),
                     mem_mib: config.mem_mib,
                     vcpus: config.vcpus,
                     accel: backends.accels[backend],
@@ -187,6 +187,7 @@ fn environment_of(
         guest_kernel_sha256: kernel.sha256.clone(),
         guest_kernel_format: match kernel.kind {
             KernelFormat::ElfPvh => "elf-pvh".into(),
+            KernelFormat::Elf => "elf".into(),
             KernelFormat::BzImage => "bzimage".into(),
         },
         guest_kernel_source: inputs.kernel_inputs.as_ref().map(|ki| ki.source.clone()),
@@ -203,6 +204,7 @@ fn environment_of(
         vhost_device_vsock_version: backends.vhost_device_vsock_version(),
         kernel_cmdline,
         rootfs: inputs.rootfs.as_ref().map(|r| r.info.clone()),
+        host_tsc_khz: backends.host_tsc_khz,
         emulated_kvm: (0..backends.launchers.len())
             .any(|b| backends.on_emulated_kvm(b))
             .then(|| EmulatedKvmSetup {

@@ -12,16 +12,17 @@ use crate::stats::Summary;
 /// A per-VM column: header and how to read it.
 type Column = (&'static str, fn(&VmRecord) -> Option<f64>);
 
+/// Each column is on one clock: the host's unless its header says guest.
 const VM_COLUMNS: &[Column] = &[
     ("total ms", |v| v.phases_ms.total),
     ("vmm ms", |v| v.phases_ms.vmm),
     ("kernel ms", |v| v.phases_ms.kernel),
     ("to init ms", |v| v.phases_ms.vmm_and_kernel),
     ("guest kernel ms", |v| v.phases_ms.guest_kernel),
-    ("initrd ms", |v| {
-        v.phases_ms.initrd.or(v.phases_ms.guest_initrd)
-    }),
-    ("userspace ms", |v| v.phases_ms.userspace_any()),
+    ("initrd ms", |v| v.phases_ms.initrd),
+    ("guest initrd ms", |v| v.phases_ms.guest_initrd),
+    ("userspace ms", |v| v.phases_ms.userspace),
+    ("guest userspace ms", |v| v.phases_ms.guest_userspace),
     ("shutdown ms", |v| v.phases_ms.shutdown),
 ];
 
@@ -130,10 +131,11 @@ fn vm_table(vms: &[VmRecord]) -> String {
     grid(&rows)
 }
 
-fn summary_row(name: &str, summary: Option<&Summary>) -> Vec<String> {
+fn summary_row(name: &str, clock: &str, summary: Option<&Summary>) -> Vec<String> {
     match summary {
         Some(s) => vec![
             name.to_string(),
+            clock.to_string(),
             s.n.to_string(),
             format!("{:.1}", s.mean),
             format!("{:.1}", s.median),
@@ -143,6 +145,7 @@ fn summary_row(name: &str, summary: Option<&Summary>) -> Vec<String> {
         ],
         None => vec![
             name.to_string(),
+            clock.to_string(),
             "0".into(),
             "-".into(),
             "-".into(),
@@ -190,40 +193,54 @@ fn errors_and_warnings(vms: &[VmRecord]) -> String {
     out
 }
 
-/// Each phase's statistics over the ok VMs; phases no VM had are left out.
+/// Each phase's statistics over the ok VMs, each on the clock it names
+/// (host: CLOCK_MONOTONIC marks; guest: the guest's own; systemd: systemd's
+/// in the guest); phases no VM had are left out.
 fn aggregate_table(agg: &Aggregate) -> String {
-    let mut rows = vec![
-        [
-            "phase (ok VMs)",
-            "n",
-            "mean ms",
-            "median ms",
-            "min ms",
-            "max ms",
-            "stddev ms",
-        ]
-        .map(String::from)
-        .to_vec(),
-        summary_row("total", agg.total_ms.as_ref()),
+    type Pick = fn(&Aggregate) -> Option<&Summary>;
+    // (phase, clock, summary, shown even when no VM had it)
+    let phases: [(&str, &str, Pick, bool); 12] = [
+        ("total", "host", |a| a.total_ms.as_ref(), true),
+        ("vmm", "host", |a| a.vmm_ms.as_ref(), false),
+        ("kernel", "host", |a| a.kernel_ms.as_ref(), false),
+        ("kernel", "guest", |a| a.guest_kernel_ms.as_ref(), true),
+        ("initrd", "host", |a| a.initrd_ms.as_ref(), false),
+        ("initrd", "guest", |a| a.guest_initrd_ms.as_ref(), false),
+        ("userspace", "host", |a| a.userspace_ms.as_ref(), true),
+        (
+            "userspace",
+            "guest",
+            |a| a.guest_userspace_ms.as_ref(),
+            false,
+        ),
+        ("shutdown", "host", |a| a.shutdown_ms.as_ref(), true),
+        ("kernel", "systemd", |a| a.systemd_kernel_ms.as_ref(), false),
+        ("initrd", "systemd", |a| a.systemd_initrd_ms.as_ref(), false),
+        (
+            "userspace",
+            "systemd",
+            |a| a.systemd_userspace_ms.as_ref(),
+            false,
+        ),
     ];
-    if agg.vmm_ms.is_some() {
-        rows.push(summary_row("vmm", agg.vmm_ms.as_ref()));
-        rows.push(summary_row("kernel (host)", agg.kernel_ms.as_ref()));
-    }
-    rows.push(summary_row("guest kernel", agg.guest_kernel_ms.as_ref()));
-    if agg.initrd_ms.is_some() {
-        rows.push(summary_row("initrd", agg.initrd_ms.as_ref()));
-    }
-    rows.extend([
-        summary_row("userspace", agg.userspace_ms.as_ref()),
-        summary_row("shutdown", agg.shutdown_ms.as_ref()),
-    ]);
-    if agg.systemd_userspace_ms.is_some() {
-        rows.extend([
-            summary_row("systemd kernel", agg.systemd_kernel_ms.as_ref()),
-            summary_row("systemd initrd", agg.systemd_initrd_ms.as_ref()),
-            summary_row("systemd userspace", agg.systemd_userspace_ms.as_ref()),
-        ]);
+    let header = [
+        "phase (ok VMs)",
+        "clock",
+        "n",
+        "mean ms",
+        "median ms",
+        "min ms",
+        "max ms",
+        "stddev ms",
+    ];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    let systemd = agg.systemd_userspace_ms.is_some();
+    for (name, clock, pick, always) in phases {
+        // systemd's initrd is shown beside its other phases, even empty.
+        let shown = always || pick(agg).is_some() || (clock == "systemd" && systemd);
+        if shown {
+            rows.push(summary_row(name, clock, pick(agg)));
+        }
     }
     grid(&rows)
 }
@@ -274,19 +291,18 @@ fn compact(summary: Option<&Summary>) -> String {
 /// Each backend's phases in its own column (`--backend kvm,qemu`).
 fn side_by_side(by_backend: &BTreeMap<String, Aggregate>) -> String {
     type Pick = fn(&Aggregate) -> Option<&Summary>;
-    let phases: [(&str, Pick); 7] = [
-        ("total", |a| a.total_ms.as_ref()),
-        ("vmm", |a| a.vmm_ms.as_ref()),
+    let phases: [(&str, Pick); 6] = [
+        ("total (host)", |a| a.total_ms.as_ref()),
+        ("vmm (host)", |a| a.vmm_ms.as_ref()),
         ("kernel (host)", |a| a.kernel_ms.as_ref()),
-        ("guest kernel", |a| a.guest_kernel_ms.as_ref()),
-        ("userspace", |a| a.userspace_ms.as_ref()),
-        ("shutdown", |a| a.shutdown_ms.as_ref()),
-        ("all ready", |_| None),
+        ("kernel (guest)", |a| a.guest_kernel_ms.as_ref()),
+        ("userspace (host)", |a| a.userspace_ms.as_ref()),
+        ("shutdown (host)", |a| a.shutdown_ms.as_ref()),
     ];
     let mut header = vec!["phase, median [min–max] ms".to_string()];
     header.extend(by_backend.keys().cloned());
     let mut rows = vec![header];
-    for (name, pick) in &phases[..6] {
+    for (name, pick) in &phases {
         let mut row = vec![name.to_string()];
         row.extend(by_backend.values().map(|a| compact(pick(a))));
         rows.push(row);

@@ -2,7 +2,7 @@
 //! phases from every mark, and the VM's status with the error and warnings
 //! that explain it.
 
-use vmbench_proto::{MARKER_SWITCH_ROOT, MARKER_USERSPACE_START};
+use vmbench_proto::{GuestMarks, MARKER_SWITCH_ROOT, MARKER_USERSPACE_START};
 
 use super::Watch;
 use crate::backend::{kvm, Launcher, VmSpec};
@@ -130,6 +130,9 @@ impl Watch<'_> {
         if let Some(warning) = self.record.phases_ms.disagreement() {
             self.record.warnings.push(warning);
         }
+        if let Some(warning) = self.record.guest_ns.as_ref().and_then(coarse_clock) {
+            self.record.warnings.push(warning);
+        }
         if self.systemd_pending.take().is_some() {
             self.record
                 .warnings
@@ -138,6 +141,18 @@ impl Watch<'_> {
         self.record.status = status;
         self.record.error = error;
     }
+}
+
+/// A warning when the guest's times were on a clocksource that ticks in
+/// jiffies (the kernel could not use its TSC or kvm-clock): every guest
+/// time then moves in steps of a jiffy, 4 ms with our kernel's HZ=250.
+fn coarse_clock(marks: &GuestMarks) -> Option<String> {
+    let clock = marks.clocksource.as_str();
+    matches!(clock, "jiffies" | "refined-jiffies").then(|| {
+        format!(
+            "The guest kernel's clocksource was {clock}: its times move in steps of a jiffy (4 ms), too coarse to compare guest-side phases"
+        )
+    })
 }
 
 /// The last lines of the VM's serial console, on one line.
@@ -157,5 +172,25 @@ fn vmm_said(backend: &Launcher, spec: &VmSpec) -> String {
         String::new()
     } else {
         format!("; {} said: {said}", backend.vmm_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_jiffies_clock_is_coarse() {
+        let on = |clocksource: &str| GuestMarks {
+            clocksource: clocksource.into(),
+            ..GuestMarks::default()
+        };
+        assert!(coarse_clock(&on("refined-jiffies"))
+            .unwrap()
+            .contains("refined-jiffies"));
+        assert!(coarse_clock(&on("jiffies")).is_some());
+        for precise in ["tsc", "tsc-early", "kvm-clock", ""] {
+            assert_eq!(coarse_clock(&on(precise)), None, "{precise}");
+        }
     }
 }
