@@ -105,9 +105,18 @@ enum Accel {
 
 #[derive(clap::Args)]
 struct BootArgs {
-    /// Number of VMs to boot in parallel (per backend).
+    /// Number of VMs to boot in parallel (per backend, per round).
     #[arg(long, default_value_t = 1)]
     vms: u32,
+    /// Measured rounds, one after another, each booting --vms VMs per
+    /// backend: every VM of every round is one sample. `--vms 1 --runs 20`
+    /// samples one boot at a time, free of the contention of parallel VMs.
+    #[arg(long, default_value_t = 1)]
+    runs: u32,
+    /// Rounds before the measured ones, booted the same way and recorded,
+    /// but left out of every statistic (caches, page cache, CPU frequency).
+    #[arg(long, default_value_t = 0)]
+    warmup: u32,
     /// Guest kernel (ELF vmlinux with PVH note, or bzImage). Default: the cached build of kernel-config/.
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -274,6 +283,8 @@ enum RootfsCommand {
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let config = BootConfig {
         vms: args.vms,
+        runs: args.runs,
+        warmup: args.warmup,
         backends: args
             .backend
             .iter()

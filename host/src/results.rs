@@ -70,6 +70,15 @@ pub struct Environment {
     pub mem_mib: u32,
     pub vcpus: u32,
     pub timeout_s: f64,
+    /// Measured rounds (`--runs`) and warm-up rounds before them (`--warmup`).
+    #[serde(default = "one")]
+    pub runs: u32,
+    #[serde(default)]
+    pub warmup: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// What the kvm backend does on KVM that emulates guest code.
@@ -148,6 +157,12 @@ pub struct GuestInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmRecord {
     pub id: u32,
+    /// The round it was booted in (`--runs`, `--warmup`), from 0.
+    #[serde(default)]
+    pub round: u32,
+    /// A warm-up round's VM: recorded, never in a statistic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warmup: bool,
     /// `kvm` or `qemu`.
     #[serde(default)]
     pub backend: String,
@@ -198,6 +213,8 @@ impl VmRecord {
     pub fn new(id: u32, dir: &Path) -> Self {
         VmRecord {
             id,
+            round: 0,
+            warmup: false,
             backend: String::new(),
             accel: String::new(),
             status: VmStatus::Running,

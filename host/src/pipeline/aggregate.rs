@@ -29,18 +29,19 @@ pub fn self_cpu_ms() -> f64 {
     }
 }
 
-/// Fills in the aggregates and marks the run finished.
+/// Fills in the aggregates, over the measured rounds' VMs (never a warm-up
+/// round's), and marks the run finished.
 pub fn finish(results: &mut RunResults, backends: &Backends, measured: Measured) {
     let all_vms = results.vms.len();
-    results.aggregate = Some(aggregate(&results.vms, measured, all_vms));
+    let measured_vms: Vec<VmRecord> = results.vms.iter().filter(|v| !v.warmup).cloned().collect();
+    results.aggregate = Some(aggregate(&measured_vms, measured, all_vms));
     if backends.launchers.len() > 1 {
         results.aggregate_by_backend = Some(
             backends
                 .names()
                 .into_iter()
                 .map(|name| {
-                    let vms: Vec<VmRecord> = results
-                        .vms
+                    let vms: Vec<VmRecord> = measured_vms
                         .iter()
                         .filter(|v| v.backend == name)
                         .cloned()
@@ -54,16 +55,32 @@ pub fn finish(results: &mut RunResults, backends: &Backends, measured: Measured)
 }
 
 /// The statistics of `vms`; vmbench's own CPU time is the whole run's, so
-/// per VM it is divided by `all_vms`, the run's VMs (not only these: it
-/// cannot be split by backend).
+/// per VM it is divided by `all_vms`, every VM the run booted (it cannot be
+/// split by backend or round).
+/// From a round's first spawn until every VM of the round was ready, the
+/// median over rounds; `None` if a VM never got ready.
+fn all_ready_ms(vms: &[VmRecord]) -> Option<f64> {
+    let mut rounds: Vec<u32> = vms.iter().map(|v| v.round).collect();
+    rounds.dedup();
+    let per_round: Option<Vec<f64>> = rounds
+        .iter()
+        .map(|&round| {
+            let these = vms.iter().filter(|v| v.round == round);
+            let first_spawn = these.clone().filter_map(|v| v.host_ns.spawn).min()?;
+            let last_ready = these
+                .map(|v| v.host_ns.ready)
+                .collect::<Option<Vec<u64>>>()?
+                .into_iter()
+                .max()?;
+            Some(last_ready.saturating_sub(first_spawn) as f64 / 1e6)
+        })
+        .collect();
+    Summary::of(per_round?).map(|s| s.median)
+}
+
 pub fn aggregate(vms: &[VmRecord], measured: Measured, all_vms: usize) -> Aggregate {
     let ok: Vec<&VmRecord> = vms.iter().filter(|v| v.status == VmStatus::Ok).collect();
-    let first_spawn = vms.iter().filter_map(|v| v.host_ns.spawn).min();
-    let last = |f: fn(&VmRecord) -> Option<u64>| vms.iter().map(f).collect::<Option<Vec<u64>>>();
-    let since_first = |t: u64| first_spawn.map(|s| t.saturating_sub(s) as f64 / 1e6);
-    let all_ready_ms = last(|v| v.host_ns.ready)
-        .and_then(|r| r.into_iter().max())
-        .and_then(since_first);
+    let all_ready_ms = all_ready_ms(vms);
     let summary = |f: fn(&VmRecord) -> Option<f64>| Summary::of(ok.iter().filter_map(|v| f(v)));
     Aggregate {
         vms: vms.len(),
@@ -143,6 +160,61 @@ mod tests {
         assert_eq!(agg.wall_ms, 400.0);
         assert_eq!(agg.vmbench_cpu_ms_per_vm, 10.0);
         assert_eq!(agg.vmbench_cpu_ms_total, 130.0);
+    }
+
+    #[test]
+    fn all_ready_is_each_rounds_own_and_warm_up_rounds_are_left_out() {
+        let mut vms = vec![
+            vm(0, VmStatus::Ok, 0, Some(900_000_000), Some(900.0)),
+            vm(
+                1,
+                VmStatus::Ok,
+                1_000_000_000,
+                Some(1_100_000_000),
+                Some(100.0),
+            ),
+            vm(
+                2,
+                VmStatus::Ok,
+                2_000_000_000,
+                Some(2_300_000_000),
+                Some(300.0),
+            ),
+            vm(
+                3,
+                VmStatus::Ok,
+                3_000_000_000,
+                Some(3_200_000_000),
+                Some(200.0),
+            ),
+        ];
+        for (round, v) in vms.iter_mut().enumerate() {
+            v.round = round as u32;
+            v.warmup = round == 0;
+        }
+        let mut results = RunResults {
+            schema_version: 0,
+            started_at: String::new(),
+            finished: false,
+            environment: serde_json::from_value(serde_json::json!({
+                "backend": "qemu", "accel": "tcg", "kvm": "", "kvm_detail": "",
+                "host_cpu": "", "host_cpu_info": {"model_name": "", "vendor": "", "family": "", "model": "", "logical_cpus": 1},
+                "host_kernel": "", "guest_kernel": "", "guest_kernel_sha256": "", "guest_kernel_format": "",
+                "initramfs": "", "initramfs_sha256": "", "vmbench_version": "", "vmm_version": "",
+                "vhost_device_vsock_version": "", "kernel_cmdline": "", "mem_mib": 1, "vcpus": 1, "timeout_s": 1.0
+            }))
+            .unwrap(),
+            vms,
+            aggregate: None,
+            aggregate_by_backend: None,
+        };
+        let one = Backends::for_test(1);
+        finish(&mut results, &one, measured(40.0, 50.0, 0.0));
+        let agg = results.aggregate.unwrap();
+        assert_eq!((agg.vms, agg.ok), (3, 3), "the warm-up round is left out");
+        assert_eq!(agg.total_ms.unwrap().median, 200.0);
+        assert_eq!(agg.all_ready_ms, Some(200.0), "the median of 100, 300, 200");
+        assert_eq!(agg.vmbench_cpu_ms_per_vm, 10.0, "over every VM booted");
     }
 
     #[test]

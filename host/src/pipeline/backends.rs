@@ -69,6 +69,23 @@ pub fn resolve(config: &BootConfig) -> Result<Backends> {
 }
 
 impl Backends {
+    /// `n` qemu backends on TCG, for tests that need a run's shape only.
+    #[cfg(test)]
+    pub fn for_test(n: usize) -> Backends {
+        let qemu = Launcher::Qemu(Qemu {
+            qemu: "/unused".into(),
+            vhost_device_vsock: "/unused".into(),
+        });
+        Backends {
+            launchers: vec![qemu; n],
+            accels: vec![Accel::Tcg; n],
+            kvm: KvmVerdict::Absent {
+                reason: "test".into(),
+            },
+            host_tsc_khz: None,
+        }
+    }
+
     /// The backend of VM `id`: with several, ids alternate between them, and
     /// so does the order VMs start in, so neither backend always goes first.
     pub fn of_vm(&self, id: u32) -> usize {

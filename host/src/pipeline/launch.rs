@@ -13,8 +13,9 @@ use super::progress::Progress;
 use crate::results::{RunResults, VmRecord};
 use crate::watch::{self, Milestone};
 
-/// Runs every VM to its end; `on_change` sees the results after each
-/// record that arrives. Returns what the run cost vmbench itself.
+/// Runs every VM to its end, one round after another (each round's VMs at
+/// once); `on_change` sees the results after each record that arrives.
+/// Returns what the run cost vmbench itself.
 pub fn launch(
     vms: &[PreparedVm],
     backends: &Backends,
@@ -23,9 +24,40 @@ pub fn launch(
     results: &mut RunResults,
     mut on_change: impl FnMut(&RunResults),
 ) -> Measured {
-    let total_vms = vms.len();
     let cpu_before = self_cpu_ms();
     let wall_start = std::time::Instant::now();
+    let rounds = vms.last().map_or(0, |vm| vm.round + 1);
+    for round in 0..rounds {
+        let these: Vec<&PreparedVm> = vms.iter().filter(|vm| vm.round == round).collect();
+        if rounds > 1 {
+            progress.round(round, rounds, these.first().is_some_and(|vm| vm.warmup));
+        }
+        launch_round(
+            &these,
+            backends,
+            keep_overlays,
+            progress,
+            results,
+            &mut on_change,
+        );
+    }
+    Measured {
+        cpu_ms_while_vms_ran: self_cpu_ms() - cpu_before,
+        cpu_ms_total: self_cpu_ms(),
+        wall_ms: wall_start.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
+/// One round: its VMs at once, each on its own thread.
+fn launch_round(
+    vms: &[&PreparedVm],
+    backends: &Backends,
+    keep_overlays: bool,
+    progress: &Progress,
+    results: &mut RunResults,
+    on_change: &mut impl FnMut(&RunResults),
+) {
+    let total_vms = vms.len();
     let (tx, rx) = mpsc::channel::<(VmRecord, Option<Milestone>)>();
     std::thread::scope(|scope| {
         for vm in vms {
@@ -52,11 +84,6 @@ pub fn launch(
             on_change(results);
         }
     });
-    Measured {
-        cpu_ms_while_vms_ran: self_cpu_ms() - cpu_before,
-        cpu_ms_total: self_cpu_ms(),
-        wall_ms: wall_start.elapsed().as_secs_f64() * 1e3,
-    }
 }
 
 /// One VM's thread: its record at each milestone, then its final record
@@ -68,12 +95,16 @@ fn run_one(
     tx: &mpsc::Sender<(VmRecord, Option<Milestone>)>,
 ) {
     let mut overlay = vm.overlay.clone();
+    let in_its_round = |mut record: VmRecord| {
+        (record.round, record.warmup) = (vm.round, vm.warmup);
+        record
+    };
     let mut on_progress = |record: &VmRecord, milestone| {
-        let mut record = record.clone();
+        let mut record = in_its_round(record.clone());
         record.overlay.clone_from(&overlay);
         drop(tx.send((record, Some(milestone))))
     };
-    let mut record = watch::run(&vm.spec, backend, &mut on_progress);
+    let mut record = in_its_round(watch::run(&vm.spec, backend, &mut on_progress));
     if let Some(overlay) = overlay.as_mut() {
         overlays::settle(overlay, keep_overlays);
     }

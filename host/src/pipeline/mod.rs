@@ -36,8 +36,12 @@ pub use backends::{AccelChoice, BackendChoice};
 
 #[derive(Debug, Clone)]
 pub struct BootConfig {
-    /// VMs per backend.
+    /// VMs per backend, per round.
     pub vms: u32,
+    /// Measured rounds, one after another, each booting `vms` VMs per backend.
+    pub runs: u32,
+    /// Rounds before those, booted the same way but never measured.
+    pub warmup: u32,
     /// One or more backends; with several, each boots `vms` VMs, interleaved.
     pub backends: Vec<BackendChoice>,
     /// kvm backend: force the kernel entry (`pvh`, `linux64`).
@@ -72,6 +76,8 @@ pub enum Error {
     Input(#[from] crate::inputs::Error),
     #[error("--vms must be at least 1")]
     NoVms,
+    #[error("--runs must be at least 1")]
+    NoRuns,
     #[error("--mem-mib {0} is too small for a guest (at least 64)")]
     TooLittleMemory(u32),
     #[error("--timeout-s must be a positive number of seconds, not {0}")]

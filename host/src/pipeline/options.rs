@@ -20,6 +20,9 @@ pub fn check(config: &BootConfig) -> Result<Duration> {
     if config.vms == 0 {
         return Err(Error::NoVms);
     }
+    if config.runs == 0 {
+        return Err(Error::NoRuns);
+    }
     if config.mem_mib < 64 {
         return Err(Error::TooLittleMemory(config.mem_mib));
     }
@@ -46,6 +49,8 @@ mod tests {
     fn config() -> BootConfig {
         BootConfig {
             vms: 1,
+            runs: 1,
+            warmup: 0,
             backends: vec![BackendChoice::Auto],
             entry: None,
             kernel: None,
@@ -74,6 +79,7 @@ mod tests {
             check(&c).unwrap_err().to_string()
         };
         assert_eq!(with(|c| c.vms = 0), "--vms must be at least 1");
+        assert_eq!(with(|c| c.runs = 0), "--runs must be at least 1");
         assert!(with(|c| c.mem_mib = 32).contains("--mem-mib 32"));
         assert!(with(|c| c.vcpus = 65).contains("not 65"));
         assert!(with(|c| c.no_initramfs = true).starts_with("--no-initramfs needs --rootfs"));

@@ -38,6 +38,9 @@ pub struct PreparedVm {
     /// Index into the run's backends.
     pub backend: usize,
     pub overlay: Option<OverlayUse>,
+    /// The round it boots in, and whether that is a warm-up round.
+    pub round: u32,
+    pub warmup: bool,
 }
 
 /// The kernel command line vmbench gives every guest (before `--append`).
@@ -99,7 +102,10 @@ pub fn prepare(
     backends: &Backends,
 ) -> Result<Prepared> {
     let out = out_dir(config)?;
-    let total_vms = config.vms * backends.launchers.len() as u32;
+    let per_round = config.vms * backends.launchers.len() as u32;
+    let total_vms = per_round * (config.warmup + config.runs);
+    // VM ids run on across rounds: round r boots ids r·per_round and on.
+    let round_of = |id: u32| id / per_round;
     let with_rootfs = inputs.rootfs.is_some();
     let mut results = RunResults {
         schema_version: results::SCHEMA_VERSION,
@@ -113,7 +119,12 @@ pub fn prepare(
             cmdline(config, with_rootfs, backends.cmdline_extra(0), 0),
         ),
         vms: (0..total_vms)
-            .map(|id| VmRecord::new(id, &vm_dir(&out, id)))
+            .map(|id| {
+                let mut record = VmRecord::new(id, &vm_dir(&out, id));
+                record.round = round_of(id);
+                record.warmup = round_of(id) < config.warmup;
+                record
+            })
             .collect(),
         aggregate: None,
         aggregate_by_backend: None,
@@ -154,6 +165,8 @@ pub fn prepare(
                 },
                 backend,
                 overlay,
+                round: round_of(id),
+                warmup: round_of(id) < config.warmup,
             }
         })
         .collect();
@@ -214,6 +227,8 @@ fn environment_of(
         mem_mib: config.mem_mib,
         vcpus: config.vcpus,
         timeout_s: timeout.as_secs_f64(),
+        runs: config.runs,
+        warmup: config.warmup,
     }
 }
 

@@ -40,6 +40,16 @@ impl Progress {
         ));
     }
 
+    /// A round starts (with more than one).
+    pub fn round(&self, round: u32, rounds: u32, warmup: bool) {
+        let what = if warmup {
+            " (warm-up, not measured)"
+        } else {
+            ""
+        };
+        self.line(&format!("vmbench: round {}/{rounds}{what}", round + 1));
+    }
+
     pub fn ready(&self, record: &VmRecord, ready: usize, total_vms: usize) {
         self.line(&format!(
             "  vm-{} ({}) ready after {:.1} ms (guest kernel {:.1} ms) [{ready}/{total_vms} ready]",

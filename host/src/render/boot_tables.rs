@@ -112,7 +112,11 @@ fn vm_table(vms: &[VmRecord]) -> String {
         .map(|(_, c)| c)
         .collect();
     let several = vms.iter().any(|v| v.backend != vms[0].backend);
+    let rounds = vms.iter().any(|v| v.round > 0);
     let mut header = vec!["vm".to_string()];
+    if rounds {
+        header.push("round".into());
+    }
     if several {
         header.push("backend".into());
     }
@@ -121,6 +125,10 @@ fn vm_table(vms: &[VmRecord]) -> String {
     let mut rows = vec![header];
     for vm in vms {
         let mut row = vec![format!("vm-{}", vm.id)];
+        if rounds {
+            let warmup = if vm.warmup { " (warm-up)" } else { "" };
+            row.push(format!("{}{warmup}", vm.round));
+        }
         if several {
             row.push(vm.backend.clone());
         }
