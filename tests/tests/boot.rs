@@ -144,6 +144,45 @@ fn guests_keep_a_precise_clock() {
 }
 
 #[test]
+fn rounds_are_samples_and_warm_up_rounds_stay_out_of_the_statistics() {
+    let Some(test) =
+        BootTest::start("rounds_are_samples_and_warm_up_rounds_stay_out_of_the_statistics")
+    else {
+        return;
+    };
+    let out_dir = test.out_dir();
+    let out = boot::run("qemu", &out_dir, &["--runs", "2", "--warmup", "1"]);
+    assert!(out.status.success(), "{}", dump(&out));
+    let r = results(&out_dir);
+    assert_follows_its_document(&r, "results-json.md");
+    assert_eq!(
+        (
+            r["environment"]["runs"].as_u64(),
+            r["environment"]["warmup"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    let vms = r["vms"].as_array().unwrap();
+    let rounds: Vec<(u64, bool)> = vms
+        .iter()
+        .map(|v| (v["round"].as_u64().unwrap(), v["warmup"] == true))
+        .collect();
+    assert_eq!(rounds, [(0, true), (1, false), (2, false)]);
+    // One VM at a time: each one's spawn after the previous one's exit.
+    for pair in vms.windows(2) {
+        assert!(pair[1]["host_ns"]["spawn"].as_u64() > pair[0]["host_ns"]["exit"].as_u64());
+    }
+    let agg = &r["aggregate"];
+    assert_eq!(
+        (agg["vms"].as_u64(), agg["total_ms"]["n"].as_u64()),
+        (Some(2), Some(2)),
+        "{agg}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("0 (warm-up)"), "{stdout}");
+}
+
+#[test]
 fn guest_that_never_reports_is_a_timeout() {
     let Some(test) = BootTest::start("guest_that_never_reports_is_a_timeout") else {
         return;
