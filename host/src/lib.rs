@@ -29,6 +29,7 @@ pub mod error_line;
 pub mod inputs;
 pub mod locate;
 pub mod log_tail;
+pub mod metrics;
 pub mod pipeline;
 pub mod render;
 pub mod results;
