@@ -7,14 +7,24 @@ use crate::results::{Aggregate, RunResults, VmRecord, VmStatus};
 use crate::stats::Summary;
 
 /// What the run cost vmbench itself (its children excluded).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Measured {
     /// CPU time (user + system) while the VMs ran.
     pub cpu_ms_while_vms_ran: f64,
     /// CPU time of the whole process, setup included.
     pub cpu_ms_total: f64,
-    /// From starting the first VM until the last one had ended.
+    /// From starting a round's first VM until its last one had ended,
+    /// summed over the rounds.
     pub wall_ms: f64,
+}
+
+impl Measured {
+    /// Adds a round's cost to the run's.
+    pub fn add(&mut self, round: Measured) {
+        self.cpu_ms_while_vms_ran += round.cpu_ms_while_vms_ran;
+        self.wall_ms += round.wall_ms;
+        self.cpu_ms_total = round.cpu_ms_total;
+    }
 }
 
 /// CPU time (user + system) this process has used, in ms; children excluded.

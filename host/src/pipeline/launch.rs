@@ -1,7 +1,7 @@
-//! Stage 5: every VM on its own thread, started in id order (with several
-//! backends, ids alternate between them), each watched to its end by
-//! [`crate::watch`]. Records come back as VMs say Hello, become ready and
-//! end; each one updates the results, which the caller rewrites.
+//! Stage 5: a round's VMs, each on its own thread, started in id order
+//! (with several backends, ids alternate between them), each watched to
+//! its end by [`crate::watch`]. Records come back as VMs say Hello, become
+//! ready and end; each one updates the results, which the caller rewrites.
 
 use std::sync::mpsc;
 
@@ -13,11 +13,11 @@ use super::progress::Progress;
 use crate::results::{RunResults, VmRecord};
 use crate::watch::{self, Milestone};
 
-/// Runs every VM to its end, one round after another (each round's VMs at
-/// once); `on_change` sees the results after each record that arrives.
-/// Returns what the run cost vmbench itself.
-pub fn launch(
-    vms: &[PreparedVm],
+/// One round: its VMs at once, each on its own thread, each watched to its
+/// end; `on_change` sees the results after each record that arrives.
+/// Returns what the round cost vmbench itself.
+pub fn launch_round(
+    vms: &[&PreparedVm],
     backends: &Backends,
     keep_overlays: bool,
     progress: &Progress,
@@ -26,37 +26,6 @@ pub fn launch(
 ) -> Measured {
     let cpu_before = self_cpu_ms();
     let wall_start = std::time::Instant::now();
-    let rounds = vms.last().map_or(0, |vm| vm.round + 1);
-    for round in 0..rounds {
-        let these: Vec<&PreparedVm> = vms.iter().filter(|vm| vm.round == round).collect();
-        if rounds > 1 {
-            progress.round(round, rounds, these.first().is_some_and(|vm| vm.warmup));
-        }
-        launch_round(
-            &these,
-            backends,
-            keep_overlays,
-            progress,
-            results,
-            &mut on_change,
-        );
-    }
-    Measured {
-        cpu_ms_while_vms_ran: self_cpu_ms() - cpu_before,
-        cpu_ms_total: self_cpu_ms(),
-        wall_ms: wall_start.elapsed().as_secs_f64() * 1e3,
-    }
-}
-
-/// One round: its VMs at once, each on its own thread.
-fn launch_round(
-    vms: &[&PreparedVm],
-    backends: &Backends,
-    keep_overlays: bool,
-    progress: &Progress,
-    results: &mut RunResults,
-    on_change: &mut impl FnMut(&RunResults),
-) {
     let total_vms = vms.len();
     let (tx, rx) = mpsc::channel::<(VmRecord, Option<Milestone>)>();
     std::thread::scope(|scope| {
@@ -84,6 +53,11 @@ fn launch_round(
             on_change(results);
         }
     });
+    Measured {
+        cpu_ms_while_vms_ran: self_cpu_ms() - cpu_before,
+        cpu_ms_total: self_cpu_ms(),
+        wall_ms: wall_start.elapsed().as_secs_f64() * 1e3,
+    }
 }
 
 /// One VM's thread: its record at each milestone, then its final record

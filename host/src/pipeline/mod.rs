@@ -31,6 +31,7 @@ use std::path::PathBuf;
 
 use crate::results::{RunResults, VmStatus};
 use crate::{locate, results};
+use aggregate::Measured;
 
 pub use backends::{AccelChoice, BackendChoice};
 
@@ -124,39 +125,95 @@ impl Outcome {
     }
 }
 
-/// Runs `vmbench boot`: the stages in order.
+/// Runs `vmbench boot`: the stages in order, every round in turn.
 pub fn run(config: &BootConfig) -> Result<Outcome> {
+    let mut run = set_up(config, None)?;
+    let mut measured = Measured::default();
+    for round in 0..run.rounds() {
+        measured.add(run.boot_round(round));
+    }
+    run.finish(measured)
+}
+
+/// A run set up to its first VM (stages 1 to 4: its results.json written),
+/// whose rounds are then booted one at a time: `vmbench boot` boots them in
+/// order, `vmbench ab` interleaves two runs' rounds.
+pub struct SetUp {
+    progress: progress::Progress,
+    backends: backends::Backends,
+    keep_overlays: bool,
+    /// A variant's name, in progress lines (`vmbench ab`).
+    label: Option<String>,
+    run: prepare::Prepared,
+}
+
+/// Stages 1 to 4 for `config`; `label` names the run in progress lines.
+pub fn set_up(config: &BootConfig, label: Option<&str>) -> Result<SetUp> {
     let progress = progress::Progress::new(config.progress);
     let timeout = options::check(config)?;
     let inputs = inputs::resolve(config, &progress)?;
     let backends = backends::resolve(config)?;
     inputs::check_entry(&inputs, &backends, config)?;
-    let mut run = prepare::prepare(config, timeout, &inputs, &backends)?;
-    let write = |results: &RunResults| {
-        results::write_atomic(&run.results_path, results).map_err(|source| Error::Write {
-            path: run.results_path.clone(),
-            source,
-        })
-    };
-    write(&run.results)?;
+    let run = prepare::prepare(config, timeout, &inputs, &backends)?;
+    write(&run.results_path, &run.results)?;
     progress.starting(&run.results.environment, run.results.vms.len(), &run.out);
-    let measured = launch::launch(
-        &run.vms,
-        &backends,
-        config.keep_overlays,
-        &progress,
-        &mut run.results,
-        |results| {
-            // Written as reports arrive, so an interrupted run keeps what it has.
-            if let Err(e) = write(results) {
-                progress.warning(&e.to_string());
-            }
-        },
-    );
-    aggregate::finish(&mut run.results, &backends, measured);
-    write(&run.results)?;
-    Ok(Outcome {
-        results: run.results,
-        results_path: run.results_path,
+    Ok(SetUp {
+        progress,
+        backends,
+        keep_overlays: config.keep_overlays,
+        label: label.map(str::to_string),
+        run,
     })
+}
+
+/// Writes results.json (atomically).
+fn write(path: &std::path::Path, results: &RunResults) -> Result<()> {
+    results::write_atomic(path, results).map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl SetUp {
+    /// Rounds in all, warm-up rounds first.
+    pub fn rounds(&self) -> u32 {
+        self.run.vms.last().map_or(0, |vm| vm.round + 1)
+    }
+
+    /// Boots one round's VMs, rewriting results.json as their records arrive.
+    pub fn boot_round(&mut self, round: u32) -> Measured {
+        let rounds = self.rounds();
+        let these: Vec<&prepare::PreparedVm> =
+            self.run.vms.iter().filter(|vm| vm.round == round).collect();
+        if rounds > 1 || self.label.is_some() {
+            let warmup = these.first().is_some_and(|vm| vm.warmup);
+            self.progress
+                .round(round, rounds, warmup, self.label.as_deref());
+        }
+        let (results_path, progress) = (&self.run.results_path, &self.progress);
+        launch::launch_round(
+            &these,
+            &self.backends,
+            self.keep_overlays,
+            progress,
+            &mut self.run.results,
+            |results| {
+                // Written as reports arrive, so an interrupted run keeps what it has.
+                if let Err(e) = write(results_path, results) {
+                    progress.warning(&e.to_string());
+                }
+            },
+        )
+    }
+
+    /// The aggregates, and results.json written a last time.
+    pub fn finish(mut self, mut measured: Measured) -> Result<Outcome> {
+        measured.cpu_ms_total = aggregate::self_cpu_ms();
+        aggregate::finish(&mut self.run.results, &self.backends, measured);
+        write(&self.run.results_path, &self.run.results)?;
+        Ok(Outcome {
+            results: self.run.results,
+            results_path: self.run.results_path,
+        })
+    }
 }

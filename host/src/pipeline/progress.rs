@@ -40,14 +40,15 @@ impl Progress {
         ));
     }
 
-    /// A round starts (with more than one).
-    pub fn round(&self, round: u32, rounds: u32, warmup: bool) {
+    /// A round starts (with more than one, or of a named variant).
+    pub fn round(&self, round: u32, rounds: u32, warmup: bool, label: Option<&str>) {
         let what = if warmup {
             " (warm-up, not measured)"
         } else {
             ""
         };
-        self.line(&format!("vmbench: round {}/{rounds}{what}", round + 1));
+        let of = label.map(|l| format!(" of {l}")).unwrap_or_default();
+        self.line(&format!("vmbench: round {}/{rounds}{of}{what}", round + 1));
     }
 
     pub fn ready(&self, record: &VmRecord, ready: usize, total_vms: usize) {
