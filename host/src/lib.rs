@@ -21,6 +21,7 @@
 //! Small shared pieces: [`clock`] (the host clock of every mark),
 //! [`error_line`] (an error on one line), [`log_tail`] (a log's end).
 
+pub mod ab;
 pub mod backend;
 pub mod clock;
 pub mod doctor;

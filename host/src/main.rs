@@ -20,6 +20,9 @@ struct Cli {
 enum Command {
     /// Boot N guests in parallel and report their boot timelines.
     Boot(BootArgs),
+    /// Boot two variants, A and B, in one run, their rounds interleaved
+    /// (ABBA), and compare them: did B boot slower or faster than A?
+    Ab(AbArgs),
     /// Say what this host can run, and how to fix what is missing.
     Doctor,
     /// Build guest images.
@@ -72,6 +75,38 @@ struct VmmArgs {
     emulated_kvm: bool,
 }
 
+/// One variant of `vmbench ab`: the common boot options, then its own on top.
+#[derive(Parser)]
+#[command(name = "variant", args_override_self = true, no_binary_name = true)]
+struct VariantArgs {
+    #[command(flatten)]
+    boot: BootArgs,
+}
+
+#[derive(clap::Args)]
+struct AbArgs {
+    /// The boot options both variants share (as for `vmbench boot`).
+    #[command(flatten)]
+    boot: BootArgs,
+    /// Variant A's own boot options, on top of the common ones, e.g.
+    /// --a '--kernel old/vmlinux' (a shell-quoted string).
+    #[arg(
+        long = "a",
+        value_name = "OPTIONS",
+        allow_hyphen_values = true,
+        default_value = ""
+    )]
+    a: String,
+    /// Variant B's own boot options, e.g. --b '--kernel new/vmlinux'.
+    #[arg(
+        long = "b",
+        value_name = "OPTIONS",
+        allow_hyphen_values = true,
+        default_value = ""
+    )]
+    b: String,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum EntryArg {
     Auto,
@@ -103,7 +138,7 @@ enum Accel {
     Tcg,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct BootArgs {
     /// Number of VMs to boot in parallel (per backend, per round).
     #[arg(long, default_value_t = 1)]
@@ -280,8 +315,8 @@ enum RootfsCommand {
     },
 }
 
-fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
-    let config = BootConfig {
+fn boot_config(args: BootArgs) -> BootConfig {
+    BootConfig {
         vms: args.vms,
         runs: args.runs,
         warmup: args.warmup,
@@ -313,18 +348,77 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         append: args.append,
         port: args.port,
         progress: !args.quiet,
-    };
+    }
+}
+
+fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
+    let (json, exits) = (args.json, args.exits);
+    let config = boot_config(args);
     let outcome = pipeline::run(&config)?;
-    let shown = render::Shown {
-        json: args.json,
-        exits: args.exits,
-    };
+    let shown = render::Shown { json, exits };
     print!("{}", render::boot_output(&outcome, shown)?);
     Ok(if outcome.all_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn ab(args: AbArgs) -> anyhow::Result<ExitCode> {
+    // The common options as typed (every `vmbench ab` argument but --a and
+    // --b), then a variant's own: a later option overrides an earlier one.
+    let common = ab_common_tokens(std::env::args().skip_while(|a| a != "ab").skip(1));
+    let variant = |name: &str, options: &str| -> anyhow::Result<BootConfig> {
+        let tokens = shlex::split(options)
+            .ok_or_else(|| anyhow::anyhow!("--{name} {options:?}: unbalanced quotes"))?;
+        let parsed =
+            VariantArgs::try_parse_from(common.iter().cloned().chain(tokens)).map_err(|e| {
+                let said = e.to_string();
+                let first = said
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ");
+                anyhow::anyhow!("--{name} {options:?}: {first}")
+            })?;
+        Ok(boot_config(parsed.boot))
+    };
+    let config = vmbench::ab::AbConfig {
+        a: variant("a", &args.a)?,
+        b: variant("b", &args.b)?,
+        a_description: args.a.clone(),
+        b_description: args.b.clone(),
+        out: args
+            .boot
+            .out
+            .clone()
+            .unwrap_or_else(pipeline::prepare::default_out_dir),
+    };
+    let outcome = vmbench::ab::run(&config)?;
+    print!("{}", render::ab_output(&config, &outcome));
+    let all_ok = outcome.a.all_ok() && outcome.b.all_ok();
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `vmbench ab`'s arguments without `--a`/`--b` and their values.
+fn ab_common_tokens(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut skip_next = false;
+    for arg in args {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        match arg.as_str() {
+            "--a" | "--b" => skip_next = true,
+            _ if arg.starts_with("--a=") || arg.starts_with("--b=") => {}
+            _ => tokens.push(arg),
+        }
+    }
+    tokens
 }
 
 fn rootfs(command: RootfsCommand) -> anyhow::Result<ExitCode> {
@@ -394,6 +488,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Boot(args) => boot(args),
+        Command::Ab(args) => ab(args),
         Command::Doctor => Ok(doctor()),
         Command::Rootfs(command) => rootfs(command),
         Command::Vmm(args) => vmm(args),

@@ -79,6 +79,8 @@ pub enum Error {
     NoVms,
     #[error("--runs must be at least 1")]
     NoRuns,
+    #[error("--a and --b must boot the same rounds: one variant changes --runs or --warmup")]
+    UnevenVariants,
     #[error("--mem-mib {0} is too small for a guest (at least 64)")]
     TooLittleMemory(u32),
     #[error("--timeout-s must be a positive number of seconds, not {0}")]

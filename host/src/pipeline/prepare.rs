@@ -76,7 +76,8 @@ pub fn vm_dir(out: &Path, id: u32) -> PathBuf {
     out.join(format!("vm-{id}"))
 }
 
-fn default_out_dir() -> PathBuf {
+/// `vmbench-runs/<UTC time>`, for a run given no `--out`.
+pub fn default_out_dir() -> PathBuf {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     PathBuf::from("vmbench-runs").join(stamp.trim_end_matches('Z').replace(':', "-"))
 }

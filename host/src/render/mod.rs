@@ -11,6 +11,7 @@ pub mod exits_table;
 
 use std::fmt::Write;
 
+use crate::ab::{AbConfig, AbOutcome};
 use crate::pipeline::Outcome;
 use crate::results::RunResults;
 
@@ -76,6 +77,31 @@ pub fn boot_output(outcome: &Outcome, shown: Shown) -> serde_json::Result<String
     }
     let _ = writeln!(out, "results: {}", outcome.results_path.display());
     Ok(out)
+}
+
+/// `vmbench ab`'s output: each variant's tables, then where the results are.
+pub fn ab_output(config: &AbConfig, outcome: &AbOutcome) -> String {
+    let mut out = String::new();
+    for (name, description, run) in [
+        ("A", &config.a_description, &outcome.a),
+        ("B", &config.b_description, &outcome.b),
+    ] {
+        let description = if description.trim().is_empty() {
+            "the common options"
+        } else {
+            description.as_str()
+        };
+        let _ = writeln!(out, "== variant {name}: {description}");
+        out.push_str(&boot_tables::boot_tables(&run.results));
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "results: {} and {}",
+        outcome.a.results_path.display(),
+        outcome.b.results_path.display()
+    );
+    out
 }
 
 #[cfg(test)]
