@@ -10,7 +10,37 @@
 //!   standard deviation (n − 1), the raw median absolute deviation (MAD), and
 //!   the values more than ten robust standard deviations from the median,
 //!   flagged by hyperfine's rule `|x − median| / MAD > 14.826`.
+//! - **Bootstrap interval of the ratio of medians B/A**
+//!   ([`ratio_of_medians_ci`]): resample each side with replacement (10 000
+//!   times by default), take median(B*)/median(A*) each time, and keep the
+//!   middle 95 % of those ratios (the percentile method). A ratio says "B
+//!   takes 1.07× A's time" whatever the metric's unit.
+//! - **Benjamini–Hochberg** ([`benjamini_hochberg`]): comparing twenty
+//!   metrics at once, some p-values are small by chance; the adjusted
+//!   p-values bound the expected share of false alarms among the flagged.
 
+mod bootstrap;
+mod fdr;
 mod summary;
 
+pub use bootstrap::{ratio_of_medians_ci, BootstrapConfig, RatioCi};
+pub use fdr::benjamini_hochberg;
 pub use summary::{Summary, OUTLIER_THRESHOLD};
+
+/// What this crate refuses: a configuration out of range, or data a method
+/// cannot use.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("Sample {0} has no values (NaNs are left out)")]
+    EmptySample(char),
+    #[error("Sample {sample} holds {value}; a ratio of medians needs finite values above 0")]
+    NotPositive { sample: char, value: f64 },
+    #[error("Confidence level {0} is not between 0 and 1")]
+    Confidence(f64),
+    #[error("The bootstrap needs at least one resample")]
+    NoResamples,
+    #[error("p-value {0} is not between 0 and 1")]
+    PValue(f64),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
