@@ -23,18 +23,42 @@
 //! - **Benjamini–Hochberg** ([`benjamini_hochberg`]): comparing twenty
 //!   metrics at once, some p-values are small by chance; the adjusted
 //!   p-values bound the expected share of false alarms among the flagged.
+//!
+//! # The verdict rule ([`compare`])
+//!
+//! Each metric has a direction (lower or higher is better) and a noise band,
+//! a fraction (±5 % for boot phases, ±2 % for micro-benchmarks): changes
+//! inside it are not worth acting on. With more than 5 values on each side:
+//!
+//! - **regression** when the BH-corrected p < α (0.01) and the whole interval
+//!   of B/A lies beyond the band on the worse side (above 1 + band when
+//!   lower is better); **improvement** symmetrically;
+//! - **no change** when the interval lies inside [1 − band, 1 + band];
+//! - **inconclusive** otherwise, with an estimate of how many values per
+//!   side would settle it if the ratio and spread stay as observed.
+//!
+//! With 5 values or fewer on a side, an interval and a rank test say little,
+//! and LKP's range rule decides instead: drop each side's single min and max
+//! when it has 4 or more values; B is worse when B's min lies beyond A's
+//! median and B's median beyond A's max (and the ratio of medians beyond the
+//! band); otherwise inconclusive, never "no change".
 
 mod bootstrap;
 mod fdr;
 mod mann_whitney;
 mod summary;
+mod verdict;
 
 pub use bootstrap::{ratio_of_medians_ci, BootstrapConfig, RatioCi};
 pub use fdr::benjamini_hochberg;
 pub use mann_whitney::{mann_whitney_u, MannWhitney, EXACT_MAX_N, EXACT_MAX_PAIRS};
 pub use summary::{Summary, OUTLIER_THRESHOLD};
+pub use verdict::{
+    compare, CompareConfig, Comparison, Direction, Metric, Verdict, NOISE_BAND_BOOT_PHASE,
+    NOISE_BAND_MICRO, RANGE_RULE_MAX_N,
+};
 
-/// Which form of a test was used.
+/// How a metric was judged: which test, or the range rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
@@ -42,6 +66,8 @@ pub enum Method {
     MannWhitneyExact,
     /// Mann–Whitney with the normal approximation.
     MannWhitneyNormal,
+    /// LKP's range rule, for 5 or fewer values on a side.
+    RangeRule,
 }
 
 /// What this crate refuses: a configuration out of range, or data a method
@@ -56,6 +82,10 @@ pub enum Error {
     Confidence(f64),
     #[error("The bootstrap needs at least one resample")]
     NoResamples,
+    #[error("Significance level {0} is not between 0 and 1")]
+    Significance(f64),
+    #[error("Noise band {value} of metric {metric} is not a fraction in [0, 1)")]
+    NoiseBand { metric: String, value: f64 },
     #[error("p-value {0} is not between 0 and 1")]
     PValue(f64),
 }
