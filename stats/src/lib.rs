@@ -23,6 +23,10 @@
 //! - **Benjamini–Hochberg** ([`benjamini_hochberg`]): comparing twenty
 //!   metrics at once, some p-values are small by chance; the adjusted
 //!   p-values bound the expected share of false alarms among the flagged.
+//! - **E-divisive means** ([`change_points`]): where in a metric's history did
+//!   its distribution change? Split where the energy distance between before
+//!   and after is largest, keep the split if shuffled histories rarely split
+//!   as well (a permutation test), and repeat inside the parts.
 //!
 //! # The verdict rule ([`compare`])
 //!
@@ -44,12 +48,14 @@
 //! band); otherwise inconclusive, never "no change".
 
 mod bootstrap;
+mod change_points;
 mod fdr;
 mod mann_whitney;
 mod summary;
 mod verdict;
 
 pub use bootstrap::{ratio_of_medians_ci, BootstrapConfig, RatioCi};
+pub use change_points::{change_points, ChangePointConfig};
 pub use fdr::benjamini_hochberg;
 pub use mann_whitney::{mann_whitney_u, MannWhitney, EXACT_MAX_N, EXACT_MAX_PAIRS};
 pub use summary::{Summary, OUTLIER_THRESHOLD};
@@ -88,6 +94,10 @@ pub enum Error {
     NoiseBand { metric: String, value: f64 },
     #[error("p-value {0} is not between 0 and 1")]
     PValue(f64),
+    #[error("Value {value} at index {index} of the series is not finite")]
+    NonFinite { index: usize, value: f64 },
+    #[error("The permutation test needs at least one permutation")]
+    NoPermutations,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
