@@ -85,6 +85,15 @@ mod tests {
         assert_eq!(benjamini_hochberg(&[1.5]), Err(Error::PValue(1.5)));
     }
 
+    #[test]
+    fn rounding_never_adjusts_below_the_raw_value() {
+        // proptest's shrunk failure: p·m/i rounded below p at i = m.
+        let mut ps = vec![0.0; 33];
+        ps[8] = 0.986178298022835;
+        let adjusted = benjamini_hochberg(&ps).unwrap();
+        assert_eq!(adjusted[8], 0.986178298022835);
+    }
+
     proptest! {
         #[test]
         fn adjusted_values_are_monotone_capped_and_not_below_raw(

@@ -238,6 +238,22 @@ mod tests {
         assert_eq!(s.outliers, vec![5]);
     }
 
+    /// Inputs proptest once shrank a failure to.
+    #[test]
+    fn extreme_values_keep_the_statistics_ordered() {
+        // Interpolating between f64::MAX and ∞ at a fraction of 0 gave NaN.
+        let s = Summary::of(&[f64::INFINITY, f64::MAX, f64::MAX]).unwrap();
+        assert_eq!(
+            (s.min, s.median, s.max),
+            (f64::MAX, f64::MAX, f64::INFINITY)
+        );
+        // Σx/n of a constant sample rounded away from x, leaving a spread.
+        let s = Summary::of(&[-269107145998.2354; 3]).unwrap();
+        assert_eq!((s.mean, s.stddev), (-269107145998.2354, 0.0));
+        // The gap between −MAX and MAX overflows; the median is still 0.
+        assert_eq!(Summary::of(&[-f64::MAX, f64::MAX]).unwrap().median, 0.0);
+    }
+
     #[test]
     fn serialises_to_json_and_back() {
         let s = Summary::of(&BOOT_MS).unwrap();
