@@ -282,6 +282,22 @@ pub struct Aggregate {
     pub overlay_create_ms: Option<Summary>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub overlay_disk_used_kib: Option<Summary>,
+    /// Every metric the ok VMs had ([`crate::metrics`]), by name: what it
+    /// is and its summary.
+    #[serde(default)]
+    pub metrics: Vec<MetricSummary>,
+}
+
+/// One metric over a run's ok VMs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricSummary {
+    pub name: String,
+    pub unit: String,
+    pub clock: String,
+    pub direction: crate::metrics::Direction,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub alias: Option<String>,
+    pub summary: Summary,
 }
 
 /// Writes `results` to `path` atomically: readers see the old or the new file, never half of one.

@@ -1,47 +1,25 @@
-//! Summary statistics of a sample.
+//! Summaries of what a run measured, by the statistics crate
+//! (`vmbench-stats`): n, median, mean, min, max, p90, p99, stddev, MAD, and
+//! the outliers flagged (never dropped). A summary of VMs' values names its
+//! outliers by VM id, so a reader can find them.
 
-use serde::{Deserialize, Serialize};
+pub use vmbench_stats::Summary;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    pub n: usize,
-    pub mean: f64,
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    /// Sample standard deviation (n − 1); 0 for a single value.
-    pub stddev: f64,
+/// The summary of values that belong to no VM; `None` when there are none.
+pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Summary> {
+    let values: Vec<f64> = values.into_iter().collect();
+    Summary::of(&values)
 }
 
-impl Summary {
-    /// `None` for an empty sample; NaNs are left out.
-    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Summary> {
-        let mut v: Vec<f64> = values.into_iter().filter(|x| !x.is_nan()).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let mean = v.iter().sum::<f64>() / n as f64;
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        let stddev = if n > 1 {
-            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        } else {
-            0.0
-        };
-        Some(Summary {
-            n,
-            mean,
-            median,
-            min: v[0],
-            max: v[n - 1],
-            stddev,
-        })
+/// The summary of VMs' values, `(vm id, value)`: its `outliers` are the ids
+/// of the VMs whose value is one.
+pub fn of_vms(samples: impl IntoIterator<Item = (u32, f64)>) -> Option<Summary> {
+    let (ids, values): (Vec<u32>, Vec<f64>) = samples.into_iter().unzip();
+    let mut summary = Summary::of(&values)?;
+    for outlier in summary.outliers.iter_mut() {
+        *outlier = ids[*outlier] as usize;
     }
+    Some(summary)
 }
 
 #[cfg(test)]
@@ -49,22 +27,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn odd_and_even_samples() {
-        let s = Summary::of([3.0, 1.0, 2.0]).unwrap();
-        assert_eq!(
-            (s.n, s.mean, s.median, s.min, s.max),
-            (3, 2.0, 2.0, 1.0, 3.0)
-        );
-        assert!((s.stddev - 1.0).abs() < 1e-12);
-        let s = Summary::of([4.0, 1.0, 2.0, 3.0]).unwrap();
-        assert_eq!(s.median, 2.5);
-    }
-
-    #[test]
-    fn empty_and_nan() {
-        assert_eq!(Summary::of([]), None);
-        assert_eq!(Summary::of([f64::NAN]), None);
-        let s = Summary::of([5.0, f64::NAN]).unwrap();
-        assert_eq!((s.n, s.stddev), (1, 0.0));
+    fn outliers_are_named_by_vm() {
+        let mut samples: Vec<(u32, f64)> =
+            (10..20).map(|id| (id, 100.0 + f64::from(id % 3))).collect();
+        samples.push((42, 10_000.0));
+        let s = of_vms(samples).unwrap();
+        assert_eq!((s.n, s.outliers), (11, vec![42]));
+        assert_eq!(of([]), None);
     }
 }

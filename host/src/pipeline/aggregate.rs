@@ -3,8 +3,11 @@
 //! itself; with several backends, the same for each.
 
 use super::backends::Backends;
-use crate::results::{Aggregate, RunResults, VmRecord, VmStatus};
-use crate::stats::Summary;
+use std::collections::BTreeMap;
+
+use crate::metrics::{self, MetricDef};
+use crate::results::{Aggregate, MetricSummary, RunResults, VmRecord, VmStatus};
+use crate::stats;
 
 /// What the run cost vmbench itself (its children excluded).
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,13 +88,15 @@ fn all_ready_ms(vms: &[VmRecord]) -> Option<f64> {
             Some(last_ready.saturating_sub(first_spawn) as f64 / 1e6)
         })
         .collect();
-    Summary::of(per_round?).map(|s| s.median)
+    stats::of(per_round?).map(|s| s.median)
 }
 
 pub fn aggregate(vms: &[VmRecord], measured: Measured, all_vms: usize) -> Aggregate {
     let ok: Vec<&VmRecord> = vms.iter().filter(|v| v.status == VmStatus::Ok).collect();
     let all_ready_ms = all_ready_ms(vms);
-    let summary = |f: fn(&VmRecord) -> Option<f64>| Summary::of(ok.iter().filter_map(|v| f(v)));
+    let summary = |f: fn(&VmRecord) -> Option<f64>| {
+        stats::of_vms(ok.iter().filter_map(|v| Some((v.id, f(v)?))))
+    };
     Aggregate {
         vms: vms.len(),
         ok: ok.len(),
@@ -111,15 +116,44 @@ pub fn aggregate(vms: &[VmRecord], measured: Measured, all_vms: usize) -> Aggreg
         systemd_kernel_ms: summary(|v| v.systemd.as_ref()?.phases_ms.kernel),
         systemd_initrd_ms: summary(|v| v.systemd.as_ref()?.phases_ms.initrd),
         systemd_userspace_ms: summary(|v| v.systemd.as_ref()?.phases_ms.userspace),
-        overlay_create_ms: Summary::of(
+        overlay_create_ms: stats::of_vms(
             vms.iter()
-                .filter_map(|v| Some(v.overlay.as_ref()?.create_ms)),
+                .filter_map(|v| Some((v.id, v.overlay.as_ref()?.create_ms))),
         ),
-        overlay_disk_used_kib: Summary::of(
+        metrics: metric_summaries(&ok),
+        overlay_disk_used_kib: stats::of_vms(
             vms.iter()
-                .filter_map(|v| Some(v.overlay.as_ref()?.disk_used_kib? as f64)),
+                .filter_map(|v| Some((v.id, v.overlay.as_ref()?.disk_used_kib? as f64))),
         ),
     }
+}
+
+/// Each metric the VMs had, summarised over them.
+fn metric_summaries(vms: &[&VmRecord]) -> Vec<MetricSummary> {
+    let mut by_name: BTreeMap<String, (MetricDef, Vec<(u32, f64)>)> = BTreeMap::new();
+    for vm in vms {
+        for sample in metrics::samples_of(vm) {
+            by_name
+                .entry(sample.metric.name.clone())
+                .or_insert_with(|| (sample.metric.clone(), Vec::new()))
+                .1
+                .push((vm.id, sample.value));
+        }
+    }
+    by_name
+        .into_iter()
+        .filter_map(|(name, (def, values))| {
+            let summary = stats::of_vms(values)?;
+            Some(MetricSummary {
+                name,
+                unit: def.unit,
+                clock: def.clock,
+                direction: def.direction,
+                alias: def.alias,
+                summary,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
