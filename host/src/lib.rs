@@ -24,6 +24,7 @@
 pub mod ab;
 pub mod backend;
 pub mod clock;
+pub mod compare;
 pub mod doctor;
 pub mod environment;
 pub mod error_line;

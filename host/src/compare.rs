@@ -1,0 +1,168 @@
+//! Did B boot slower than A? Every metric both runs have, its samples from
+//! the measured rounds' ok VMs, judged by the statistics crate: the ratio
+//! of medians B/A with a bootstrap interval, a Mann–Whitney test (or LKP's
+//! range rule at five samples or fewer), Benjamini–Hochberg across the
+//! metrics, and a noise band. See `vmbench_stats::compare` for the rule.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use vmbench_stats::{CompareConfig, Comparison, Metric, Verdict, NOISE_BAND_BOOT_PHASE};
+
+use crate::metrics::{self, Direction};
+use crate::results::{RunResults, VmStatus};
+
+/// How to judge.
+#[derive(Debug, Clone, Copy)]
+pub struct Judge {
+    /// The corrected p-value below which a change is significant.
+    pub alpha: f64,
+    /// Relative change not worth acting on, for every metric (today all are
+    /// boot phases, memory and exit counts: 5 % by default).
+    pub noise_band: f64,
+}
+
+impl Default for Judge {
+    fn default() -> Self {
+        Judge {
+            alpha: CompareConfig::default().alpha,
+            noise_band: NOISE_BAND_BOOT_PHASE,
+        }
+    }
+}
+
+/// A comparison of two runs: one row per metric both had.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verdicts {
+    pub baseline: String,
+    pub candidate: String,
+    pub alpha: f64,
+    pub rows: Vec<Row>,
+}
+
+/// One metric's verdict, with what it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub unit: String,
+    pub clock: String,
+    #[serde(flatten)]
+    pub comparison: Comparison,
+}
+
+impl Verdicts {
+    /// Whether any metric regressed.
+    pub fn regressed(&self) -> bool {
+        self.rows
+            .iter()
+            .any(|r| r.comparison.verdict == Verdict::Regression)
+    }
+}
+
+/// Each metric's samples in a run: the measured rounds' ok VMs' values.
+fn samples(run: &RunResults) -> BTreeMap<String, (metrics::MetricDef, Vec<f64>)> {
+    let mut by_name: BTreeMap<String, (metrics::MetricDef, Vec<f64>)> = BTreeMap::new();
+    for vm in run
+        .vms
+        .iter()
+        .filter(|v| !v.warmup && v.status == VmStatus::Ok)
+    {
+        for sample in metrics::samples_of(vm) {
+            by_name
+                .entry(sample.metric.name.clone())
+                .or_insert_with(|| (sample.metric.clone(), Vec::new()))
+                .1
+                .push(sample.value);
+        }
+    }
+    by_name
+}
+
+/// Compares every metric both runs have (B against A).
+pub fn compare(
+    baseline: (&str, &RunResults),
+    candidate: (&str, &RunResults),
+    judge: Judge,
+) -> vmbench_stats::Result<Verdicts> {
+    let a = samples(baseline.1);
+    let b = samples(candidate.1);
+    let both: Vec<(&metrics::MetricDef, &[f64], &[f64])> = a
+        .iter()
+        .filter_map(|(name, (def, a))| Some((def, a.as_slice(), b.get(name)?.1.as_slice())))
+        .collect();
+    let inputs: Vec<Metric<'_>> = both
+        .iter()
+        .map(|(def, a, b)| Metric {
+            name: &def.name,
+            a,
+            b,
+            direction: match def.direction {
+                Direction::LowerIsBetter => vmbench_stats::Direction::LowerIsBetter,
+                Direction::HigherIsBetter => vmbench_stats::Direction::HigherIsBetter,
+            },
+            noise_band: judge.noise_band,
+        })
+        .collect();
+    let config = CompareConfig {
+        alpha: judge.alpha,
+        ..CompareConfig::default()
+    };
+    let rows = vmbench_stats::compare(&inputs, &config)?
+        .into_iter()
+        .zip(&both)
+        .map(|(comparison, (def, _, _))| Row {
+            unit: def.unit.clone(),
+            clock: def.clock.clone(),
+            comparison,
+        })
+        .collect();
+    Ok(Verdicts {
+        baseline: baseline.0.to_string(),
+        candidate: candidate.0.to_string(),
+        alpha: judge.alpha,
+        rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::results::VmRecord;
+
+    fn run(totals: &[f64]) -> RunResults {
+        let mut results: RunResults = serde_json::from_value(serde_json::json!({
+            "schema_version": 2, "started_at": "", "finished": true,
+            "environment": {
+                "backend": "qemu", "accel": "tcg", "kvm": "", "kvm_detail": "",
+                "host_cpu": "", "host_cpu_info": {"model_name": "", "vendor": "", "family": "", "model": "", "logical_cpus": 1},
+                "host_kernel": "", "guest_kernel": "", "guest_kernel_sha256": "", "guest_kernel_format": "",
+                "initramfs": "", "initramfs_sha256": "", "vmbench_version": "", "vmm_version": "",
+                "vhost_device_vsock_version": "", "kernel_cmdline": "", "mem_mib": 1, "vcpus": 1, "timeout_s": 1.0
+            },
+            "vms": []
+        }))
+        .unwrap();
+        for (id, total) in totals.iter().enumerate() {
+            let mut vm = VmRecord::new(id as u32, Path::new("/x"));
+            vm.status = VmStatus::Ok;
+            vm.phases_ms.total = Some(*total);
+            results.vms.push(vm);
+        }
+        results
+    }
+
+    #[test]
+    fn a_clear_slowdown_is_a_regression_and_the_same_run_no_change() {
+        let a: Vec<f64> = (0..10).map(|i| 600.0 + f64::from(i)).collect();
+        let b: Vec<f64> = a.iter().map(|x| x * 1.2).collect();
+        let v = compare(("A", &run(&a)), ("B", &run(&b)), Judge::default()).unwrap();
+        assert_eq!(v.rows.len(), 1);
+        assert_eq!(v.rows[0].comparison.name, "phase.total");
+        assert_eq!(v.rows[0].comparison.verdict, Verdict::Regression);
+        assert!(v.regressed());
+        let same = compare(("A", &run(&a)), ("A", &run(&a)), Judge::default()).unwrap();
+        assert_eq!(same.rows[0].comparison.verdict, Verdict::NoChange);
+        assert!(!same.regressed());
+    }
+}
