@@ -54,6 +54,21 @@
 //! - Errors are one line naming the store (a URL's password hidden) and
 //!   what failed; the database's own message is their source.
 //!
+//! # Costs
+//! Measured by the tests `write_cost` and `parallel_writers_lose_nothing`
+//! (`cargo test --release -p vmbench-store -- --show-output`) on a 2-CPU
+//! VM with an ext4 virtio disk, other builds running, PostgreSQL 15 on
+//! localhost. A run of 10 VMs × 1 round × 16 metrics with a 100 KiB serial
+//! log:
+//! - recording it takes 1.2–4 ms in SQLite (most of it the commit's fsync)
+//!   and 5–8 ms in PostgreSQL (about 30 statements, one round trip each);
+//!   reading it back 0.6 ms and 2–3.5 ms;
+//! - a SQLite store grows by about 21 KiB per run: 9.5 KiB of it the log,
+//!   compressed, the rest samples and their indexes;
+//! - four writer processes at once record 100 such runs in 0.2–0.25 s on
+//!   one SQLite file (400–490 runs/s) and 0.3 s on PostgreSQL (320–340
+//!   runs/s).
+//!
 //! # Schema (version 1)
 //! Integers are `INTEGER` in SQLite and `BIGINT` in PostgreSQL, reals
 //! `REAL`/`DOUBLE PRECISION`, bytes `BLOB`/`BYTEA`; `id` columns are
@@ -217,5 +232,18 @@ fn create_parent(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_can_move_to_another_thread_and_errors_into_anyhow() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send::<Store>();
+        send_sync::<Error>();
     }
 }
