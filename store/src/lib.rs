@@ -76,41 +76,83 @@
 //!
 //! | table | column | meaning |
 //! | --- | --- | --- |
-//! | `schema_version` | `version` | One row per migration applied; the store's version is the largest. |
-//! | `environments` | `id` | |
-//! | | `key_sha256` | SHA-256 of all the other columns: environments are stored once (unique). |
-//! | | `cpu_vendor`, `cpu_family`, `cpu_model`, `cpu_model_name` | The host CPU, from `/proc/cpuinfo`. |
-//! | | `microarchitecture` | Its microarchitecture as vmbench names it (may be empty). |
-//! | | `logical_cpus` | The host's logical CPUs. |
-//! | | `host_kernel` | `uname -r` and `-v`. |
-//! | | `accel`, `kvm`, `backend`, `vmm_version` | Accelerators, the KVM calibration's verdict, backends, their VMMs' versions. |
+//! | `schema_version` | `version` | A migration applied (one row each); the store's version is the largest. |
+//! | `environments` | `id` | The environment's number. |
+//! |  | `key_sha256` | SHA-256 of the columns below: an environment is stored once (unique). |
+//! |  | `cpu_vendor` | The host CPU's `vendor_id`. |
+//! |  | `cpu_family` | Its `cpu family`. |
+//! |  | `cpu_model` | Its `model`. |
+//! |  | `cpu_model_name` | Its `model name`. |
+//! |  | `microarchitecture` | Its microarchitecture as vmbench names it (may be empty). |
+//! |  | `logical_cpus` | The host's logical CPUs. |
+//! |  | `host_kernel` | `uname -r` and `uname -v`. |
+//! |  | `accel` | Each backend's accelerator (`tcg`, `kvm-native`, `kvm-emulated`). |
+//! |  | `kvm` | The KVM calibration's verdict (`absent`, `emulated`, `native`). |
+//! |  | `backend` | The backends (`kvm`, `qemu`, `kvm,qemu`). |
+//! |  | `vmm_version` | Each backend's VMM and version. |
 //! | `runs` | `id` | The run's number in this store (other tables refer to it). |
-//! | | `uuid` | The run's id, [`RunRecord::id`] (unique). |
-//! | | `started_at`, `kind`, `command`, `vmbench_version` | As in [`RunRecord`]. |
-//! | | `environment_id` | → `environments`. |
-//! | | `kvm_detail` | The KVM calibration's measurement, which varies from run to run. |
-//! | | `sample_count` | Rows in `samples` for the run. |
-//! | `tags` | `run_id`, `key`, `value` | `--tag key=value` (one per key and run). |
-//! | `tool_versions` | `run_id`, `tool`, `version` | Tools and their versions. |
-//! | `variants` | `id`, `run_id`, `position`, `name`, `description` | A run's variants, in order (names unique in a run). |
-//! | `inputs` | `id`, `key_sha256` | An input, stored once per role, path, hash and detail (`key_sha256`: of those four, unique). |
-//! | | `role`, `path`, `sha256`, `detail` | `kernel`, `initramfs`, …; the file; its SHA-256 (indexed); JSON. |
-//! | `variant_inputs` | `variant_id`, `position`, `input_id` | What each variant booted, in order. |
-//! | `metrics` | `id`, `name` | A metric, stored once by name (unique). |
-//! | | `unit`, `clock`, `direction`, `alias_group` | `ms`, `KiB`, `count`, …; `host`, `guest` or empty; `lower_is_better` or `higher_is_better`; null, or the group of names for one quantity (indexed). |
-//! | `run_metrics` | `run_id`, `position`, `metric_id` | The metrics a run defines, in its order. |
-//! | `samples` | `run_id`, `position` | The run and the sample's place in it. |
-//! | | `variant_id`, `metric_id`, `round`, `vm` | What was measured (indexed by metric for queries across runs). |
-//! | | `value`, `warmup` | The value in the metric's unit; 1 for a warm-up sample, else 0. |
-//! | `attachments` | `sha256` | SHA-256 of the contents: each is stored once (primary key). |
-//! | | `size_bytes`, `encoding`, `data` | The contents' size; `identity` or `zlib`; the bytes so encoded. |
-//! | `run_attachments` | `run_id`, `position`, `variant_id`, `vm`, `name`, `sha256` | A run's attachments in order: the variant, the VM (null: the whole variant), the file name and → `attachments`. |
+//! |  | `uuid` | The run's id, [`RunRecord::id`] (unique). |
+//! |  | `started_at` | When it was set up, RFC 3339 UTC (indexed, and with `kind`). |
+//! |  | `kind` | `boot`, `ab`, `import`, … |
+//! |  | `command` | The command line as typed. |
+//! |  | `vmbench_version` | The vmbench that ran it. |
+//! |  | `environment_id` | → `environments`. |
+//! |  | `kvm_detail` | The KVM calibration's measurement, which varies from run to run. |
+//! |  | `sample_count` | Its rows in `samples`. |
+//! | `tags` | `run_id` | → `runs` (one row per key and run). |
+//! |  | `key` | `--tag key=value`'s key (indexed with `value`). |
+//! |  | `value` | Its value. |
+//! | `tool_versions` | `run_id` | → `runs` (one row per tool and run). |
+//! |  | `tool` | `qemu`, `vhost-device-vsock`, `vmbench vmm`, … |
+//! |  | `version` | Its version. |
+//! | `variants` | `id` | The variant's number. |
+//! |  | `run_id` | → `runs`. |
+//! |  | `position` | Its place in the run's variants. |
+//! |  | `name` | `""`, `A`, `B` (unique in a run). |
+//! |  | `description` | What sets it apart (`--kernel new/vmlinux`). |
+//! | `inputs` | `id` | The input's number. |
+//! |  | `key_sha256` | SHA-256 of the four columns below: an input is stored once (unique). |
+//! |  | `role` | `kernel`, `initramfs`, `agent`, `rootfs`, … |
+//! |  | `path` | The file. |
+//! |  | `sha256` | Its SHA-256 (indexed). |
+//! |  | `detail` | What else is known of it, JSON. |
+//! | `variant_inputs` | `variant_id` | → `variants`. |
+//! |  | `position` | The input's place in the variant's inputs. |
+//! |  | `input_id` | → `inputs`. |
+//! | `metrics` | `id` | The metric's number. |
+//! |  | `name` | `phase.total`, … (unique: a metric is stored once). |
+//! |  | `unit` | `ms`, `KiB`, `count`, … |
+//! |  | `clock` | `host`, `guest`, or empty. |
+//! |  | `direction` | `lower_is_better` or `higher_is_better`. |
+//! |  | `alias_group` | Null, or the group of names for one quantity (indexed). |
+//! | `run_metrics` | `run_id` | → `runs`. |
+//! |  | `position` | The metric's place in the run's metrics. |
+//! |  | `metric_id` | → `metrics`. |
+//! | `samples` | `run_id` | → `runs`. |
+//! |  | `position` | The sample's place in the run. |
+//! |  | `variant_id` | → `variants`. |
+//! |  | `metric_id` | → `metrics` (indexed, for a metric across runs). |
+//! |  | `round` | The repetition, from 0. |
+//! |  | `vm` | The VM's id in its round. |
+//! |  | `value` | The value, in the metric's unit. |
+//! |  | `warmup` | 1 for a warm-up sample, else 0. |
+//! | `attachments` | `sha256` | SHA-256 of the contents (primary key: contents are stored once). |
+//! |  | `size_bytes` | The contents' size. |
+//! |  | `encoding` | `identity` or `zlib`. |
+//! |  | `data` | The contents so encoded. |
+//! | `run_attachments` | `run_id` | → `runs`. |
+//! |  | `position` | The attachment's place in the run. |
+//! |  | `variant_id` | → `variants`. |
+//! |  | `vm` | The VM it belongs to; null: the whole variant. |
+//! |  | `name` | `serial.log`, `vmm.json`, `kernel.config`, … |
+//! |  | `sha256` | → `attachments` (indexed: which runs keep a file). |
 //!
-//! Runs are indexed by `started_at` and by `kind, started_at`, tags by
-//! `key, value`.
+//! Primary keys: `id` where a table has one, `attachments.sha256`, and
+//! otherwise `run_id, position` (`variant_inputs`: `variant_id, position`;
+//! `tags`: `run_id, key`; `tool_versions`: `run_id, tool`).
 //!
 //! # Layout
-//! [`record`](RunRecord) holds the logical types; `write.rs` checks and
+//! `record.rs` holds the logical types; `write.rs` checks and
 //! writes a run, `read.rs` reads runs back, `attachment.rs` encodes
 //! contents, `schema.rs` holds the migrations, and `driver/` the two
 //! databases behind one transaction interface (the few SQL differences are

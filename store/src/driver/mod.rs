@@ -53,7 +53,8 @@ pub(crate) enum Cell {
     Blob(Vec<u8>),
 }
 
-/// A row of a result, its cells in the order of the `SELECT`.
+/// A row of a result, its cells in the order of the `SELECT`. Reading a
+/// cell takes it out of the row (no copy of a blob), so each is read once.
 #[derive(Debug)]
 pub(crate) struct Row(pub(crate) Vec<Cell>);
 
@@ -63,7 +64,7 @@ impl Row {
         self.0
             .get_mut(i)
             .map(|cell| std::mem::replace(cell, Cell::Null))
-            .ok_or_else(|| DatabaseError::Decode(format!("column {i} of a row of {n}")))
+            .ok_or_else(|| DatabaseError::Decode(format!("no column {i} in a row of {n}")))
     }
 
     pub(crate) fn int(&mut self, i: usize) -> Result<i64, DatabaseError> {
@@ -84,8 +85,8 @@ impl Row {
     pub(crate) fn real(&mut self, i: usize) -> Result<f64, DatabaseError> {
         match self.cell(i)? {
             Cell::Real(v) => Ok(v),
-            // SQLite stores a REAL that is integral as an integer only with
-            // affinity tricks we do not use, but a hand-edited row may have one.
+            // Only a row written by something else than the store (by hand,
+            // say) can hold an integer here; it is still a number.
             Cell::Int(v) => Ok(v as f64),
             other => Err(unexpected(i, "a number", &other)),
         }
