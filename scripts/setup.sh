@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs and builds everything vmbench needs, skipping what is already there:
-# apt packages (QEMU, kernel source and build tools), vhost-device-vsock, the
-# guest kernel (cached in ~/.cache/vmbench), the static guest agent and vmbench.
+# apt packages (QEMU, kernel source and build tools, PostgreSQL for the results
+# store's tests), vhost-device-vsock, the guest kernel (cached in
+# ~/.cache/vmbench), the static guest agent and vmbench.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 say() { echo "setup: $*" >&2; }
 
 packages=(qemu-system-x86 qemu-utils linux-source-6.1 build-essential flex bison bc
-          libelf-dev libssl-dev cpio xz-utils e2fsprogs debootstrap)
+          libelf-dev libssl-dev cpio xz-utils e2fsprogs debootstrap postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
