@@ -58,33 +58,77 @@ impl Verdicts {
     }
 }
 
-/// Each metric's samples in a run: the measured rounds' ok VMs' values.
-fn samples(run: &RunResults) -> BTreeMap<String, (metrics::MetricDef, Vec<f64>)> {
-    let mut by_name: BTreeMap<String, (metrics::MetricDef, Vec<f64>)> = BTreeMap::new();
-    for vm in run
-        .vms
-        .iter()
-        .filter(|v| !v.warmup && v.status == VmStatus::Ok)
-    {
-        for sample in metrics::samples_of(vm) {
-            by_name
-                .entry(sample.metric.name.clone())
-                .or_insert_with(|| (sample.metric.clone(), Vec::new()))
-                .1
-                .push(sample.value);
-        }
-    }
-    by_name
+/// One side of a comparison: a name for it, and each metric's samples.
+#[derive(Debug, Clone, Default)]
+pub struct Side {
+    pub label: String,
+    pub samples: BTreeMap<String, (metrics::MetricDef, Vec<f64>)>,
 }
 
-/// Compares every metric both runs have (B against A).
-pub fn compare(
-    baseline: (&str, &RunResults),
-    candidate: (&str, &RunResults),
-    judge: Judge,
-) -> vmbench_stats::Result<Verdicts> {
-    let a = samples(baseline.1);
-    let b = samples(candidate.1);
+impl Side {
+    fn add(&mut self, metric: &metrics::MetricDef, value: f64) {
+        self.samples
+            .entry(metric.name.clone())
+            .or_insert_with(|| (metric.clone(), Vec::new()))
+            .1
+            .push(value);
+    }
+
+    /// A run's samples: the measured rounds' ok VMs' values.
+    pub fn of_results(label: &str, run: &RunResults) -> Side {
+        let mut side = Side {
+            label: label.to_string(),
+            ..Side::default()
+        };
+        for vm in run
+            .vms
+            .iter()
+            .filter(|v| !v.warmup && v.status == VmStatus::Ok)
+        {
+            for sample in metrics::samples_of(vm) {
+                side.add(&sample.metric, sample.value);
+            }
+        }
+        side
+    }
+
+    /// Adds a stored run's samples of `variant` (warm-up rounds left out).
+    pub fn add_record(&mut self, run: &vmbench_store::RunRecord, variant: &str) {
+        let defs: BTreeMap<&str, metrics::MetricDef> = run
+            .metrics
+            .iter()
+            .map(|m| (m.name.as_str(), metric_of(m)))
+            .collect();
+        for sample in run
+            .samples
+            .iter()
+            .filter(|s| s.variant == variant && !s.warmup)
+        {
+            if let Some(def) = defs.get(sample.metric.as_str()) {
+                self.add(def, sample.value);
+            }
+        }
+    }
+}
+
+/// The orchestrator's metric from the store's.
+pub fn metric_of(m: &vmbench_store::MetricDef) -> metrics::MetricDef {
+    metrics::MetricDef {
+        name: m.name.clone(),
+        unit: m.unit.clone(),
+        clock: m.clock.clone(),
+        direction: match m.direction {
+            vmbench_store::Direction::LowerIsBetter => Direction::LowerIsBetter,
+            vmbench_store::Direction::HigherIsBetter => Direction::HigherIsBetter,
+        },
+        alias: m.alias_group.clone(),
+    }
+}
+
+/// Compares every metric both sides have (the candidate against the baseline).
+pub fn compare(baseline: &Side, candidate: &Side, judge: Judge) -> vmbench_stats::Result<Verdicts> {
+    let a = &baseline.samples;
+    let b = &candidate.samples;
     let both: Vec<(&metrics::MetricDef, &[f64], &[f64])> = a
         .iter()
         .filter_map(|(name, (def, a))| Some((def, a.as_slice(), b.get(name)?.1.as_slice())))
@@ -116,8 +160,8 @@ pub fn compare(
         })
         .collect();
     Ok(Verdicts {
-        baseline: baseline.0.to_string(),
-        candidate: candidate.0.to_string(),
+        baseline: baseline.label.clone(),
+        candidate: candidate.label.clone(),
         alpha: judge.alpha,
         rows,
     })
@@ -156,12 +200,13 @@ mod tests {
     fn a_clear_slowdown_is_a_regression_and_the_same_run_no_change() {
         let a: Vec<f64> = (0..10).map(|i| 600.0 + f64::from(i)).collect();
         let b: Vec<f64> = a.iter().map(|x| x * 1.2).collect();
-        let v = compare(("A", &run(&a)), ("B", &run(&b)), Judge::default()).unwrap();
+        let side = |label, totals: &[f64]| Side::of_results(label, &run(totals));
+        let v = compare(&side("A", &a), &side("B", &b), Judge::default()).unwrap();
         assert_eq!(v.rows.len(), 1);
         assert_eq!(v.rows[0].comparison.name, "phase.total");
         assert_eq!(v.rows[0].comparison.verdict, Verdict::Regression);
         assert!(v.regressed());
-        let same = compare(("A", &run(&a)), ("A", &run(&a)), Judge::default()).unwrap();
+        let same = compare(&side("A", &a), &side("A", &a), Judge::default()).unwrap();
         assert_eq!(same.rows[0].comparison.verdict, Verdict::NoChange);
         assert!(!same.regressed());
     }

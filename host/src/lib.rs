@@ -33,6 +33,7 @@ pub mod locate;
 pub mod log_tail;
 pub mod metrics;
 pub mod pipeline;
+pub mod record;
 pub mod render;
 pub mod results;
 pub mod rootfs_command;

@@ -1,12 +1,13 @@
 //! The `vmbench` command line: parses arguments, builds a config, runs it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use vmbench::error_line::one_line;
 use vmbench::pipeline::{self, AccelChoice, BackendChoice, BootConfig};
-use vmbench::{doctor, render, rootfs_command};
+use vmbench::{doctor, record, render, rootfs_command};
 use vmbench_vmm::machine::{EntryChoice, MachineConfig};
 
 #[derive(Parser)]
@@ -81,6 +82,9 @@ struct VmmArgs {
 struct VariantArgs {
     #[command(flatten)]
     boot: BootArgs,
+    /// Accepted among the common options, used by `ab` itself.
+    #[command(flatten)]
+    _verdict: VerdictArgs,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +109,68 @@ struct AbArgs {
         default_value = ""
     )]
     b: String,
+    #[command(flatten)]
+    verdict: VerdictArgs,
+}
+
+/// How `vmbench ab` and `vmbench compare` judge and say it.
+#[derive(clap::Args, Clone)]
+struct VerdictArgs {
+    /// How the verdict table is printed.
+    #[arg(long, value_enum, default_value = "table")]
+    format: OutputFormat,
+    /// Exit with status 4 when any metric regressed (for CI).
+    #[arg(long, value_enum)]
+    fail_on: Option<FailOn>,
+    /// Relative change of a metric not worth acting on (a fraction).
+    #[arg(long, default_value_t = vmbench_stats::NOISE_BAND_BOOT_PHASE)]
+    noise: f64,
+    /// Significance level of the Benjamini–Hochberg-corrected p-values.
+    #[arg(long, default_value_t = 0.01)]
+    alpha: f64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Table,
+    Markdown,
+    Json,
+    Junit,
+    Csv,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FailOn {
+    Regression,
+}
+
+impl VerdictArgs {
+    fn judge(&self) -> vmbench::compare::Judge {
+        vmbench::compare::Judge {
+            alpha: self.alpha,
+            noise_band: self.noise,
+        }
+    }
+
+    fn format(&self) -> render::verdicts::Format {
+        use render::verdicts::Format;
+        match self.format {
+            OutputFormat::Table => Format::Table,
+            OutputFormat::Markdown => Format::Markdown,
+            OutputFormat::Json => Format::Json,
+            OutputFormat::Junit => Format::Junit,
+            OutputFormat::Csv => Format::Csv,
+        }
+    }
+
+    /// The exit status for these verdicts: 4 when asked to fail on a
+    /// regression and one is there, else `otherwise`.
+    fn exit(&self, verdicts: &vmbench::compare::Verdicts, otherwise: ExitCode) -> ExitCode {
+        match self.fail_on {
+            Some(FailOn::Regression) if verdicts.regressed() => ExitCode::from(4),
+            _ => otherwise,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -216,6 +282,25 @@ struct BootArgs {
     /// Print results.json to stdout instead of the tables.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Where a finished run is recorded, and how it is labelled there.
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// The results store the run is recorded in: a SQLite file, or a
+    /// postgres://… URL. Default: $VMBENCH_STORE, else
+    /// $XDG_DATA_HOME/vmbench/results.db (~/.local/share/vmbench/results.db).
+    #[arg(long, value_name = "PATH|URL")]
+    store: Option<String>,
+    /// Do not record the run in the results store (results.json still has it).
+    #[arg(long, conflicts_with = "store")]
+    no_store: bool,
+    /// A label for the run in the store, KEY=VALUE (repeatable), e.g.
+    /// --tag kernel=6.1.192 --tag commit=abc123.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -352,9 +437,16 @@ fn boot_config(args: BootArgs) -> BootConfig {
 }
 
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
-    let (json, exits) = (args.json, args.exits);
+    let (json, exits, store) = (args.json, args.exits, args.store.clone());
+    let tags = record::parse_tags(&store.tags).map_err(anyhow::Error::msg)?;
     let config = boot_config(args);
     let outcome = pipeline::run(&config)?;
+    let variants = [record::Variant {
+        name: "",
+        description: "",
+        results: &outcome.results,
+    }];
+    store_run(&store, "boot", &tags, &variants);
     let shown = render::Shown { json, exits };
     print!("{}", render::boot_output(&outcome, shown)?);
     Ok(if outcome.all_ok() {
@@ -394,14 +486,72 @@ fn ab(args: AbArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(pipeline::prepare::default_out_dir),
     };
+    let tags = record::parse_tags(&args.boot.store.tags).map_err(anyhow::Error::msg)?;
     let outcome = vmbench::ab::run(&config)?;
-    print!("{}", render::ab_output(&config, &outcome));
+    let variants = [
+        record::Variant {
+            name: "A",
+            description: &config.a_description,
+            results: &outcome.a.results,
+        },
+        record::Variant {
+            name: "B",
+            description: &config.b_description,
+            results: &outcome.b.results,
+        },
+    ];
+    store_run(&args.boot.store, "ab", &tags, &variants);
+    let verdicts = vmbench::compare::compare(
+        &vmbench::compare::Side::of_results("A", &outcome.a.results),
+        &vmbench::compare::Side::of_results("B", &outcome.b.results),
+        args.verdict.judge(),
+    )?;
+    let format = args.verdict.format();
+    if format == render::verdicts::Format::Table {
+        print!("{}", render::ab_output(&config, &outcome));
+    }
+    print!("{}", render::verdicts::render(&verdicts, format));
     let all_ok = outcome.a.all_ok() && outcome.b.all_ok();
-    Ok(if all_ok {
+    let status = if all_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    };
+    Ok(args.verdict.exit(&verdicts, status))
+}
+
+/// Records a finished run in the results store unless told not to; a store
+/// that fails is a warning (results.json has the run), never a failed run.
+fn store_run(
+    args: &StoreArgs,
+    kind: &str,
+    tags: &BTreeMap<String, String>,
+    variants: &[record::Variant<'_>],
+) {
+    if args.no_store {
+        return;
+    }
+    let Some(location) = record::location(args.store.as_deref()) else {
+        eprintln!("vmbench: warning: the run was not stored: no --store, $VMBENCH_STORE or home directory");
+        return;
+    };
+    let command = shlex::try_join(
+        std::env::args()
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str),
+    )
+    .unwrap_or_default();
+    let origin = record::Origin {
+        kind,
+        command: &command,
+        tags,
+    };
+    let run = record::run_record(&origin, variants);
+    match record::save(&location, &run) {
+        Ok(()) => eprintln!("vmbench: stored as run {} in {location}", run.id),
+        Err(e) => eprintln!("vmbench: warning: the run was not stored: {e}"),
+    }
 }
 
 /// `vmbench ab`'s arguments without `--a`/`--b` and their values.

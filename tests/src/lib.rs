@@ -95,8 +95,19 @@ pub fn vmbench(args: &[&str]) -> Output {
     Command::new(vmbench_bin())
         .args(args)
         .env("VMBENCH_AGENT", agent_bin())
+        .env("VMBENCH_STORE", test_store())
         .output()
         .expect("run vmbench")
+}
+
+/// The results store this test binary's runs go to (a SQLite file in a
+/// directory of its own, removed with the process's temporary files), so
+/// tests never write to the user's own store.
+pub fn test_store() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("a temporary directory"))
+        .path()
+        .join("results.db")
 }
 
 pub fn results(out_dir: &Path) -> serde_json::Value {

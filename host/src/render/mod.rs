@@ -8,6 +8,7 @@
 
 pub mod boot_tables;
 pub mod exits_table;
+pub mod verdicts;
 
 use std::fmt::Write;
 
