@@ -38,6 +38,7 @@ pub mod render;
 pub mod results;
 pub mod rootfs_command;
 pub mod stats;
+pub mod store_commands;
 pub mod systemd;
 pub mod timeline;
 pub mod vmm_account;

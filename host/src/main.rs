@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use vmbench::error_line::one_line;
 use vmbench::pipeline::{self, AccelChoice, BackendChoice, BootConfig};
-use vmbench::{doctor, record, render, rootfs_command};
+use vmbench::{doctor, record, render, rootfs_command, store_commands};
 use vmbench_vmm::machine::{EntryChoice, MachineConfig};
 
 #[derive(Parser)]
@@ -24,6 +24,19 @@ enum Command {
     /// Boot two variants, A and B, in one run, their rounds interleaved
     /// (ABBA), and compare them: did B boot slower or faster than A?
     Ab(AbArgs),
+    /// List the runs in the results store (newest first), or show one.
+    Runs(RunsArgs),
+    /// Compare two runs: each a run id (ID:A or ID:B for an A/B run), a tag
+    /// query KEY=VALUE[,KEY=VALUE] (the matching runs' samples pooled), or a
+    /// results.json file. Did the candidate boot slower than the baseline?
+    Compare(CompareArgs),
+    /// A metric's median over the stored runs, oldest first, with the
+    /// change points E-divisive means finds.
+    History(HistoryArgs),
+    /// Every raw sample of the stored runs, as CSV on stdout.
+    Export(QueryArgs),
+    /// Record a results.json (a run made elsewhere or before) in the store.
+    Import(ImportArgs),
     /// Say what this host can run, and how to fix what is missing.
     Doctor,
     /// Build guest images.
@@ -111,6 +124,73 @@ struct AbArgs {
     b: String,
     #[command(flatten)]
     verdict: VerdictArgs,
+}
+
+/// Which stored runs.
+#[derive(clap::Args, Clone)]
+struct QueryArgs {
+    /// Only runs with this tag, KEY=VALUE (repeatable: all must match).
+    #[arg(long = "where", value_name = "KEY=VALUE")]
+    filters: Vec<String>,
+    /// Only the last N runs.
+    #[arg(long, value_name = "N")]
+    last: Option<usize>,
+    /// Only runs of this kind: boot, ab, import.
+    #[arg(long)]
+    kind: Option<String>,
+    /// The results store (default as for `vmbench boot`).
+    #[arg(long, value_name = "PATH|URL")]
+    store: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct RunsArgs {
+    #[command(subcommand)]
+    show: Option<RunsCommand>,
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// How a run was made, and its metrics.
+    Show {
+        /// The run's id (its first characters are enough).
+        id: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// The baseline (A).
+    baseline: String,
+    /// The candidate (B).
+    candidate: String,
+    #[command(flatten)]
+    verdict: VerdictArgs,
+    /// The results store (default as for `vmbench boot`).
+    #[arg(long, value_name = "PATH|URL")]
+    store: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct HistoryArgs {
+    /// The metric: phase.total, phase.guest_kernel, systemd.userspace, …
+    metric: String,
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The results.json to record.
+    results: PathBuf,
+    /// A label for the run in the store, KEY=VALUE (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
+    /// The results store (default as for `vmbench boot`).
+    #[arg(long, value_name = "PATH|URL")]
+    store: Option<String>,
 }
 
 /// How `vmbench ab` and `vmbench compare` judge and say it.
@@ -520,6 +600,69 @@ fn ab(args: AbArgs) -> anyhow::Result<ExitCode> {
     Ok(args.verdict.exit(&verdicts, status))
 }
 
+/// The store a command reads, and the runs it selects.
+fn query(args: &QueryArgs) -> anyhow::Result<(vmbench_store::Location, vmbench_store::RunQuery)> {
+    let location = record::location(args.store.as_deref()).ok_or_else(|| {
+        anyhow::anyhow!("No results store: give --store, or set $VMBENCH_STORE or $HOME")
+    })?;
+    let query = vmbench_store::RunQuery {
+        tags: store_commands::parse_where(&args.filters)?,
+        kind: args.kind.clone(),
+        last: args.last,
+    };
+    Ok((location, query))
+}
+
+fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
+    let (location, query) = query(&args.query)?;
+    match args.show {
+        Some(RunsCommand::Show { id }) => print!("{}", store_commands::show(&location, &id)?),
+        None => print!("{}", store_commands::list(&location, &query)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let location = record::location(args.store.as_deref());
+    let baseline = store_commands::side(location.as_ref(), &args.baseline)?;
+    let candidate = store_commands::side(location.as_ref(), &args.candidate)?;
+    let verdicts = vmbench::compare::compare(&baseline, &candidate, args.verdict.judge())?;
+    print!(
+        "{}",
+        render::verdicts::render(&verdicts, args.verdict.format())
+    );
+    Ok(args.verdict.exit(&verdicts, ExitCode::SUCCESS))
+}
+
+fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let (location, query) = query(&args.query)?;
+    print!(
+        "{}",
+        store_commands::history(&location, &args.metric, &query)?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(args: QueryArgs) -> anyhow::Result<ExitCode> {
+    let (location, query) = query(&args)?;
+    print!("{}", store_commands::export(&location, &query)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let location = record::location(args.store.as_deref()).ok_or_else(|| {
+        anyhow::anyhow!("No results store: give --store, or set $VMBENCH_STORE or $HOME")
+    })?;
+    let tags = record::parse_tags(&args.tags).map_err(anyhow::Error::msg)?;
+    let id = store_commands::import(&location, &args.results, &tags)?;
+    println!("{id}");
+    eprintln!(
+        "vmbench: stored {} as run {id} in {location}",
+        args.results.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Records a finished run in the results store unless told not to; a store
 /// that fails is a warning (results.json has the run), never a failed run.
 fn store_run(
@@ -639,6 +782,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Boot(args) => boot(args),
         Command::Ab(args) => ab(args),
+        Command::Runs(args) => runs(args),
+        Command::Compare(args) => compare(args),
+        Command::History(args) => history(args),
+        Command::Export(args) => export(args),
+        Command::Import(args) => import(args),
         Command::Doctor => Ok(doctor()),
         Command::Rootfs(command) => rootfs(command),
         Command::Vmm(args) => vmm(args),
