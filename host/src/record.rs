@@ -93,6 +93,7 @@ pub fn run_record(origin: &Origin<'_>, variants: &[Variant<'_>]) -> RunRecord {
                 });
             }
         }
+        attach_inputs(variant.name, variant.results, &mut attachments);
         if let Ok(bytes) = serde_json::to_vec_pretty(variant.results) {
             attachments.push(AttachmentRecord {
                 variant: variant.name.to_string(),
@@ -166,6 +167,29 @@ fn attach_vm_files(variant: &str, vm: u32, dir: &Path, into: &mut Vec<Attachment
             into.push(AttachmentRecord {
                 variant: variant.to_string(),
                 vm: Some(vm),
+                name: name.to_string(),
+                bytes,
+            });
+        }
+    }
+}
+
+/// What a variant booted, kept with it: the kernel's config (beside a
+/// kernel-config/build.sh kernel) and the root disk's `vmbench rootfs`
+/// sidecar. Stored once however many runs share them.
+fn attach_inputs(variant: &str, results: &RunResults, into: &mut Vec<AttachmentRecord>) {
+    let env = &results.environment;
+    let kernel_config = Path::new(&env.guest_kernel).with_file_name("config");
+    let sidecar = env
+        .rootfs
+        .as_ref()
+        .and_then(|r| r.chain.last())
+        .map(|base| vmbench_rootfs::sidecar_path(Path::new(base)));
+    for (name, path) in [("kernel.config", Some(kernel_config)), ("image.json", sidecar)] {
+        if let Some(bytes) = path.and_then(|p| std::fs::read(p).ok()) {
+            into.push(AttachmentRecord {
+                variant: variant.to_string(),
+                vm: None,
                 name: name.to_string(),
                 bytes,
             });
