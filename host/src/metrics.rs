@@ -24,8 +24,8 @@ pub struct MetricDef {
     /// `ms`, `KiB` or `count`.
     pub unit: String,
     /// `host` (CLOCK_MONOTONIC marks), `guest` (the guest kernel's clock),
-    /// `systemd` (systemd's timestamps in the guest), or empty for a
-    /// quantity that is no time.
+    /// `systemd` (systemd's timestamps in the guest), `cpu` (CPU time), or
+    /// empty for a quantity that is no time.
     pub clock: String,
     pub direction: Direction,
     /// Metrics with the same alias measure one quantity.
@@ -98,7 +98,8 @@ const PHASES: [Phase; 13] = [
 ];
 
 /// Every metric one VM has a value for: its phases, a systemd guest's
-/// phases and slowest units, and the kvm backend's VMM memory and exits.
+/// phases and slowest units, vmbench's own CPU for it, and the kvm
+/// backend's VMM memory and exits.
 pub fn samples_of(vm: &VmRecord) -> Vec<Sample> {
     let mut samples: Vec<Sample> = PHASES
         .iter()
@@ -116,6 +117,12 @@ pub fn samples_of(vm: &VmRecord) -> Vec<Sample> {
                 value: took_ms,
             });
         }
+    }
+    if let Some(cpu_ms) = vm.vmbench_cpu_ms {
+        samples.push(Sample {
+            metric: def("vmbench.cpu", "ms", "cpu", None),
+            value: cpu_ms,
+        });
     }
     if let Some(account) = &vm.exits {
         let memory = [

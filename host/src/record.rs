@@ -185,7 +185,10 @@ fn attach_inputs(variant: &str, results: &RunResults, into: &mut Vec<AttachmentR
         .as_ref()
         .and_then(|r| r.chain.last())
         .map(|base| vmbench_rootfs::sidecar_path(Path::new(base)));
-    for (name, path) in [("kernel.config", Some(kernel_config)), ("image.json", sidecar)] {
+    for (name, path) in [
+        ("kernel.config", Some(kernel_config)),
+        ("image.json", sidecar),
+    ] {
         if let Some(bytes) = path.and_then(|p| std::fs::read(p).ok()) {
             into.push(AttachmentRecord {
                 variant: variant.to_string(),

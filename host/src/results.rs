@@ -201,6 +201,10 @@ pub struct VmRecord {
     /// `--rootfs`: this VM's overlay.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub overlay: Option<OverlayUse>,
+    /// vmbench's own CPU time (user + system, not the VMMs') while this VM's
+    /// round ran, over the round's VMs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vmbench_cpu_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +234,7 @@ impl VmRecord {
             exits: None,
             systemd: None,
             overlay: None,
+            vmbench_cpu_ms: None,
         }
     }
 }

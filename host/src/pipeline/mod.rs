@@ -193,7 +193,8 @@ impl SetUp {
                 .round(round, rounds, warmup, self.label.as_deref());
         }
         let (results_path, progress) = (&self.run.results_path, &self.progress);
-        launch::launch_round(
+        let ids: Vec<usize> = these.iter().map(|vm| vm.spec.id as usize).collect();
+        let measured = launch::launch_round(
             &these,
             &self.backends,
             self.keep_overlays,
@@ -205,7 +206,13 @@ impl SetUp {
                     progress.warning(&e.to_string());
                 }
             },
-        )
+        );
+        // vmbench's CPU is the round's, not one VM's: each gets its share.
+        let share = measured.cpu_ms_while_vms_ran / ids.len().max(1) as f64;
+        for id in ids {
+            self.run.results.vms[id].vmbench_cpu_ms = Some(share);
+        }
+        measured
     }
 
     /// The aggregates, and results.json written a last time.
