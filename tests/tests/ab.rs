@@ -36,7 +36,14 @@ fn a_real_slowdown_is_a_regression() {
     let out_dir = test.out_dir();
     let out = ab(
         &out_dir,
-        &["--runs", "12", "--format", "json", "--fail-on", "regression"],
+        &[
+            "--runs",
+            "12",
+            "--format",
+            "json",
+            "--fail-on",
+            "regression",
+        ],
         "--vcpus 2",
     );
     assert_eq!(out.status.code(), Some(4), "{}", dump(&out));

@@ -52,6 +52,14 @@ fn num(v: Option<f64>, decimals: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.decimals$}"))
 }
 
+/// The ratio's interval, `[low, high]`, or `-`.
+fn interval(c: &vmbench_stats::Comparison) -> String {
+    match (c.ci_low, c.ci_high) {
+        (Some(low), Some(high)) => format!("[{low:.3}, {high:.3}]"),
+        _ => "-".into(),
+    }
+}
+
 /// The cells of one row: metric, unit, clock, n, medians, ratio and its
 /// interval, p and corrected p, verdict.
 fn cells(row: &Row) -> Vec<String> {
@@ -71,10 +79,7 @@ fn cells(row: &Row) -> Vec<String> {
         num(c.median_a, 1),
         num(c.median_b, 1),
         num(c.ratio, 3),
-        match (c.ci_low, c.ci_high) {
-            (Some(low), Some(high)) => format!("[{low:.3}, {high:.3}]"),
-            _ => "-".into(),
-        },
+        interval(c),
         num(c.p, 4),
         num(c.p_corrected, 4),
         verdict_word(c.verdict).to_string(),
@@ -166,10 +171,7 @@ fn junit(v: &Verdicts) -> String {
         let detail = format!(
             "B/A {} CI {} p {} (BH {}): {}",
             num(c.ratio, 3),
-            match (c.ci_low, c.ci_high) {
-                (Some(l), Some(h)) => format!("[{l:.3}, {h:.3}]"),
-                _ => "-".into(),
-            },
+            interval(c),
             num(c.p, 4),
             num(c.p_corrected, 4),
             c.note
