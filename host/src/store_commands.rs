@@ -145,39 +145,7 @@ pub fn show(location: &Location, given: &str) -> Result<String> {
         let _ = writeln!(out, "tag: {k}={v}");
     }
     for variant in &run.variants {
-        let name = if variant.name.is_empty() {
-            "run"
-        } else {
-            &variant.name
-        };
-        let _ = writeln!(out, "\n{name}: {}", variant.description);
-        for input in &variant.inputs {
-            let _ = writeln!(
-                out,
-                "  {}: {} (sha256 {})",
-                input.role,
-                input.path,
-                input.sha256.chars().take(12).collect::<String>()
-            );
-        }
-        let mut side = Side::default();
-        side.add_record(&run, &variant.name);
-        let mut rows = vec![["metric", "unit", "n", "median", "min", "max"]
-            .map(String::from)
-            .to_vec()];
-        for (name, (def, values)) in &side.samples {
-            if let Some(s) = crate::stats::of(values.iter().copied()) {
-                rows.push(vec![
-                    name.clone(),
-                    def.unit.clone(),
-                    s.n.to_string(),
-                    format!("{:.1}", s.median),
-                    format!("{:.1}", s.min),
-                    format!("{:.1}", s.max),
-                ]);
-            }
-        }
-        out.push_str(&crate::render::grid(&rows));
+        out.push_str(&variant_section(&run, variant));
     }
     let attachments: Vec<String> = run.attachments.iter().map(|a| a.name.clone()).collect();
     let _ = writeln!(out, "\n{} attachment(s): {}", attachments.len(), {
@@ -187,6 +155,45 @@ pub fn show(location: &Location, given: &str) -> Result<String> {
         names.join(", ")
     });
     Ok(out)
+}
+
+/// One variant of a stored run: what it booted and its metrics' medians.
+fn variant_section(run: &RunRecord, variant: &vmbench_store::VariantRecord) -> String {
+    let mut out = String::new();
+    let name = if variant.name.is_empty() {
+        "run"
+    } else {
+        &variant.name
+    };
+    let _ = writeln!(out, "\n{name}: {}", variant.description);
+    for input in &variant.inputs {
+        let _ = writeln!(
+            out,
+            "  {}: {} (sha256 {})",
+            input.role,
+            input.path,
+            input.sha256.chars().take(12).collect::<String>()
+        );
+    }
+    let mut side = Side::default();
+    side.add_record(run, &variant.name);
+    let mut rows = vec![["metric", "unit", "n", "median", "min", "max"]
+        .map(String::from)
+        .to_vec()];
+    for (name, (def, values)) in &side.samples {
+        if let Some(s) = crate::stats::of(values.iter().copied()) {
+            rows.push(vec![
+                name.clone(),
+                def.unit.clone(),
+                s.n.to_string(),
+                format!("{:.1}", s.median),
+                format!("{:.1}", s.min),
+                format!("{:.1}", s.max),
+            ]);
+        }
+    }
+    out.push_str(&crate::render::grid(&rows));
+    out
 }
 
 /// One side of `vmbench compare`: a results.json path, a run id (with

@@ -132,16 +132,7 @@ pub fn prepare(
     };
     // Before results.json exists: a failure here (a full disk) leaves
     // nothing that looks like a run.
-    let overlays: Vec<Option<OverlayUse>> = match &inputs.rootfs {
-        Some(rootfs) => {
-            let dirs: Vec<PathBuf> = (0..total_vms).map(|id| vm_dir(&out, id)).collect();
-            overlays::create(&rootfs.image, &dirs)?
-                .into_iter()
-                .map(Some)
-                .collect()
-        }
-        None => vec![None; total_vms as usize],
-    };
+    let overlays = overlays_for(inputs, &out, total_vms)?;
     let vms = overlays
         .into_iter()
         .enumerate()
@@ -176,6 +167,20 @@ pub fn prepare(
         out,
         results,
         vms,
+    })
+}
+
+/// Each VM's overlay of the root disk (`--rootfs`), or none.
+fn overlays_for(inputs: &Inputs, out: &Path, total_vms: u32) -> Result<Vec<Option<OverlayUse>>> {
+    Ok(match &inputs.rootfs {
+        Some(rootfs) => {
+            let dirs: Vec<PathBuf> = (0..total_vms).map(|id| vm_dir(out, id)).collect();
+            overlays::create(&rootfs.image, &dirs)?
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+        None => vec![None; total_vms as usize],
     })
 }
 
