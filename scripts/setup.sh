@@ -47,4 +47,4 @@ say "building the vsock test guest"
 scripts/build-test-guest.sh
 say "building vmbench"
 cargo build --release --quiet -p vmbench
-say "ready: target/release/vmbench"
+say "ready: target/release/vmbench (and the VMM alone, target/release/vmbench-vmm)"

@@ -2,20 +2,9 @@
 //! user can cause: never a backtrace, never a cause said twice.
 
 /// `error: cause: cause …`; a cause whose text the line already holds (an
-/// error that prints its source itself) is not repeated.
-pub fn one_line(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(text.as_str()) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
-}
+/// error that prints its source itself) is not repeated. One rule for every
+/// vmbench program: the VMM's (`vmbench-vmm` has it without the orchestrator).
+pub use vmbench_vmm::cli::one_line;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use vmbench::error_line::one_line;
 use vmbench::pipeline::{self, AccelChoice, BackendChoice, BootConfig};
 use vmbench::{doctor, record, render, rootfs_command, store_commands};
-use vmbench_vmm::machine::{EntryChoice, MachineConfig};
 
 #[derive(Parser)]
 #[command(name = "vmbench", version = env!("CARGO_PKG_VERSION"), about = "Measure how fast Linux VMs boot")]
@@ -43,50 +42,7 @@ enum Command {
     #[command(subcommand)]
     Rootfs(RootfsCommand),
     /// Run one VM in the foreground with vmbench's own VMM (needs /dev/kvm).
-    Vmm(VmmArgs),
-}
-
-#[derive(clap::Args)]
-struct VmmArgs {
-    /// Guest kernel: ELF vmlinux or bzImage.
-    #[arg(long)]
-    kernel: PathBuf,
-    /// Initramfs to load at the top of guest RAM.
-    #[arg(long)]
-    initramfs: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = "console=ttyS0 panic=-1 reboot=t")]
-    cmdline: String,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
-    mem_mib: u32,
-    /// vCPUs (an MP table describes them; application processors wait for the kernel's INIT/SIPI).
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
-    /// The VM's directory: serial.log, vmm.json and the vsock sockets go here.
-    #[arg(long, default_value = ".")]
-    dir: PathBuf,
-    /// Kernel entry: PVH when the kernel has the note (auto), or force one.
-    #[arg(long, value_enum, default_value_t = EntryArg::Auto)]
-    entry: EntryArg,
-    /// Give the guest a virtio-vsock device with this CID: its connections to
-    /// host port P arrive on `<dir>/vsock.sock_P`; host programs reach it through
-    /// `<dir>/vsock.sock` with `CONNECT <port>\n` (Firecracker's convention).
-    #[arg(long)]
-    vsock_cid: Option<u64>,
-    /// Give the guest a virtio-blk disk (repeatable; the first is its /dev/vda,
-    /// e.g. with --cmdline "... root=/dev/vda"): a raw or qcow2 image, opened
-    /// read-write; `PATH,ro` makes it read-only for the guest. A qcow2 image's
-    /// backing files are only ever read: the guest's writes stay in the image.
-    #[arg(long = "disk", value_name = "PATH[,ro]")]
-    disks: Vec<vmbench_vmm::machine::DiskConfig>,
-    /// A test aid for hosts whose KVM emulates guest code (nested KVM
-    /// without hardware support): complete the few instructions KVM's
-    /// emulator refuses (INT3, UD2, CLAC, STAC, register POPCNT) so Linux
-    /// gets as far as it can. Timings are then the emulator's. `vmbench boot
-    /// --backend kvm` turns it on where its KVM calibration finds KVM emulating.
-    #[arg(long)]
-    emulated_kvm: bool,
+    Vmm(vmbench_vmm::cli::VmmArgs),
 }
 
 /// One variant of `vmbench ab`: the common boot options, then its own on top.
@@ -740,33 +696,6 @@ fn rootfs(command: RootfsCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn vmm(args: VmmArgs) -> anyhow::Result<ExitCode> {
-    let config = MachineConfig {
-        vsock: args
-            .vsock_cid
-            .map(|cid| vmbench_vmm::command::vsock_in_dir(&args.dir, cid)),
-        kernel: args.kernel,
-        initramfs: args.initramfs,
-        cmdline: args.cmdline,
-        mem_mib: args.mem_mib,
-        vcpus: args.vcpus,
-        dir: args.dir,
-        entry: match args.entry {
-            EntryArg::Auto => EntryChoice::Auto,
-            EntryArg::Pvh => EntryChoice::Pvh,
-            EntryArg::Linux64 => EntryChoice::Linux64,
-        },
-        disks: args.disks,
-        emulated_kvm: args.emulated_kvm,
-    };
-    let ended = vmbench_vmm::command::run(&config)?;
-    match ended.message() {
-        (line, true) => eprintln!("{line}"),
-        (line, false) => println!("{line}"),
-    }
-    Ok(ExitCode::from(ended.exit_code()))
-}
-
 fn doctor() -> ExitCode {
     let diagnosis = doctor::run();
     print!("{}", diagnosis.render());
@@ -778,6 +707,10 @@ fn doctor() -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // `vmbench vmm` becomes the VMM's own, smaller program where it is
+    // installed beside this one: a VMM process then carries no more than
+    // the VMM (no store, no statistics), which its memory account shows.
+    vmbench_vmm::cli::exec_beside_if_vmm();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Boot(args) => boot(args),
@@ -789,7 +722,7 @@ fn main() -> ExitCode {
         Command::Import(args) => import(args),
         Command::Doctor => Ok(doctor()),
         Command::Rootfs(command) => rootfs(command),
-        Command::Vmm(args) => vmm(args),
+        Command::Vmm(args) => Ok(vmbench_vmm::cli::run(args)),
     };
     result.unwrap_or_else(|error| {
         eprintln!("vmbench: error: {}", one_line(error.as_ref()));

@@ -6,7 +6,8 @@
 //!
 //! One tiny guest, an ELF with a PVH note whose first instruction writes the
 //! boot-marker port (0x80), boots under both:
-//! - `vmbench vmm` (release build): spawn → first `KVM_RUN` (the `vmm`
+//! - our VMM as the kvm backend spawns it (`vmbench-vmm`, the VMM's own
+//!   program beside `vmbench`; release build): spawn → first `KVM_RUN` (the `vmm`
 //!   phase) and spawn → the marker write, both on the host's
 //!   CLOCK_MONOTONIC as the VMM recorded them, and the VMM's resident memory
 //!   beyond the guest memory the guest touched;
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use vmbench_e2e::vmm::vmm_command;
+use vmbench_e2e::vmm::backend_vmm_command;
 use vmbench_e2e::{have_kvm, vmbench_bin};
 
 const MEM_MIB: u32 = 256;
@@ -134,19 +135,19 @@ struct Ours {
 
 fn spawn_ours(kernel: &Path, dir: &Path) -> Result<Child, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    vmm_command(kernel, dir)
+    backend_vmm_command(kernel, dir)
         .args(["--mem-mib", &MEM_MIB.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", vmbench_bin().display()))
+        .map_err(|e| format!("cannot run our VMM ({}): {e}", vmbench_bin().display()))
 }
 
 fn account_ours(dir: &Path, spawn_ns: u64, child: Child) -> Result<Ours, String> {
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!(
-            "vmbench vmm failed ({}): {}",
+            "our VMM failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
@@ -306,8 +307,8 @@ fn main() -> ExitCode {
     let accel = arg_text("--qemu-accel").unwrap_or_else(|| "kvm".into());
     let accel = accel.as_str();
     println!(
-        "vmm_startup: {vms} VMs of {MEM_MIB} MiB, 1 vCPU, one after another (vmbench vmm: {}; QEMU: {}, -accel {accel})",
-        vmbench_bin().display(),
+        "vmm_startup: {vms} VMs of {MEM_MIB} MiB, 1 vCPU, one after another (ours: {}; QEMU: {}, -accel {accel})",
+        backend_vmm_command(Path::new("-"), Path::new("-")).get_program().to_string_lossy(),
         qemu.as_ref().map_or("not found".into(), |q: &PathBuf| q.display().to_string())
     );
 
@@ -321,7 +322,7 @@ fn main() -> ExitCode {
                 overhead.push(o.overhead_kib as f64 / 1024.0);
             }
             Err(e) => {
-                println!("vmbench vmm: {e}");
+                println!("our VMM: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -338,12 +339,12 @@ fn main() -> ExitCode {
     );
     println!(
         "{:<52} {}",
-        "vmbench vmm: spawn → first KVM_RUN (vmm phase), ms",
+        "vmbench-vmm: spawn → first KVM_RUN (vmm phase), ms",
         summary(&vmm)
     );
     println!(
         "{:<52} {}",
-        "vmbench vmm: spawn → first guest instruction, ms",
+        "vmbench-vmm: spawn → first guest instruction, ms",
         summary(&insn)
     );
     println!(
@@ -353,7 +354,7 @@ fn main() -> ExitCode {
     );
     println!(
         "{:<52} {}",
-        "vmbench vmm: resident beyond touched guest memory, MiB",
+        "vmbench-vmm: resident beyond touched guest memory, MiB",
         summary(&overhead)
     );
     if let Some(e) = &qemu_error {

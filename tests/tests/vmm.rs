@@ -629,3 +629,16 @@ fn the_emulated_kvm_fallback_completes_popcnt_and_is_off_by_default() {
         );
     }
 }
+
+/// `vmbench vmm` runs as the VMM's own, smaller program, installed beside
+/// `vmbench`: a VMM process carries none of the orchestrator's code.
+#[test]
+fn vmbench_vmm_becomes_the_vmms_own_program() {
+    let out = std::process::Command::new(vmbench_e2e::vmbench_bin())
+        .args(["vmm", "--version"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", dump(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("vmbench-vmm "), "{said}");
+}

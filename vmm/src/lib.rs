@@ -37,7 +37,8 @@
 //! it completes the few instructions KVM's emulator refuses, so Linux gets
 //! to `Run /init` there (`vmbench vmm --emulated-kvm`).
 //!
-//! [`command`] is the body of `vmbench vmm`; [`probe`] is a second, tiny
+//! [`command`] is the body of `vmbench vmm`, [`cli`] its command line (also
+//! the `vmbench-vmm` program's); [`probe`] is a second, tiny
 //! use of KVM that times a calibration guest to tell native KVM from KVM
 //! that emulates guest code. Every time the VMM records is on [`clock`].
 //! The VMM depends on nothing of the orchestrator: it is reached through
@@ -49,6 +50,7 @@
 
 pub mod account;
 pub mod boot_tables;
+pub mod cli;
 pub mod clock;
 pub mod command;
 pub mod cpu;

@@ -1,6 +1,7 @@
-//! The `kvm` backend: vmbench's own VMM, one `vmbench vmm` process per VM
-//! (this same executable), so a VM that crashes its VMM takes nothing else
-//! with it and each VM's resident memory is its own.
+//! The `kvm` backend: vmbench's own VMM, one process per VM — the VMM's own
+//! program `vmbench-vmm` beside this executable, or else `vmbench vmm` — so
+//! a VM that crashes its VMM takes nothing else with it and each VM's
+//! resident memory is its own (and only the VMM's).
 //!
 //! The VMM writes its account to `<vm-dir>/vmm.json` when the VM ends
 //! (also when vmbench stops it with SIGTERM on a timeout): the first
@@ -32,15 +33,34 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct KvmVmm {
-    /// The vmbench executable that runs `vmbench vmm`.
-    pub vmbench: PathBuf,
+    /// The program that runs the VMM: `vmbench-vmm`, or `vmbench` itself.
+    pub program: PathBuf,
+    /// Whether `program` is `vmbench`, whose VMM is its `vmm` command.
+    pub via_vmbench: bool,
 }
 
-/// `vmbench vmm`'s arguments for one VM.
+impl KvmVmm {
+    /// The VMM for this `vmbench` executable: `vmbench-vmm` where it is
+    /// installed beside it (built with it: one `cargo build` makes both),
+    /// else `vmbench vmm`.
+    pub fn for_vmbench(vmbench: PathBuf) -> KvmVmm {
+        match vmbench_vmm::cli::program_beside(&vmbench) {
+            Some(program) => KvmVmm {
+                program,
+                via_vmbench: false,
+            },
+            None => KvmVmm {
+                program: vmbench,
+                via_vmbench: true,
+            },
+        }
+    }
+}
+
+/// The VMM's arguments for one VM (`vmbench-vmm`'s, or `vmbench vmm`'s after `vmm`).
 pub fn vmm_args(spec: &VmSpec) -> Vec<String> {
     let mut args = vec![
-        "vmm".to_string(),
-        "--kernel".into(),
+        "--kernel".to_string(),
         spec.kernel.display().to_string(),
         "--cmdline".into(),
         spec.cmdline.clone(),
@@ -77,11 +97,15 @@ pub fn vmm_log(spec: &VmSpec) -> PathBuf {
 }
 
 impl KvmVmm {
-    /// Starts `vmbench vmm`; its output goes to `vmm.log` in the VM directory.
+    /// Starts the VMM; its output goes to `vmm.log` in the VM directory.
     pub fn start_vmm(&self, spec: &VmSpec) -> super::qemu::Result<Child> {
         // An account left from an earlier run in this directory must not be read as this one's.
         let _ = std::fs::remove_file(account::path_in(&spec.dir));
-        spawn_logged(&self.vmbench, vmm_args(spec), &vmm_log(spec))
+        let mut args = vmm_args(spec);
+        if self.via_vmbench {
+            args.insert(0, "vmm".to_string());
+        }
+        spawn_logged(&self.program, args, &vmm_log(spec))
     }
 }
 

@@ -180,9 +180,9 @@ pub fn choose_backends(choices: &[BackendChoice], verdict: &KvmVerdict) -> Resul
                 if let KvmVerdict::Absent { reason } = verdict {
                     return Err(Error::NoKvmBackend(reason.clone()));
                 }
-                Ok(Launcher::Kvm(KvmVmm {
-                    vmbench: std::env::current_exe().map_err(Error::SelfExe)?,
-                }))
+                Ok(Launcher::Kvm(KvmVmm::for_vmbench(
+                    std::env::current_exe().map_err(Error::SelfExe)?,
+                )))
             }
             _ => Ok(Launcher::Qemu(Qemu {
                 qemu: locate::qemu()?,

@@ -418,9 +418,7 @@ mod tests {
     #[test]
     fn kvm_backend_takes_the_vmms_own_marks() {
         use vmbench_vmm::account::{self, Account, End, MemoryUse};
-        let launcher = Launcher::Kvm(kvm::KvmVmm {
-            vmbench: PathBuf::from("/unused"),
-        });
+        let launcher = Launcher::Kvm(kvm::KvmVmm::for_vmbench(PathBuf::from("/unused")));
         let (record, (first_run, marked)) = watch_with(
             &launcher,
             Command::new("sleep").arg("1"),

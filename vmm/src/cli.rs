@@ -1,0 +1,154 @@
+//! The VMM's command line, `vmbench vmm` (and its own program,
+//! `vmbench-vmm`, built with `vmbench` and installed beside it, which `vmbench
+//! vmm` becomes where it is there): arguments into a [`MachineConfig`], the VM run to its end,
+//! one line on how it ended and the exit status that goes with it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+
+use crate::command;
+use crate::machine::{DiskConfig, EntryChoice, MachineConfig};
+
+/// `vmbench vmm`'s (and `vmbench-vmm`'s) arguments.
+#[derive(clap::Args, Debug)]
+pub struct VmmArgs {
+    /// Guest kernel: ELF vmlinux or bzImage.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Initramfs to load at the top of guest RAM.
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0 panic=-1 reboot=t")]
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub mem_mib: u32,
+    /// vCPUs (an MP table describes them; application processors wait for the kernel's INIT/SIPI).
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// The VM's directory: serial.log, vmm.json and the vsock sockets go here.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Kernel entry: PVH when the kernel has the note (auto), or force one.
+    #[arg(long, value_enum, default_value_t = EntryArg::Auto)]
+    pub entry: EntryArg,
+    /// Give the guest a virtio-vsock device with this CID: its connections to
+    /// host port P arrive on `<dir>/vsock.sock_P`; host programs reach it through
+    /// `<dir>/vsock.sock` with `CONNECT <port>\n` (Firecracker's convention).
+    #[arg(long)]
+    pub vsock_cid: Option<u64>,
+    /// Give the guest a virtio-blk disk (repeatable; the first is its /dev/vda,
+    /// e.g. with --cmdline "... root=/dev/vda"): a raw or qcow2 image, opened
+    /// read-write; `PATH,ro` makes it read-only for the guest. A qcow2 image's
+    /// backing files are only ever read: the guest's writes stay in the image.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    pub disks: Vec<DiskConfig>,
+    /// A test aid for hosts whose KVM emulates guest code (nested KVM
+    /// without hardware support): complete the few instructions KVM's
+    /// emulator refuses (INT3, UD2, CLAC, STAC, register POPCNT) so Linux
+    /// gets as far as it can. Timings are then the emulator's. `vmbench boot
+    /// --backend kvm` turns it on where its KVM calibration finds KVM emulating.
+    #[arg(long)]
+    pub emulated_kvm: bool,
+}
+
+/// The kernel entry to use.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum EntryArg {
+    Auto,
+    Pvh,
+    Linux64,
+}
+
+impl VmmArgs {
+    pub fn config(self) -> MachineConfig {
+        MachineConfig {
+            vsock: self
+                .vsock_cid
+                .map(|cid| command::vsock_in_dir(&self.dir, cid)),
+            kernel: self.kernel,
+            initramfs: self.initramfs,
+            cmdline: self.cmdline,
+            mem_mib: self.mem_mib,
+            vcpus: self.vcpus,
+            dir: self.dir,
+            entry: match self.entry {
+                EntryArg::Auto => EntryChoice::Auto,
+                EntryArg::Pvh => EntryChoice::Pvh,
+                EntryArg::Linux64 => EntryChoice::Linux64,
+            },
+            disks: self.disks,
+            emulated_kvm: self.emulated_kvm,
+        }
+    }
+}
+
+/// Runs the VM to its end: a line on how it ended (stdout, or stderr for a
+/// failure or a stop) and the status for it; an error before the VM ran is
+/// one line and status 2.
+pub fn run(args: VmmArgs) -> ExitCode {
+    match command::run(&args.config()) {
+        Ok(ended) => {
+            match ended.message() {
+                (line, true) => eprintln!("{line}"),
+                (line, false) => println!("{line}"),
+            }
+            ExitCode::from(ended.exit_code())
+        }
+        Err(error) => {
+            eprintln!("vmbench: error: {}", one_line(&error));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// An error and its causes on one line, as vmbench shows every failure a
+/// user can cause: never a backtrace, never a cause said twice (an error
+/// that prints its source itself is not followed by it again).
+pub fn one_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(text.as_str()) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+/// The VMM's own program's name, installed beside `vmbench`.
+pub const PROGRAM: &str = "vmbench-vmm";
+
+/// `vmbench-vmm` beside the executable `exe` (`vmbench`), if it is there.
+pub fn program_beside(exe: &Path) -> Option<PathBuf> {
+    exe.parent()
+        .map(|dir| dir.join(PROGRAM))
+        .filter(|program| program.is_file())
+}
+
+/// When this process is `vmbench vmm …` and `vmbench-vmm` is beside its
+/// executable, replaces this process with it (same pid, same arguments):
+/// the VMM then carries only the VMM's code. Returns only if it is not
+/// `vmbench vmm`, or the program is not there or cannot be run (then the
+/// same VMM runs in this process).
+pub fn exec_beside_if_vmm() {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(std::ffi::OsStr::new("vmm")) {
+        return;
+    }
+    let Some(program) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| program_beside(&exe))
+    else {
+        return;
+    };
+    // exec returns only on failure.
+    let _ = std::process::Command::new(program).args(args).exec();
+}
