@@ -25,6 +25,13 @@ pub struct RunResults {
     pub started_at: String,
     /// False while the run is going on.
     pub finished: bool,
+    /// A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the run before all its
+    /// VMs ended; the VMs it stopped or never started are `interrupted`.
+    #[serde(default)]
+    pub interrupted: bool,
+    /// Which signal: `SIGINT`, `SIGTERM` or `SIGHUP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_by: Option<String>,
     pub environment: Environment,
     pub vms: Vec<VmRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +137,8 @@ pub enum VmStatus {
     Timeout,
     Failed,
     ProtocolError,
+    /// The run was stopped (a signal) before this VM ended, or before it started.
+    Interrupted,
 }
 
 impl VmStatus {
@@ -140,6 +149,7 @@ impl VmStatus {
             VmStatus::Timeout => "timeout",
             VmStatus::Failed => "failed",
             VmStatus::ProtocolError => "protocol_error",
+            VmStatus::Interrupted => "interrupted",
         }
     }
 }
@@ -308,9 +318,11 @@ pub struct MetricSummary {
 /// Writes `results` to `path` atomically: readers see the old or the new file, never half of one.
 pub fn write_atomic(path: &Path, results: &RunResults) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    serde_json::to_writer_pretty(&mut file, results)?;
-    file.write_all(b"\n")?;
+    // One write(2) per buffer, not per JSON token.
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    serde_json::to_writer_pretty(&mut out, results)?;
+    out.write_all(b"\n")?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_data()?;
     std::fs::rename(&tmp, path)
 }

@@ -107,9 +107,11 @@ pub struct VcpuAccount {
 pub fn write(dir: &Path, account: &Account) -> std::io::Result<()> {
     let path = path_in(dir);
     let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    serde_json::to_writer_pretty(&mut file, account)?;
-    file.write_all(b"\n")?;
+    // One write(2) per buffer, not per JSON token.
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    serde_json::to_writer_pretty(&mut out, account)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
     std::fs::rename(&tmp, &path)
 }
 
