@@ -18,6 +18,14 @@ use crate::timeline::{HostMarks, Phases};
 /// divides the run's CPU by all its VMs.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// Boot marks kept per VM: a real boot writes a handful (Cloud Hypervisor's
+/// ranges hold 64 codes); a guest flooding the port cannot grow results.json.
+pub const MAX_BOOT_MARKERS: usize = 1024;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResults {
     pub schema_version: u32,
@@ -193,9 +201,13 @@ pub struct VmRecord {
     /// The guest's own marks, CLOCK_BOOTTIME nanoseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_ns: Option<GuestMarks>,
-    /// Every boot-marker code the host saw, with its host time (CLOCK_MONOTONIC ns).
+    /// The boot-marker codes the host saw, with their host times
+    /// (CLOCK_MONOTONIC ns): the first [`MAX_BOOT_MARKERS`].
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub boot_markers: Vec<BootMarker>,
+    /// Boot-marker codes beyond the first [`MAX_BOOT_MARKERS`]: counted, not kept.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub boot_markers_dropped: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmm_exit: Option<String>,
     /// The kvm backend's account of the VM: how it ended, every userspace
@@ -240,6 +252,7 @@ impl VmRecord {
             host_ns: HostMarks::default(),
             guest_ns: None,
             boot_markers: Vec::new(),
+            boot_markers_dropped: 0,
             vmm_exit: None,
             exits: None,
             systemd: None,

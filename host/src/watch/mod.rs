@@ -130,6 +130,8 @@ struct Watch<'a> {
     timed_out: bool,
     /// The signal that stopped the run before this VM ended.
     interrupted: Option<i32>,
+    /// Bytes read from one socket per wake, at most ([`messages::READ_BUDGET_BYTES`]).
+    read_budget_bytes: usize,
 }
 
 impl<'a> Watch<'a> {
@@ -155,6 +157,7 @@ impl<'a> Watch<'a> {
             exit: None,
             timed_out: false,
             interrupted: None,
+            read_budget_bytes: messages::READ_BUDGET_BYTES,
         }
     }
 
@@ -724,6 +727,88 @@ mod tests {
             .unwrap()
             .contains("before the guest reported ready"));
         assert!(record.host_ns.exit.is_some());
+    }
+
+    /// Runs `flood` as the guest of a VM whose VMM would run for 30 s and
+    /// whose deadline is 1 s away: the guest writes without pause until the
+    /// watch lets go of its socket. The watch must still reach its deadline
+    /// (a hang is reported after a minute, long past it).
+    fn flooded(flood: impl FnOnce(PathBuf) -> u64 + Send + 'static) -> (VmRecord, u64) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(watch(
+                Command::new("sleep").arg("30"),
+                Duration::from_secs(1),
+                flood,
+            ));
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the flood kept the watch from its deadline")
+    }
+
+    /// Writes `chunk` to `stream` until the reader goes; the bytes written.
+    fn write_until_closed(mut stream: UnixStream, chunk: &[u8]) -> u64 {
+        let mut written = 0;
+        while stream.write_all(chunk).is_ok() {
+            written += chunk.len() as u64;
+        }
+        written
+    }
+
+    #[test]
+    fn a_boot_marker_flood_is_bounded_and_cannot_hold_the_watch() {
+        let (record, written) = flooded(|uds| {
+            let marker = uds.with_file_name(vmbench_vmm::vm_dir::MARKER_SOCKET);
+            write_until_closed(UnixStream::connect(marker).unwrap(), &[0x41; 4096])
+        });
+        assert_eq!(record.status, VmStatus::Timeout);
+        assert_eq!(record.boot_markers.len(), crate::results::MAX_BOOT_MARKERS);
+        assert!(record.boot_markers_dropped > 0);
+        let seen = record.boot_markers.len() as u64 + record.boot_markers_dropped;
+        assert!(seen <= written, "{seen} marks of {written} written");
+    }
+
+    #[test]
+    fn a_message_flood_cannot_hold_the_watch() {
+        let (record, written) = flooded(|uds| {
+            let mut s = UnixStream::connect(uds).unwrap();
+            s.write_all(&frame(&hello())).unwrap();
+            let failed = frame(&GuestMessage::Failed {
+                what: "again".into(),
+            });
+            write_until_closed(s, &failed.repeat(100))
+        });
+        assert!(written > 0);
+        // The first Failed counts; the rest change nothing.
+        assert_eq!(record.status, VmStatus::Failed);
+        assert_eq!(
+            record.error.as_deref(),
+            Some("The guest agent failed: again")
+        );
+    }
+
+    #[test]
+    fn one_wake_reads_no_more_than_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), Duration::from_secs(10));
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        guest.write_all(&[0x41; 64 * 1024]).unwrap();
+        let mut record = VmRecord::new(0, dir.path());
+        let mut on_progress = |_: &VmRecord, _| {};
+        let stop = Stop::new().unwrap();
+        let launcher = fake_launcher();
+        let mut watch = Watch::new(&spec, &launcher, &stop, &mut record, &mut on_progress);
+        watch.marker = Some(host);
+        watch.read_budget_bytes = 8 * 1024;
+        watch.read_markers(1);
+        let first_wake = watch.record.boot_markers.len() as u64 + watch.record.boot_markers_dropped;
+        assert_eq!(first_wake, 8 * 1024, "one wake read its budget, no more");
+        watch.read_markers(2);
+        watch.read_markers(3);
+        let kept = watch.record.boot_markers.len() as u64;
+        assert_eq!(kept + watch.record.boot_markers_dropped, 24 * 1024);
+        assert_eq!(kept, crate::results::MAX_BOOT_MARKERS as u64);
     }
 
     #[test]
