@@ -146,6 +146,9 @@ pub struct VmmAccount {
     #[serde(default)]
     pub unclaimed_mmio_other: u64,
     pub virtio_bad_accesses: u64,
+    /// Console output beyond the VMM's limit on serial.log, not written.
+    #[serde(default)]
+    pub serial_log_bytes_dropped: u64,
     pub memory: VmmMemory,
     /// The emulated-KVM fallback's completed instructions, by kind (`int3`,
     /// `ud2`, `clac`, `stac`, `popcnt`), when it was on.
@@ -238,6 +241,7 @@ impl VmmAccount {
             unclaimed_mmio: account.unclaimed_mmio.clone(),
             unclaimed_mmio_other: account.unclaimed_mmio_other,
             virtio_bad_accesses: account.virtio_bad_accesses,
+            serial_log_bytes_dropped: account.serial_log_bytes_dropped,
             memory: VmmMemory {
                 max_rss_kib: account.memory.max_rss_kib,
                 guest_resident_kib: account.memory.guest_resident_kib,
@@ -309,6 +313,7 @@ mod tests {
             unclaimed_mmio: BTreeMap::new(),
             unclaimed_mmio_other: 5,
             virtio_bad_accesses: 0,
+            serial_log_bytes_dropped: 6,
             memory: vmm::MemoryUse::default(),
             emulated_kvm: Some(vmbench_vmm::emulated_kvm::Counts::default()),
         };

@@ -88,6 +88,10 @@ pub struct Account {
     pub unclaimed_mmio_other: u64,
     /// Driver accesses the virtio-mmio transports ignored, all slots together.
     pub virtio_bad_accesses: u64,
+    /// Console output beyond serial.log's limit
+    /// ([`crate::devices::serial::LOG_MAX_BYTES`]), not written.
+    #[serde(default)]
+    pub serial_log_bytes_dropped: u64,
     pub memory: MemoryUse,
     /// With the emulated-KVM fallback on (a test aid for hosts whose KVM
     /// emulates guest code): the instructions it completed, by kind.

@@ -579,6 +579,7 @@ fn account_of(
         unclaimed_mmio: unclaimed_mmio.by_key,
         unclaimed_mmio_other: unclaimed_mmio.other,
         virtio_bad_accesses,
+        serial_log_bytes_dropped: pio.serial.log_bytes_dropped(),
         memory: memory_use(mem),
         emulated_kvm: shared.emulated_kvm.then(|| {
             let mut all = emulated_kvm::Counts::default();

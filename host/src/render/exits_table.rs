@@ -171,6 +171,10 @@ fn beyond_limits_line(account: &VmmAccount) -> String {
             account.unclaimed_mmio_other,
             "unclaimed mmio accesses counted together",
         ),
+        (
+            account.serial_log_bytes_dropped,
+            "bytes of console output not written to serial.log",
+        ),
     ];
     let said: Vec<String> = counts
         .iter()

@@ -446,6 +446,7 @@ mod tests {
                     unclaimed_mmio: Default::default(),
                     unclaimed_mmio_other: 0,
                     virtio_bad_accesses: 0,
+                    serial_log_bytes_dropped: 0,
                     memory: MemoryUse::default(),
                     emulated_kvm: None,
                 };
