@@ -16,7 +16,7 @@ use crate::timeline::{HostMarks, Phases};
 /// guest's where the host had none), beside `guest_initrd_ms` and
 /// `guest_userspace_ms`; `aggregate_by_backend`'s `vmbench_cpu_ms_per_vm`
 /// divides the run's CPU by all its VMs.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Boot marks kept per VM: a real boot writes a handful (Cloud Hypervisor's
 /// ranges hold 64 codes); a guest flooding the port cannot grow results.json.

@@ -26,6 +26,7 @@ impl Watch<'_> {
                         .iter()
                         .map(|&(code, host_ns)| BootMarker { code, host_ns })
                         .collect();
+                    self.record.boot_markers_dropped = account.boot_markers_not_kept;
                     let first = |wanted: u8| {
                         account
                             .boot_markers
