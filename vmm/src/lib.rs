@@ -63,4 +63,5 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod probe;
+pub mod seccomp;
 pub mod vm_dir;

@@ -82,10 +82,11 @@ pub fn vmm_args(spec: &VmSpec) -> Vec<String> {
     if on_emulated_kvm(spec.accel) {
         args.push("--emulated-kvm".into());
     }
-    for path in &spec.disks {
+    for disk in &spec.disks {
         let disk = DiskConfig {
-            path: path.clone(),
+            path: disk.path.clone(),
             read_only: false,
+            format: Some(disk.format),
         };
         args.extend(["--disk".into(), disk.arg()]);
     }
@@ -143,12 +144,21 @@ pub fn sockets(spec: &VmSpec) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::VmDisk;
+    use vmbench_image::Format;
 
     #[test]
     fn disks_become_disk_arguments_in_order() {
+        let disk = |path: &str, format| VmDisk {
+            path: path.into(),
+            format,
+        };
         let spec = VmSpec {
             accel: Accel::Kvm { native: true },
-            disks: vec!["/vm/root.qcow2".into(), "/data/a,b.raw".into()],
+            disks: vec![
+                disk("/vm/root.qcow2", Format::Qcow2),
+                disk("/data/a,b.raw", Format::Raw),
+            ],
             ..VmSpec::for_test(0, Path::new("/vm"))
         };
         let args = vmm_args(&spec);
@@ -157,10 +167,17 @@ mod tests {
             .filter(|w| w[0] == "--disk")
             .map(|w| w[1].as_str())
             .collect();
-        assert_eq!(disks, ["/vm/root.qcow2", "/data/a,b.raw,rw"]);
-        for (arg, path) in disks.iter().zip(&spec.disks) {
+        // The formats are stated: the VMM never probes an overlay the guest writes.
+        assert_eq!(
+            disks,
+            ["/vm/root.qcow2,format=qcow2", "/data/a,b.raw,format=raw,rw"]
+        );
+        for (arg, disk) in disks.iter().zip(&spec.disks) {
             let parsed: DiskConfig = arg.parse().unwrap();
-            assert_eq!((&parsed.path, parsed.read_only), (path, false));
+            assert_eq!(
+                (&parsed.path, parsed.read_only, parsed.format),
+                (&disk.path, false, Some(disk.format))
+            );
         }
     }
 }

@@ -443,6 +443,7 @@ mod tests {
                     unclaimed_mmio: Default::default(),
                     virtio_bad_accesses: 0,
                     memory: MemoryUse::default(),
+                    seccomp: true,
                     emulated_kvm: None,
                 };
                 account::write(&dir, &account_written).unwrap();
