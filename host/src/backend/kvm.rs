@@ -136,6 +136,21 @@ pub fn vmm_message(spec: &VmSpec) -> String {
     crate::log_tail::last_bytes(&vmm_log(spec), 1600)
 }
 
+/// The line a VMM whose seccomp filter caught a forbidden system call
+/// wrote before it ended (`seccomp: syscall 59 (execve) not allowed in the
+/// vCPU thread`), if `log` (what it printed) holds one.
+pub fn seccomp_violation(log: &str) -> Option<String> {
+    log.lines()
+        .find(|line| line.starts_with(vmbench_vmm::seccomp::REPORT_PREFIX))
+        .map(|line| line.trim_end().to_string())
+}
+
+/// [`seccomp_violation`] in the VM's `vmm.log`.
+pub fn seccomp_violation_of(spec: &VmSpec) -> Option<String> {
+    let log = std::fs::read(vmm_log(spec)).ok()?;
+    seccomp_violation(&String::from_utf8_lossy(&log))
+}
+
 /// Sockets this backend leaves in the VM directory.
 pub fn sockets(spec: &VmSpec) -> Vec<PathBuf> {
     vec![spec.dir.join(VSOCK_UDS_BASE)]
@@ -146,6 +161,21 @@ mod tests {
     use super::*;
     use crate::backend::VmDisk;
     use vmbench_image::Format;
+
+    #[test]
+    fn a_seccomp_report_is_found_in_the_vmms_output() {
+        let log = "vmm: starting\nseccomp: syscall 59 (execve) not allowed in the vCPU thread\n";
+        assert_eq!(
+            seccomp_violation(log).as_deref(),
+            Some("seccomp: syscall 59 (execve) not allowed in the vCPU thread")
+        );
+        assert_eq!(
+            seccomp_violation("vmbench: error: the VM failed: x\n"),
+            None
+        );
+        // Only at the start of a line: the VMM's own words, not a quote of them.
+        assert_eq!(seccomp_violation("said \"seccomp: syscall 1\"\n"), None);
+    }
 
     #[test]
     fn disks_become_disk_arguments_in_order() {

@@ -652,6 +652,31 @@ mod tests {
     }
 
     #[test]
+    fn a_vmm_its_seccomp_filter_stopped_is_failed_with_the_filters_line() {
+        let launcher = Launcher::Kvm(kvm::KvmVmm::for_vmbench(PathBuf::from("/unused")));
+        let line = "seccomp: syscall 59 (execve) not allowed in the vCPU thread";
+        // The guest was ready: the VM still failed, its VMM having done what it never does.
+        let (record, ()) = watch_with(
+            &launcher,
+            Command::new("sh").args(["-c", "sleep 0.5; exit 159"]),
+            Duration::from_secs(10),
+            move |uds| {
+                let dir = uds.parent().unwrap();
+                std::fs::write(dir.join("vmm.log"), format!("{line}\n")).unwrap();
+                let mut s = UnixStream::connect(&uds).unwrap();
+                say_hello_and_ready(&mut s);
+            },
+        );
+        assert_eq!(record.status, VmStatus::Failed);
+        let error = record.error.unwrap();
+        assert!(error.contains(line), "{error}");
+        assert!(
+            error.contains("stopped by its seccomp filter (exit status: 159)"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn vmm_that_exits_before_ready_is_failed() {
         let (record, ()) = watch(
             Command::new("false").arg("x"),
