@@ -110,12 +110,7 @@ pub fn run(args: VmmArgs) -> ExitCode {
     // Before the VMM opens anything of its own.
     seccomp::close_inherited_fds();
     if !args.no_seccomp {
-        // A confined thread may not open the files a backtrace needs: a
-        // panic says where it was, without one.
-        std::panic::set_hook(Box::new(|info| {
-            let thread = std::thread::current();
-            eprintln!("thread '{}' {info}", thread.name().unwrap_or("?"));
-        }));
+        seccomp::set_panic_hook();
     }
     match command::run(&args.config()) {
         Ok(ended) => {
