@@ -18,10 +18,12 @@
 //!    registers, EFER, general registers, FPU, boot MSRs, CPUID and local
 //!    APIC;
 //! 6. the legacy devices (serial port, boot marker);
-//! 7. the run loops ([`machine`]), one thread per vCPU, which account for
+//! 7. each thread confined by its seccomp filter ([`seccomp`]) before the
+//!    first `KVM_RUN`;
+//! 8. the run loops ([`machine`]), one thread per vCPU, which account for
 //!    every userspace exit ([`exits`]) and read KVM's own statistics at the
 //!    end ([`kvm_stats`]), and the device thread ([`event_loop`]);
-//! 8. the account of the VM ([`account`], `vmm.json`, its format in
+//! 9. the account of the VM ([`account`], `vmm.json`, its format in
 //!    `docs/vmm-json.md`), written when it ends.
 //!
 //! The legacy devices (serial, i8042, the boot-marker port) answer port

@@ -674,6 +674,49 @@ pub fn close_inherited_fds() {
 mod tests {
     use super::*;
 
+    /// The README's table of what each filter allows: a row per system
+    /// call, a column per thread kind, a cell `yes`, the argument values
+    /// allowed, or `—`.
+    fn readme_table() -> String {
+        let kinds = [ThreadKind::Vcpu, ThreadKind::Devices, ThreadKind::Main];
+        let lists: Vec<Vec<Allowed>> = kinds.iter().map(|&k| allowed(k)).collect();
+        let mut calls: Vec<Sysno> = lists.iter().flatten().map(|a| a.sysno).collect();
+        calls.sort_by_key(|s| s.name());
+        calls.dedup();
+        let mut table = String::from(
+            "| system call | vCPU threads | device thread | main thread |\n| --- | --- | --- | --- |\n",
+        );
+        for call in calls {
+            let cells: Vec<String> = lists
+                .iter()
+                .map(|list| match list.iter().find(|a| a.sysno == call) {
+                    None => "—".to_string(),
+                    Some(a) if a.when.is_empty() => "yes".to_string(),
+                    Some(a) => a
+                        .when
+                        .iter()
+                        // A pipe in a table cell is written `\|`, code span or not.
+                        .map(|(name, _)| format!("`{}`", name.replace('|', "\\|")))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+                .collect();
+            table.push_str(&format!("| `{}` | {} |\n", call.name(), cells.join(" | ")));
+        }
+        table
+    }
+
+    #[test]
+    fn the_readme_lists_what_each_filter_allows() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let table = readme_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's table of allowed system calls is not this one:\n{table}"
+        );
+    }
+
     #[test]
     fn ioctl_numbers_are_kvms() {
         // As strace and linux/kvm.h give them on x86-64.
