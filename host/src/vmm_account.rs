@@ -154,6 +154,10 @@ pub struct VmmAccount {
     /// `ud2`, `clac`, `stac`, `popcnt`), when it was on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emulated_kvm: Option<EmulatedKvm>,
+    /// Whether every VMM thread ran under its seccomp filter (false with
+    /// `vmbench vmm --no-seccomp`).
+    #[serde(default)]
+    pub seccomp: bool,
 }
 
 /// What the emulated-KVM fallback did: a test aid on hosts whose KVM
@@ -254,6 +258,7 @@ impl VmmAccount {
                     .map(|(kind, n)| (kind.name().to_string(), *n))
                     .collect(),
             }),
+            seccomp: account.seccomp,
         }
     }
 
@@ -316,6 +321,7 @@ mod tests {
             serial_log_bytes_dropped: 6,
             memory: vmm::MemoryUse::default(),
             emulated_kvm: Some(vmbench_vmm::emulated_kvm::Counts::default()),
+            seccomp: true,
         };
         let ours = serde_json::to_value(VmmAccount::from_vmm(&account)).unwrap();
         let mut theirs = serde_json::to_value(&account).unwrap();

@@ -1,7 +1,7 @@
 //! How fast vmbench's VMM gets a VM running, beside QEMU, and what it costs:
 //!
 //! ```text
-//! cargo bench -p vmbench-e2e --bench vmm_startup [-- --vms 20 --concurrent 32 --qemu-accel kvm|tcg]
+//! cargo bench -p vmbench-e2e --bench vmm_startup [-- --vms 20 --concurrent 32 --qemu-accel kvm|tcg --no-seccomp]
 //! ```
 //!
 //! One tiny guest, an ELF with a PVH note whose first instruction writes the
@@ -16,6 +16,9 @@
 //!   `isa-debugcon` (QEMU's own start, its firmware, its PVH loader, then the
 //!   guest's first instruction). QEMU exposes no "first KVM_RUN", so the
 //!   first guest instruction is the comparable mark.
+//!
+//! `--no-seccomp` runs our VMM without its seccomp filters (`vmbench-vmm
+//! --no-seccomp`), to measure what confining it costs.
 //!
 //! VMs run one after another, ours and QEMU's interleaved, then `--concurrent`
 //! of ours at once. The issue-3 targets are checked at the end: median `vmm`
@@ -135,7 +138,11 @@ struct Ours {
 
 fn spawn_ours(kernel: &Path, dir: &Path) -> Result<Child, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    backend_vmm_command(kernel, dir)
+    let mut command = backend_vmm_command(kernel, dir);
+    if std::env::args().any(|a| a == "--no-seccomp") {
+        command.arg("--no-seccomp");
+    }
+    command
         .args(["--mem-mib", &MEM_MIB.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -154,6 +161,10 @@ fn account_ours(dir: &Path, spawn_ns: u64, child: Child) -> Result<Ours, String>
     }
     let text = std::fs::read_to_string(dir.join("vmm.json")).map_err(|e| e.to_string())?;
     let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let seccomp_wanted = !std::env::args().any(|a| a == "--no-seccomp");
+    if report["seccomp"] != seccomp_wanted {
+        return Err(format!("vmm.json says seccomp {}", report["seccomp"]));
+    }
     if report["end"]["kind"] != "reset" {
         return Err(format!(
             "the VM did not end with a reset: {}",
@@ -307,8 +318,9 @@ fn main() -> ExitCode {
     let accel = arg_text("--qemu-accel").unwrap_or_else(|| "kvm".into());
     let accel = accel.as_str();
     println!(
-        "vmm_startup: {vms} VMs of {MEM_MIB} MiB, 1 vCPU, one after another (ours: {}; QEMU: {}, -accel {accel})",
+        "vmm_startup: {vms} VMs of {MEM_MIB} MiB, 1 vCPU, one after another (ours: {}, seccomp {}; QEMU: {}, -accel {accel})",
         backend_vmm_command(Path::new("-"), Path::new("-")).get_program().to_string_lossy(),
+        if std::env::args().any(|a| a == "--no-seccomp") { "off" } else { "on" },
         qemu.as_ref().map_or("not found".into(), |q: &PathBuf| q.display().to_string())
     );
 

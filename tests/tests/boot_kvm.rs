@@ -195,6 +195,10 @@ fn kvm_backend_boots_from_overlays_of_a_root_disk() {
         let disk = &devices["0xd0000000:2"];
         assert!(disk.is_object(), "no block device in slot 0: {devices}");
         assert_eq!(disk["read_only"], 0, "{disk}");
+        // The VMM was confined, and took the overlay as the qcow2 vmbench
+        // stated (it refuses a writable disk whose format is not stated).
+        assert_eq!(vm["exits"]["seccomp"], true, "{vm}");
+        assert_eq!(disk["chain_images"], 2, "{disk}");
         assert!(
             devices["0xd0001000:19"].is_object(),
             "vsock moved to slot 1: {devices}"

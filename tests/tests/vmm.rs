@@ -150,8 +150,8 @@ fn vmm_json_is_what_its_document_says() {
     }
     let disk = tempfile::NamedTempFile::new().unwrap();
     disk.as_file().set_len(1 << 20).unwrap();
-    let disk = disk.path().to_str().unwrap();
-    let (out, dir) = run_guest_with(DEVICES_GUEST, &["--vsock-cid", "3", "--disk", disk]);
+    let disk = format!("{},format=raw", disk.path().display());
+    let (out, dir) = run_guest_with(DEVICES_GUEST, &["--vsock-cid", "3", "--disk", &disk]);
     assert!(out.status.success(), "{}", dump(&out));
     let account = vmm_json(dir.path());
     assert_follows_its_document(&account, "vmm-json.md");
@@ -436,9 +436,19 @@ fn bad_disks_are_one_line_errors() {
     // (disk argument, what stderr must say besides the file's name)
     let mut cases: Vec<(String, PathBuf, &str)> = vec![
         (
-            p("missing.qcow2").display().to_string(),
+            format!("{},format=qcow2", p("missing.qcow2").display()),
             p("missing.qcow2"),
             "does not exist",
+        ),
+        (
+            p("initrd.img").display().to_string(),
+            p("initrd.img"),
+            "a writable disk needs its format stated (format=raw or format=qcow2)",
+        ),
+        (
+            format!("{},format=qcow2,ro", p("initrd.img").display()),
+            p("initrd.img"),
+            "is stated to be qcow2 but is not a qcow2 image",
         ),
         (
             format!("{},ro", p("empty.raw").display()),
@@ -446,11 +456,12 @@ fn bad_disks_are_one_line_errors() {
             "is not a disk image: it is empty",
         ),
         (
-            p("initrd.img").display().to_string(),
+            format!("{},ro", p("initrd.img").display()),
             p("initrd.img"),
             "is not a disk image: it looks like a gzip file",
         ),
     ];
+    let unprobed = cases.len();
     if have_qemu_img("bad_disks_are_one_line_errors (qcow2 cases)") {
         let good = p("good.qcow2");
         qemu_img_create(&["-f", "qcow2", good.to_str().unwrap(), "64M"]);
@@ -483,7 +494,11 @@ fn bad_disks_are_one_line_errors() {
             ),
             ("orphan.qcow2", "needs backing file"),
         ] {
-            cases.push((p(name).display().to_string(), p(name), expected));
+            cases.push((
+                format!("{},format=qcow2", p(name).display()),
+                p(name),
+                expected,
+            ));
         }
     }
     for (arg, file, expected) in &cases {
@@ -493,13 +508,9 @@ fn bad_disks_are_one_line_errors() {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
     // The missing backing file is named as it was looked for.
-    if cases.len() > 3 {
-        let out = run_vmm(
-            &kernel,
-            16,
-            dir.path(),
-            &["--disk", p("orphan.qcow2").to_str().unwrap()],
-        );
+    if cases.len() > unprobed {
+        let orphan = format!("{},format=qcow2", p("orphan.qcow2").display());
+        let out = run_vmm(&kernel, 16, dir.path(), &["--disk", &orphan]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(&format!(
@@ -559,7 +570,7 @@ fn disks_come_first_and_the_guest_sees_them() {
     std::fs::write(p("data.raw"), vec![0; 64 << 10]).unwrap();
     let kernel = p("guest.elf");
     std::fs::write(&kernel, tiny_elf(&device_ids_guest(3))).unwrap();
-    let overlay = p("overlay.qcow2").display().to_string();
+    let overlay = format!("{},format=qcow2", p("overlay.qcow2").display());
     let data = format!("{},ro", p("data.raw").display());
     let out = run_vmm(
         &kernel,

@@ -97,6 +97,10 @@ pub struct Account {
     /// emulates guest code): the instructions it completed, by kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emulated_kvm: Option<crate::emulated_kvm::Counts>,
+    /// Whether every VMM thread ran under its seccomp filter (false with
+    /// `--no-seccomp`, and in an account from before the filters).
+    #[serde(default)]
+    pub seccomp: bool,
 }
 
 /// The VMM's memory at the end: its peak resident set, how much of that is

@@ -10,6 +10,7 @@ use clap::ValueEnum;
 
 use crate::command;
 use crate::machine::{DiskConfig, EntryChoice, MachineConfig};
+use crate::seccomp::{self, ThreadKind};
 
 /// `vmbench vmm`'s (and `vmbench-vmm`'s) arguments.
 #[derive(clap::Args, Debug)]
@@ -42,9 +43,12 @@ pub struct VmmArgs {
     pub vsock_cid: Option<u64>,
     /// Give the guest a virtio-blk disk (repeatable; the first is its /dev/vda,
     /// e.g. with --cmdline "... root=/dev/vda"): a raw or qcow2 image, opened
-    /// read-write; `PATH,ro` makes it read-only for the guest. A qcow2 image's
-    /// backing files are only ever read: the guest's writes stay in the image.
-    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    /// read-write; `,ro` makes it read-only for the guest. A writable disk's
+    /// format must be stated (`,format=raw` or `,format=qcow2`): probing the
+    /// bytes a guest writes would let it forge a qcow2 header naming any host
+    /// file; a read-only one without it is probed. A qcow2 image's backing
+    /// files are only ever read: the guest's writes stay in the image.
+    #[arg(long = "disk", value_name = "PATH[,format=raw|qcow2][,ro]")]
     pub disks: Vec<DiskConfig>,
     /// A test aid for hosts whose KVM emulates guest code (nested KVM
     /// without hardware support): complete the few instructions KVM's
@@ -53,6 +57,17 @@ pub struct VmmArgs {
     /// --backend kvm` turns it on where its KVM calibration finds KVM emulating.
     #[arg(long)]
     pub emulated_kvm: bool,
+    /// Run without the seccomp filters (for debugging: strace, a debugger,
+    /// RUST_BACKTRACE). By default each VMM thread (vCPU, device, main)
+    /// allows only the system calls it needs once the VM is set up, and a
+    /// forbidden one ends the VMM with a line naming it (exit status 159).
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// A test aid: once its filter is on, a thread of this kind makes a
+    /// system call no filter allows (`execve`; the vCPU thread at the
+    /// guest's first exit), so a test sees the filter catch and report it.
+    #[arg(long, value_enum, value_name = "THREAD")]
+    pub forbidden_syscall_in: Option<ThreadKind>,
 }
 
 /// The kernel entry to use.
@@ -82,6 +97,8 @@ impl VmmArgs {
             },
             disks: self.disks,
             emulated_kvm: self.emulated_kvm,
+            seccomp: !self.no_seccomp,
+            forbidden_syscall_in: self.forbidden_syscall_in,
         }
     }
 }
@@ -90,6 +107,11 @@ impl VmmArgs {
 /// failure or a stop) and the status for it; an error before the VM ran is
 /// one line and status 2.
 pub fn run(args: VmmArgs) -> ExitCode {
+    // Before the VMM opens anything of its own.
+    seccomp::close_inherited_fds();
+    if !args.no_seccomp {
+        seccomp::set_panic_hook();
+    }
     match command::run(&args.config()) {
         Ok(ended) => {
             match ended.message() {

@@ -54,9 +54,17 @@ pub struct VmSpec {
     pub timeout: Duration,
     /// `kvm` backend: the kernel entry to force (`pvh`, `linux64`); none = the VMM's choice.
     pub entry: Option<String>,
-    /// Disk images (raw or qcow2), opened read-write, in the order the guest
-    /// finds them: the first is its `/dev/vda`.
-    pub disks: Vec<PathBuf>,
+    /// Disk images, opened read-write, in the order the guest finds them:
+    /// the first is its `/dev/vda`.
+    pub disks: Vec<VmDisk>,
+}
+
+/// A disk image a VM writes, with its format stated: both backends tell
+/// the VMM the format, never let it probe the bytes the guest writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDisk {
+    pub path: PathBuf,
+    pub format: vmbench_image::Format,
 }
 
 /// Which backend runs a VM.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::backends::Backends;
 use super::inputs::Inputs;
 use super::{overlays, BootConfig, Error, Result};
-use crate::backend::{kvm, VmSpec};
+use crate::backend::{kvm, VmDisk, VmSpec};
 use crate::environment;
 use crate::inputs::KernelFormat;
 use crate::interrupt::Stop;
@@ -157,7 +157,14 @@ pub fn prepare(
                     port: config.port,
                     timeout,
                     entry: config.entry.clone(),
-                    disks: overlay.iter().map(|o| PathBuf::from(&o.path)).collect(),
+                    // vmbench made the overlay: a qcow2 image.
+                    disks: overlay
+                        .iter()
+                        .map(|o| VmDisk {
+                            path: PathBuf::from(&o.path),
+                            format: vmbench_image::Format::Qcow2,
+                        })
+                        .collect(),
                 },
                 backend,
                 overlay,

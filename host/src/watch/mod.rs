@@ -512,6 +512,7 @@ mod tests {
                     virtio_bad_accesses: 0,
                     serial_log_bytes_dropped: 0,
                     memory: MemoryUse::default(),
+                    seccomp: true,
                     emulated_kvm: None,
                 };
                 account::write(&dir, &account_written).unwrap();
@@ -717,6 +718,31 @@ mod tests {
         );
         assert!(error.contains("Run /init as init process"), "{error}");
         assert!(record.vmm_exit.unwrap().starts_with("stopped by vmbench"));
+    }
+
+    #[test]
+    fn a_vmm_its_seccomp_filter_stopped_is_failed_with_the_filters_line() {
+        let launcher = Launcher::Kvm(kvm::KvmVmm::for_vmbench(PathBuf::from("/unused")));
+        let line = "seccomp: syscall 59 (execve) not allowed in the vCPU thread";
+        // The guest was ready: the VM still failed, its VMM having done what it never does.
+        let (record, ()) = watch_with(
+            &launcher,
+            Command::new("sh").args(["-c", "sleep 0.5; exit 159"]),
+            Duration::from_secs(10),
+            move |uds| {
+                let dir = uds.parent().unwrap();
+                std::fs::write(dir.join("vmm.log"), format!("{line}\n")).unwrap();
+                let mut s = UnixStream::connect(&uds).unwrap();
+                say_hello_and_ready(&mut s);
+            },
+        );
+        assert_eq!(record.status, VmStatus::Failed);
+        let error = record.error.unwrap();
+        assert!(error.contains(line), "{error}");
+        assert!(
+            error.contains("stopped by its seccomp filter (exit status: 159)"),
+            "{error}"
+        );
     }
 
     #[test]
