@@ -78,7 +78,8 @@ fn a_forbidden_call_in_each_thread_kind_is_caught_and_named() {
 }
 
 /// The descriptors the VMM inherits are closed before it opens its own:
-/// one left open by its parent is not among the VM's.
+/// one left open by its parent is not among the VM's; and its resource
+/// limits are set (no core dump, a bounded number of descriptors).
 #[test]
 fn inherited_descriptors_are_closed() {
     if !have_kvm("inherited_descriptors_are_closed") {
@@ -121,10 +122,21 @@ fn inherited_descriptors_are_closed() {
         .flatten()
         .filter_map(|e| std::fs::read_link(e.path()).ok())
         .collect();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let limit = |name: &str| -> Vec<String> {
+        let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+        line[name.len()..]
+            .split_whitespace()
+            .take(2)
+            .map(str::to_string)
+            .collect()
+    };
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(!open.contains(&leaked), "{open:?}");
+    assert_eq!(limit("Max core file size"), ["0", "0"], "{limits}");
+    assert_eq!(limit("Max open files"), ["4096", "4096"], "{limits}");
     assert_eq!(status.code(), Some(3), "stopped by SIGTERM");
     assert_eq!(vmm_json(dir.path())["seccomp"], true);
 }

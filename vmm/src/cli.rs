@@ -109,6 +109,10 @@ impl VmmArgs {
 pub fn run(args: VmmArgs) -> ExitCode {
     // Before the VMM opens anything of its own.
     seccomp::close_inherited_fds();
+    if let Err(e) = seccomp::limit_resources() {
+        eprintln!("vmbench: error: Cannot limit the VMM's resources: {e}");
+        return ExitCode::from(2);
+    }
     if !args.no_seccomp {
         seccomp::set_panic_hook();
     }

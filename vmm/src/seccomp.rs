@@ -644,6 +644,26 @@ pub fn set_panic_hook() {
     }));
 }
 
+/// Descriptors the VMM may hold at once: its own (KVM, eventfds, disks,
+/// sockets) and at most 1024 vsock connections fit well under it; a VMM
+/// led astray cannot take the host's.
+pub const MAX_OPEN_FILES: u64 = 4096;
+
+/// Resource limits for the VMM, set before it opens anything: no core dump
+/// (a crashing VMM would write its guest's memory to the host's disk) and
+/// at most [`MAX_OPEN_FILES`] descriptors. Limits are only ever lowered.
+pub fn limit_resources() -> std::io::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    for (resource, wanted) in [
+        (Resource::RLIMIT_CORE, 0),
+        (Resource::RLIMIT_NOFILE, MAX_OPEN_FILES),
+    ] {
+        let (soft, hard) = getrlimit(resource)?;
+        setrlimit(resource, soft.min(wanted), hard.min(wanted))?;
+    }
+    Ok(())
+}
+
 /// Closes every descriptor but stdin, stdout and stderr: whatever the VMM
 /// inherited is not its to use. Called first, before it opens its own.
 pub fn close_inherited_fds() {
