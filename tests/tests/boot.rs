@@ -260,3 +260,55 @@ fn missing_kernel_says_what_to_do() {
         "{stderr}"
     );
 }
+
+/// Every number out of its range is refused before anything starts: one
+/// line naming the option and the range, exit 2, no panic (`--timeout-s
+/// 1e20` panicked, `1e19` overflowed a deadline, and `--vms` × `--runs`
+/// could wrap to a run of no VMs).
+#[test]
+fn out_of_range_options_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    for (args, expected) in [
+        (
+            &["--timeout-s", "1e20"][..],
+            "'--timeout-s <TIMEOUT_S>': must be from 0.001 to 86400 seconds",
+        ),
+        (
+            &["--timeout-s", "1e19"],
+            "must be from 0.001 to 86400 seconds",
+        ),
+        (&["--vms", "0"], "'--vms <VMS>': 0 is not in 1..=1024"),
+        (
+            &["--vms", "65536", "--runs", "65536"],
+            "65536 is not in 1..=1024",
+        ),
+        (
+            &["--vms", "1024", "--runs", "10"],
+            "is 10240 VMs in all, more than the 10000 a run may have",
+        ),
+        (
+            &["--mem-mib", "4294967295"],
+            "4294967295 is not in 64..=262144",
+        ),
+        (&["--vcpus=-1"], "'--vcpus <VCPUS>'"),
+        (
+            &["--port", "4294967295"],
+            "4294967295 is not in 1..=4294967294",
+        ),
+    ] {
+        let out = boot::run("qemu", &out_dir, args);
+        let stderr = one_line_error(&out, 2);
+        assert!(
+            stderr.starts_with("vmbench: error: ") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !out_dir.join("results.json").exists(),
+            "{args:?} started a run"
+        );
+    }
+    let vmm = vmbench_e2e::vmbench(&["vmm", "--kernel", "/k", "--vsock-cid", "2"]);
+    let stderr = one_line_error(&vmm, 2);
+    assert!(stderr.contains("2 is not in 3..=4294967294"), "{stderr}");
+}
