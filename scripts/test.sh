@@ -19,7 +19,8 @@ status=0
   rc=0
   CARGO_TARGET_DIR=target/vsock-guest-host cargo test "${guest[@]}" 2>&1 || rc=1
   # --show-output: a passing test that skipped says so (libtest hides its stdout otherwise).
-  cargo test --workspace -- --show-output 2>&1 || rc=1
+  # --no-fail-fast: one failing test binary does not hide the others.
+  cargo test --workspace --no-fail-fast -- --show-output 2>&1 || rc=1
   exit $rc
 ) | tee target/test.log || status=1
 # The benchmarks, each once and small, so they cannot rot. Their figures go to

@@ -831,7 +831,7 @@ mod tests {
                 panic!("not boot: {words:?}");
             };
             let config = boot_config(args);
-            match options::check_with_file_limit(&config, u64::MAX) {
+            match options::check_with(&config, |_| u64::MAX) {
                 Ok(timeout) => {
                     let total = u64::from(config.vms)
                         * config.backends.len() as u64
