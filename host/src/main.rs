@@ -89,7 +89,7 @@ struct QueryArgs {
     #[arg(long = "where", value_name = "KEY=VALUE")]
     filters: Vec<String>,
     /// Only the last N runs (at least 1).
-    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     last: Option<usize>,
     /// Only runs of this kind: boot, ab, import.
     #[arg(long, value_parser = ["boot", "ab", "import"])]
@@ -449,6 +449,14 @@ fn number(text: &str) -> Result<f64, String> {
     text.trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a number"))
+}
+
+/// `--last`: a count of runs, at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a whole number, at least 1".into()),
+    }
 }
 
 /// `--timeout-s`: seconds, within [`options::timeout_in_range`].
@@ -889,6 +897,7 @@ mod tests {
             (vec!["boot", "--timeout-s", "NaN"], "invalid value 'NaN' for '--timeout-s <TIMEOUT_S>': must be from 0.001 to 86400 seconds"),
             (vec!["boot", "--mem-mib", "63"], "invalid value '63' for '--mem-mib <MEM_MIB>': 63 is not in 64..=262144"),
             (vec!["compare", "a", "b", "--alpha", "1"], "invalid value '1' for '--alpha <ALPHA>': must be more than 0 and less than 1"),
+            (vec!["runs", "--last", "0"], "invalid value '0' for '--last <N>': must be a whole number, at least 1"),
             (vec!["runs", "--kind", "bot"], "invalid value 'bot' for '--kind <KIND>' [possible values: boot, ab, import]"),
         ] {
             let words: Vec<String> = words.into_iter().map(String::from).collect();
