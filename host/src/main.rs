@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use vmbench::error_line::one_line;
+use vmbench::interrupt::{self, Stop};
 use vmbench::pipeline::{self, options, AccelChoice, BackendChoice, BootConfig};
 use vmbench::{doctor, record, render, rootfs_command, store_commands};
 
@@ -523,19 +525,64 @@ fn boot_config(args: BootArgs) -> BootConfig {
     }
 }
 
+/// What stops a run in order: SIGINT, SIGTERM and SIGHUP, from now on.
+fn stop_on_signals() -> anyhow::Result<Arc<Stop>> {
+    let stop = Stop::on_signals()
+        .map_err(|e| anyhow::anyhow!("Cannot set up the handling of Ctrl-C: {e}"))?;
+    Ok(Arc::new(stop))
+}
+
+/// A run that did not get to its first VM: a signal stopped it (one line,
+/// the signal's status) or it was refused (the usual error line).
+fn not_started(error: pipeline::Error) -> anyhow::Result<ExitCode> {
+    match error {
+        pipeline::Error::Interrupted(signal) => {
+            eprintln!("vmbench: {error}");
+            Ok(ExitCode::from(interrupt::exit_status(signal)))
+        }
+        error => Err(error.into()),
+    }
+}
+
+/// Says what an interrupted run kept; its exit status.
+fn interrupted(signal: i32, runs: &[&pipeline::Outcome]) -> ExitCode {
+    for outcome in runs {
+        let results = &outcome.results;
+        let ended = results
+            .vms
+            .iter()
+            .filter(|v| v.status != vmbench::results::VmStatus::Interrupted)
+            .count();
+        eprintln!(
+            "vmbench: interrupted by {}: {ended} of {} VMs ended before it; {} is final. Not stored: `vmbench import {}` stores it",
+            interrupt::name(signal),
+            results.vms.len(),
+            outcome.results_path.display(),
+            outcome.results_path.display(),
+        );
+    }
+    ExitCode::from(interrupt::exit_status(signal))
+}
+
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let (json, exits, store) = (args.json, args.exits, args.store.clone());
     let tags = record::parse_tags(&store.tags).map_err(anyhow::Error::msg)?;
     let config = boot_config(args);
-    let outcome = pipeline::run(&config)?;
+    let outcome = match pipeline::run(&config, stop_on_signals()?) {
+        Ok(outcome) => outcome,
+        Err(e) => return not_started(e),
+    };
+    let shown = render::Shown { json, exits };
+    print!("{}", render::boot_output(&outcome, shown)?);
+    if let Some(signal) = outcome.interrupted {
+        return Ok(interrupted(signal, &[&outcome]));
+    }
     let variants = [record::Variant {
         name: "",
         description: "",
         results: &outcome.results,
     }];
     store_run(&store, "boot", &tags, &variants);
-    let shown = render::Shown { json, exits };
-    print!("{}", render::boot_output(&outcome, shown)?);
     Ok(if outcome.all_ok() {
         ExitCode::SUCCESS
     } else {
@@ -569,7 +616,15 @@ fn ab(args: AbArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(pipeline::prepare::default_out_dir),
     };
     let tags = record::parse_tags(&args.boot.store.tags).map_err(anyhow::Error::msg)?;
-    let outcome = vmbench::ab::run(&config)?;
+    let outcome = match vmbench::ab::run(&config, stop_on_signals()?) {
+        Ok(outcome) => outcome,
+        Err(e) => return not_started(e),
+    };
+    if let Some(signal) = outcome.interrupted() {
+        print!("{}", render::ab_output(&config, &outcome));
+        eprintln!("vmbench: no verdict: the rounds were not all run");
+        return Ok(interrupted(signal, &[&outcome.a, &outcome.b]));
+    }
     let variants = [
         record::Variant {
             name: "A",

@@ -226,6 +226,48 @@ fn guest_that_never_reports_is_a_timeout() {
 }
 
 #[test]
+fn a_guests_escape_sequences_never_reach_the_terminal() {
+    let Some(test) = BootTest::start("a_guests_escape_sequences_never_reach_the_terminal") else {
+        return;
+    };
+    // A root device named with escape sequences (clear screen, a colour, a
+    // window title) and a right-to-left override: the agent's failure
+    // quotes it, in its `Failed` message and on the console.
+    let hostile = "/dev/vd\u{1b}[2J\u{1b}[31mred\u{1b}]0;owned\u{7}\u{202e}";
+    let shown = "/dev/vd\\x1b[2J\\x1b[31mred\\x1b]0;owned\\x07\\u{202e} did not appear";
+    let root = format!("vmbench.root={hostile} vmbench.root_wait_ms=100");
+    // Reported through the agent's Failed message; then, with the host out
+    // of reach, only on the console, whose last lines the error quotes.
+    let unreachable = format!("{root} vmbench.port=4321 vmbench.connect_timeout_ms=300");
+    for (run, append, via) in [
+        ("reported", root.as_str(), "The guest agent failed"),
+        ("console", unreachable.as_str(), "serial log ends"),
+    ] {
+        let out_dir = test.dir().join(run);
+        let out = boot::run("qemu", &out_dir, &["--vms", "1", "--append", append]);
+        assert_eq!(out.status.code(), Some(1), "{}", dump(&out));
+        let printed = [&out.stdout[..], &out.stderr[..]].concat();
+        let printed = String::from_utf8_lossy(&printed);
+        assert!(
+            !printed.contains(['\u{1b}', '\u{7}', '\u{202e}']),
+            "{run}: a control character reached the terminal: {printed:?}"
+        );
+        let error_line = printed
+            .lines()
+            .find(|l| l.starts_with("vm-0 failed:"))
+            .unwrap_or_else(|| panic!("{run}: no error line: {printed}"));
+        assert!(
+            error_line.contains(via) && error_line.contains(shown),
+            "{run}: {error_line}"
+        );
+        // results.json keeps what the guest wrote, as it wrote it.
+        let r = results(&out_dir);
+        let error = r["vms"][0]["error"].as_str().unwrap();
+        assert!(error.contains(hostile), "{run}: {error:?}");
+    }
+}
+
+#[test]
 fn corrupt_initramfs_is_a_clear_error() {
     let Some(test) = BootTest::start("corrupt_initramfs_is_a_clear_error") else {
         return;

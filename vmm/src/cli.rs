@@ -168,6 +168,44 @@ pub fn usage_error_line(rendered: &str) -> String {
         .to_string()
 }
 
+/// Text a guest wrote (its console, its agent's messages, unit names),
+/// made safe for the operator's terminal: every control character — C0
+/// (newline and tab included), DEL, C1 — and every bidirectional-formatting
+/// character becomes a visible escape (`\x1b`, `\n`, `\u{202e}`), so a
+/// guest can neither move the cursor, recolour, retitle or clear the
+/// terminal, nor start a line of its own or reorder what follows. Files
+/// (results.json, vmm.json) keep the raw text.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    if !text.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) && u32::from(c) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
 /// The VMM's own program's name, installed beside `vmbench`.
 pub const PROGRAM: &str = "vmbench-vmm";
 
@@ -197,4 +235,25 @@ pub fn exec_beside_if_vmm() {
     };
     // exec returns only on failure.
     let _ = std::process::Command::new(program).args(args).exec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_text_cannot_drive_the_terminal() {
+        assert_eq!(
+            printable("plain text, ünïcode ok"),
+            "plain text, ünïcode ok"
+        );
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed(_)));
+        let hostile = "\x1b[2J\x1b]0;owned\x07red\nvm-9 ok\r\t\u{9b}31m\u{7f}\u{202e}txt";
+        let safe = printable(hostile);
+        assert_eq!(
+            safe,
+            "\\x1b[2J\\x1b]0;owned\\x07red\\nvm-9 ok\\r\\t\\x9b31m\\x7f\\u{202e}txt"
+        );
+        assert!(!safe.chars().any(needs_escape), "{safe}");
+    }
 }

@@ -22,7 +22,10 @@
 //!    every userspace exit ([`exits`]) and read KVM's own statistics at the
 //!    end ([`kvm_stats`]), and the device thread ([`event_loop`]);
 //! 8. the account of the VM ([`account`], `vmm.json`, its format in
-//!    `docs/vmm-json.md`), written when it ends.
+//!    `docs/vmm-json.md`), written when it ends. Every table in it that is
+//!    keyed by what the guest did (ports, addresses, marks) keeps its first
+//!    keys and counts the rest together ([`bounded`]), so neither the VMM
+//!    nor its account grows with what a guest does.
 //!
 //! The legacy devices (serial, i8042, the boot-marker port) answer port
 //! I/O; the virtio devices sit behind the virtio-mmio transport
@@ -50,6 +53,7 @@
 
 pub mod account;
 pub mod boot_tables;
+pub mod bounded;
 pub mod cli;
 pub mod clock;
 pub mod command;

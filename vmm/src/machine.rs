@@ -511,7 +511,7 @@ fn legacy_devices(vm: &VmFd, dir: &Path) -> Result<PioBus, Error> {
     let serial = SerialPort::new(serial_irq, Box::new(log));
     // The collector listens here when `vmbench boot` runs this VMM.
     let marker = match UnixStream::connect(dir.join(vm_dir::MARKER_SOCKET)) {
-        Ok(stream) => BootMarker::with_sink(Box::new(stream)),
+        Ok(stream) => BootMarker::with_socket(stream),
         Err(_) => BootMarker::default(),
     };
     Ok(PioBus::new(serial, marker))
@@ -559,6 +559,7 @@ fn account_of(
     let devices = shared.mmio.device_counters();
     let virtio_bad_accesses = shared.mmio.bad_accesses();
     let pio = lock(&shared.pio);
+    let unclaimed_mmio = shared.mmio.unclaimed();
     Account {
         schema_version: account::SCHEMA_VERSION,
         end,
@@ -570,10 +571,15 @@ fn account_of(
         vcpus,
         devices,
         boot_markers: pio.marker.marks().to_vec(),
+        boot_markers_not_kept: pio.marker.not_kept(),
+        boot_markers_not_forwarded: pio.marker.not_forwarded(),
         console_marks: pio.serial.console_marks(),
-        unclaimed_ports: pio.unclaimed.clone(),
-        unclaimed_mmio: shared.mmio.unclaimed(),
+        unclaimed_ports: pio.unclaimed.by_key.clone(),
+        unclaimed_ports_other: pio.unclaimed.other,
+        unclaimed_mmio: unclaimed_mmio.by_key,
+        unclaimed_mmio_other: unclaimed_mmio.other,
         virtio_bad_accesses,
+        serial_log_bytes_dropped: pio.serial.log_bytes_dropped(),
         memory: memory_use(mem),
         emulated_kvm: shared.emulated_kvm.then(|| {
             let mut all = emulated_kvm::Counts::default();
@@ -961,7 +967,7 @@ mod tests {
         ));
         let pio = lock(&shared.pio);
         assert_eq!(pio.marker.marks(), &[(0x41, 42)], "at the exit's time");
-        assert_eq!(shared.mmio.unclaimed().get(&0xd000_0000), Some(&1));
+        assert_eq!(shared.mmio.unclaimed().by_key.get(&0xd000_0000), Some(&1));
     }
 
     #[test]

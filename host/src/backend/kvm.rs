@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, Instant};
 
 use super::{spawn_logged, Accel, VmSpec, GUEST_CID, VSOCK_UDS_BASE};
 use vmbench_vmm::account;
@@ -27,9 +26,6 @@ pub const EMULATED_KVM_CMDLINE: &str = "noxsave";
 pub fn on_emulated_kvm(accel: Accel) -> bool {
     accel == Accel::Kvm { native: false }
 }
-
-/// How long a VMM told to stop (SIGTERM) may take to write its account.
-const STOP_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct KvmVmm {
@@ -107,22 +103,6 @@ impl KvmVmm {
         }
         spawn_logged(&self.program, args, &vmm_log(spec))
     }
-}
-
-/// Asks the VMM to stop (SIGTERM: it ends the VM and writes its account),
-/// then kills it if it has not exited within `STOP_GRACE`.
-pub fn stop(vmm: &mut Child) -> std::io::Result<std::process::ExitStatus> {
-    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-    unsafe { libc::kill(vmm.id() as libc::pid_t, libc::SIGTERM) };
-    let start = Instant::now();
-    while start.elapsed() < STOP_GRACE {
-        if let Some(status) = vmm.try_wait()? {
-            return Ok(status);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    vmm.kill()?;
-    vmm.wait()
 }
 
 /// The VMM's account of the VM, if it wrote one.

@@ -26,6 +26,7 @@ impl Watch<'_> {
                         .iter()
                         .map(|&(code, host_ns)| BootMarker { code, host_ns })
                         .collect();
+                    self.record.boot_markers_dropped = account.boot_markers_not_kept;
                     let first = |wanted: u8| {
                         account
                             .boot_markers
@@ -88,6 +89,24 @@ impl Watch<'_> {
             (
                 VmStatus::Failed,
                 Some(format!("The guest agent failed: {what}")),
+            )
+        } else if let Some(signal) = self.interrupted {
+            let had = if ready {
+                "the guest had reported ready".to_string()
+            } else if self.record.host_ns.hello.is_some() {
+                "the guest had said Hello, not Ready".to_string()
+            } else {
+                format!(
+                    "no report from the guest yet; serial log ends: {}",
+                    serial_tail(self.spec)
+                )
+            };
+            (
+                VmStatus::Interrupted,
+                Some(format!(
+                    "The run was interrupted by {} before the VM ended ({had})",
+                    crate::interrupt::name(signal)
+                )),
             )
         } else if self.timed_out {
             let what = if ready {
