@@ -64,7 +64,8 @@ impl ExitLatency {
         } else {
             self.min_ns.min(other.min_ns)
         };
-        self.count += other.count;
+        // vmm.json is the VMM's, whose numbers a guest drives: saturate.
+        self.count = self.count.saturating_add(other.count);
         self.total_ns = self.total_ns.saturating_add(other.total_ns);
         self.max_ns = self.max_ns.max(other.max_ns);
     }
@@ -268,7 +269,7 @@ impl VmmAccount {
             .iter()
             .filter_map(|v| v.exits.by_kind.get(kind))
             .map(|l| l.count)
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 }
 

@@ -22,8 +22,12 @@
 //!
 //! VMs run one after another, ours and QEMU's interleaved, then `--concurrent`
 //! of ours at once. The issue-3 targets are checked at the end: median `vmm`
-//! phase ≤ 5 ms, VMM overhead ≤ 10 MiB per VM, every concurrent VM ending
-//! cleanly; the exit status says whether they were met. (The VMM phase does
+//! phase ≤ 5 ms, VMM overhead ≤ 10 MiB per VM. The exit status: 0 when it
+//! ran and met them, 2 when it ran and missed one (a loaded host misses a
+//! speed target without anything being wrong), 1 when it could not run:
+//! a VM of ours that did not end cleanly, QEMU that is there but could not
+//! be measured. `scripts/test.sh` runs it once, small, and fails only on 1.
+//! (The VMM phase does
 //! not depend on the guest: everything before the first `KVM_RUN` — memory,
 //! the KVM VM, irqchip, loading, boot structures, vCPUs, devices — is the same
 //! code for this guest and for Linux.)
@@ -38,6 +42,8 @@ use vmbench_e2e::vmm::backend_vmm_command;
 use vmbench_e2e::{have_kvm, vmbench_bin};
 
 const MEM_MIB: u32 = 256;
+/// The exit status of a run that measured everything but missed a target.
+const TARGET_MISSED: u8 = 2;
 const LOAD_ADDR: u32 = 0x10_0000;
 
 /// The guest, entered at its PVH entry in 32-bit protected mode: marker 0x60,
@@ -371,6 +377,7 @@ fn main() -> ExitCode {
     );
     if let Some(e) = &qemu_error {
         println!("QEMU could not be measured: {e}");
+        return ExitCode::FAILURE;
     }
 
     let mut clean = 0;
@@ -405,13 +412,19 @@ fn main() -> ExitCode {
         );
     }
 
+    if clean != concurrent {
+        println!(
+            "{} of {concurrent} concurrent VMs did not end cleanly",
+            concurrent - clean
+        );
+        return ExitCode::FAILURE;
+    }
     let targets = [
         ("median vmm phase ≤ 5 ms", median(&vmm) <= 5.0),
         (
             "VMM overhead ≤ 10 MiB per VM",
             overhead.iter().copied().fold(concurrent_overhead, f64::max) <= 10.0,
         ),
-        ("every concurrent VM ended cleanly", clean == concurrent),
     ];
     println!();
     for (target, met) in &targets {
@@ -420,6 +433,6 @@ fn main() -> ExitCode {
     if targets.iter().all(|(_, met)| *met) {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(TARGET_MISSED)
     }
 }

@@ -36,8 +36,9 @@ fn linux_guests_boot_under_the_kvm_backend() {
     let vm = &r["vms"][0];
     assert_eq!(vm["backend"], "kvm");
     // Whatever happened next, the VMM ran the guest and accounted for it.
+    // (How fast it gets there is the vmm_startup benchmark's to say.)
     let vmm_ms = vm["phases_ms"]["vmm"].as_f64().unwrap();
-    assert!(vmm_ms > 0.0 && vmm_ms < 1000.0, "{vm}");
+    assert!(vmm_ms > 0.0, "{vm}");
     let vcpu = &vm["exits"]["vcpus"][0];
     assert!(
         vcpu["exits"]["by_port"]["1016"]["count"].as_u64().unwrap() > 0,

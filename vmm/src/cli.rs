@@ -8,9 +8,19 @@ use std::process::ExitCode;
 
 use clap::ValueEnum;
 
+use crate::boot_tables::mptable;
 use crate::command;
 use crate::machine::{DiskConfig, EntryChoice, MachineConfig};
 use crate::seccomp::{self, ThreadKind};
+
+/// `--mem-mib`'s range: the least a tiny guest runs in, and 256 GiB, whose
+/// guest-physical space with the MMIO gap fits the 39 address bits of the
+/// smallest current x86-64 hosts.
+const MIN_MEM_MIB: i64 = 16;
+const MAX_MEM_MIB: i64 = 256 * 1024;
+/// `--vsock-cid`'s range (see the option).
+const MIN_CID: u64 = 3;
+const MAX_CID: u64 = u32::MAX as u64 - 1;
 
 /// `vmbench vmm`'s (and `vmbench-vmm`'s) arguments.
 #[derive(clap::Args, Debug)]
@@ -24,11 +34,12 @@ pub struct VmmArgs {
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0 panic=-1 reboot=t")]
     pub cmdline: String,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
+    /// Guest memory in MiB (16 to 262144).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(MIN_MEM_MIB..=MAX_MEM_MIB))]
     pub mem_mib: u32,
-    /// vCPUs (an MP table describes them; application processors wait for the kernel's INIT/SIPI).
-    #[arg(long, default_value_t = 1)]
+    /// vCPUs (an MP table describes them; application processors wait for
+    /// the kernel's INIT/SIPI), 1 to 254.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(mptable::MAX_CPUS)))]
     pub vcpus: u32,
     /// The VM's directory: serial.log, vmm.json and the vsock sockets go here.
     #[arg(long, default_value = ".")]
@@ -39,7 +50,10 @@ pub struct VmmArgs {
     /// Give the guest a virtio-vsock device with this CID: its connections to
     /// host port P arrive on `<dir>/vsock.sock_P`; host programs reach it through
     /// `<dir>/vsock.sock` with `CONNECT <port>\n` (Firecracker's convention).
-    #[arg(long)]
+    /// 3 to 4294967294: 0 to 2 are the hypervisor's, the loopback's and the
+    /// host's, 0xffffffff is VMADDR_CID_ANY, and virtio-vsock reserves the
+    /// upper 32 bits.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(MIN_CID..=MAX_CID))]
     pub vsock_cid: Option<u64>,
     /// Give the guest a virtio-blk disk (repeatable; the first is its /dev/vda,
     /// e.g. with --cmdline "... root=/dev/vda"): a raw or qcow2 image, opened
@@ -146,6 +160,38 @@ pub fn one_line(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     line
+}
+
+/// This process's arguments parsed as `P`. Help and version are printed as
+/// clap prints them; a bad argument (a value out of its range, an unknown
+/// option) is one line, `vmbench: error: …`, and exit status 2, as every
+/// error a user can cause.
+pub fn parse_or_exit<P: clap::Parser>() -> P {
+    use clap::error::ErrorKind;
+    P::try_parse().unwrap_or_else(|error| match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
+        _ => {
+            eprintln!("vmbench: error: {}", usage_error_line(&error.to_string()));
+            std::process::exit(2)
+        }
+    })
+}
+
+/// clap's rendering of a usage error as one line: its first paragraph (the
+/// error, and what it lists: missing options, possible values), without
+/// the usage and the hint that follow.
+pub fn usage_error_line(rendered: &str) -> String {
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    paragraph
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
 }
 
 /// Text a guest wrote (its console, its agent's messages, unit names),

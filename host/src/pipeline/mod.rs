@@ -78,18 +78,23 @@ pub enum Error {
     Locate(#[from] locate::Error),
     #[error(transparent)]
     Input(#[from] crate::inputs::Error),
-    #[error("--vms must be at least 1")]
-    NoVms,
-    #[error("--runs must be at least 1")]
-    NoRuns,
+    #[error("{option} {value}: must be {range}")]
+    OutOfRange {
+        option: &'static str,
+        value: String,
+        range: String,
+    },
+    #[error("--vms {vms} on {backends} backend(s) for {rounds} round(s) (--runs + --warmup) is {total} VMs in all, more than the {max} a run may have", max = options::MAX_TOTAL_VMS)]
+    TooManyVmsInAll {
+        vms: u32,
+        backends: usize,
+        rounds: u64,
+        total: u64,
+    },
+    #[error("{vms} VMs at once need up to {needed} open files, more than the {limit} this process may open (raise `ulimit -n`, or boot fewer --vms)")]
+    TooFewFiles { vms: u64, needed: u64, limit: u64 },
     #[error("--a and --b must boot the same rounds: one variant changes --runs or --warmup")]
     UnevenVariants,
-    #[error("--mem-mib {0} is too small for a guest (at least 64)")]
-    TooLittleMemory(u32),
-    #[error("--timeout-s must be a positive number of seconds, not {0}")]
-    BadTimeout(f64),
-    #[error("--vcpus must be between 1 and 64, not {0}")]
-    BadVcpus(u32),
     #[error("--accel kvm: KVM cannot run guests here: {0}")]
     NoKvm(String),
     #[error("--backend kvm: KVM cannot run guests here: {0}")]

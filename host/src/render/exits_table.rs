@@ -66,7 +66,8 @@ fn kvm_counters(account: &VmmAccount) -> Option<BTreeMap<String, u64>> {
     let mut sum: BTreeMap<String, u64> = BTreeMap::new();
     for vcpu in &account.vcpus {
         for (name, value) in vcpu.kvm_stats.as_ref().ok()? {
-            *sum.entry(name.clone()).or_default() += value;
+            let total = sum.entry(name.clone()).or_default();
+            *total = total.saturating_add(*value);
         }
     }
     Some(sum)
@@ -91,8 +92,15 @@ pub fn exits_table(results: &RunResults) -> String {
 fn vm_exits(vm: &VmRecord, account: &VmmAccount) -> String {
     let mut out = String::new();
     let rows = exit_rows(account);
-    let samples: u64 = rows.iter().map(|r| r.latency.count).sum();
-    let time: u64 = rows.iter().map(|r| r.latency.total_ns).sum();
+    // The VMM's numbers, which a guest drives: saturate, never wrap or panic.
+    let samples = rows
+        .iter()
+        .map(|r| r.latency.count)
+        .fold(0, u64::saturating_add);
+    let time = rows
+        .iter()
+        .map(|r| r.latency.total_ns)
+        .fold(0, u64::saturating_add);
     let pct = |part: u64, all: u64| {
         if all == 0 {
             0.0

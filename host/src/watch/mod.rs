@@ -407,11 +407,12 @@ mod tests {
     }
 
     /// The watch of a VMM that would run for 30 s, whose guest connects
-    /// and sends `bytes`.
+    /// and sends `bytes`. Its timeout is longer than that: a VMM that
+    /// vmbench stopped was stopped for what the guest sent.
     fn guest_sends(bytes: Vec<u8>) -> VmRecord {
         let (record, ()) = watch(
             Command::new("sleep").arg("30"),
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             move |uds| {
                 let mut s = UnixStream::connect(uds).unwrap();
                 s.write_all(&bytes).unwrap();
@@ -589,7 +590,7 @@ mod tests {
 
     #[test]
     fn a_systemd_report_completes_the_report_before_the_ack() {
-        let (record, (early, ack)) = watch(
+        let (record, (early, ack, sent_ns)) = watch(
             Command::new("sleep").arg("2"),
             Duration::from_secs(10),
             |uds| {
@@ -604,9 +605,10 @@ mod tests {
                 };
                 s.write_all(&frame(&GuestMessage::Ready(marks))).unwrap();
                 let early = host_reply(&mut s, Duration::from_millis(300));
+                let sent_ns = now_ns();
                 s.write_all(&frame(&GuestMessage::Systemd(systemd_report())))
                     .unwrap();
-                (early, host_reply(&mut s, Duration::from_secs(5)))
+                (early, host_reply(&mut s, Duration::from_secs(5)), sent_ns)
             },
         );
         assert_eq!(early, None, "no Ack before the announced systemd report");
@@ -618,9 +620,11 @@ mod tests {
         assert_eq!(systemd.agrees_with_analyze, Some(true));
         assert_eq!(record.phases_ms.guest_initrd, Some(20.0));
         let h = record.host_ns;
+        // `reported` is when the systemd report came: it cannot be stamped
+        // before the report was sent (Ready's stamp normally is).
         assert!(
-            h.ready.unwrap() + 250_000_000 <= h.reported.unwrap(),
-            "reported when the systemd report came, 300 ms after Ready: {h:?}"
+            h.ready <= h.reported && h.reported >= Some(sent_ns),
+            "reported before the systemd report was sent at {sent_ns}: {h:?}"
         );
         assert!(h.reported < h.exit);
         assert!(record.warnings.is_empty(), "{:?}", record.warnings);
@@ -668,13 +672,14 @@ mod tests {
 
     #[test]
     fn garbage_from_the_guest_is_a_protocol_error_and_ends_the_vm() {
-        let started = Instant::now();
         let record = guest_sends(b"\x03\x00\x00\x00\xff\xff\xff".to_vec());
         assert_eq!(record.status, VmStatus::ProtocolError, "{record:?}");
         assert!(
             record.error.as_deref().unwrap().contains("invalid frame"),
             "{record:?}"
         );
+        // Stopped, before both its own end (30 s) and its timeout (60 s):
+        // for the garbage.
         assert!(
             record
                 .vmm_exit
@@ -682,10 +687,6 @@ mod tests {
                 .unwrap()
                 .starts_with("stopped by vmbench"),
             "{record:?}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the VM was not ended at once"
         );
     }
 

@@ -269,11 +269,19 @@ pub(crate) mod tests {
         Sha256::digest(std::fs::read(path).unwrap()).to_vec()
     }
 
+    /// Whether qemu-img runs here; without it, a test that needs it skips,
+    /// except under CI, where scripts/setup.sh has installed qemu-utils.
     pub(crate) fn qemu_img() -> bool {
-        Command::new("qemu-img")
+        let here = Command::new("qemu-img")
             .arg("--version")
             .output()
-            .is_ok_and(|o| o.status.success())
+            .is_ok_and(|o| o.status.success());
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            here || !ci,
+            "qemu-img is not installed, which scripts/setup.sh installs under CI"
+        );
+        here
     }
 
     fn qemu_img_create(args: &[&str]) {
