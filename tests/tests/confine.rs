@@ -87,7 +87,6 @@ fn inherited_descriptors_are_closed() {
     }
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("guest.elf");
-    std::fs::write(&kernel, tiny_elf(GUEST)).unwrap();
     let leaked = dir.path().join("leaked");
     std::fs::write(&leaked, b"x").unwrap();
     // A shell opens descriptor 7 on the file and execs the VMM; its
