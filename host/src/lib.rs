@@ -24,6 +24,7 @@
 
 pub mod ab;
 pub mod backend;
+pub mod bench;
 pub mod clock;
 pub mod compare;
 pub mod doctor;

@@ -19,6 +19,8 @@ pub enum Error {
         extra: String,
         fix: &'static str,
     },
+    #[error("No vmexit guest found in {looked}; build it with `scripts/build-vmexit-guest.sh` (or `{SETUP_COMMAND}`), or pass --vmexit-guest")]
+    NoVmexitGuest { looked: String },
     #[error("No home directory ($HOME is unset) for the cache; set $VMBENCH_CACHE")]
     NoHome,
 }
@@ -107,6 +109,36 @@ pub fn default_agent() -> Result<PathBuf> {
         .find(|p| p.is_file())
         .cloned()
         .ok_or_else(|| Error::NoAgent {
+            looked: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// The freestanding vmexit guest of `vmbench bench --suite vmexit`:
+/// `$VMBENCH_VMEXIT_GUEST`, `vmexit-guest` beside this executable, or the
+/// workspace's build (scripts/build-vmexit-guest.sh).
+pub fn default_vmexit_guest() -> Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(path) = std::env::var_os("VMBENCH_VMEXIT_GUEST") {
+        candidates.push(PathBuf::from(path));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        candidates.push(dir.join("vmexit-guest"));
+    }
+    if let Some(ws) = workspace_dir() {
+        candidates.push(ws.join("target/vmexit-guest/release/vmexit-guest"));
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| Error::NoVmexitGuest {
             looked: candidates
                 .iter()
                 .map(|p| p.display().to_string())

@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Boot N guests in parallel and report their boot timelines.
     Boot(BootArgs),
+    /// Run guest benchmarks in VMs (virtbench's micro and inter-guest sets,
+    /// kvm-unit-tests' vmexit set) and show what each costs in VM exits.
+    Bench(BenchArgs),
     /// Boot two variants, A and B, in one run, their rounds interleaved
     /// (ABBA), and compare them: did B boot slower or faster than A?
     Ab(AbArgs),
@@ -93,8 +96,8 @@ struct QueryArgs {
     /// Only the last N runs (at least 1).
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     last: Option<usize>,
-    /// Only runs of this kind: boot, ab, import.
-    #[arg(long, value_parser = ["boot", "ab", "import"])]
+    /// Only runs of this kind: boot, ab, bench, import.
+    #[arg(long, value_parser = ["boot", "ab", "bench", "import"])]
     kind: Option<String>,
     /// The results store (default as for `vmbench boot`).
     #[arg(long, value_name = "PATH|URL")]
@@ -328,6 +331,122 @@ struct BootArgs {
     store: StoreArgs,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SuiteArg {
+    All,
+    Micro,
+    Inter,
+    Vmexit,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Print every benchmark, what it measures and which exit it exercises, and exit.
+    #[arg(long)]
+    list: bool,
+    /// Which suite: micro (the agent in a Linux guest), inter (two Linux
+    /// guests through the host's relay), vmexit (a freestanding guest at
+    /// CPL0, 2 vCPUs) or all.
+    #[arg(long, value_enum, default_value = "all")]
+    suite: SuiteArg,
+    /// Only these benchmarks (comma-separated, or repeated).
+    #[arg(long = "bench", value_name = "NAME[,NAME…]", value_delimiter = ',')]
+    bench: Vec<String>,
+    /// Stop sampling a benchmark once any one peak of its distribution
+    /// holds 10 samples, rather than every peak (virtbench's --rough).
+    #[arg(long)]
+    rough: bool,
+    /// Also print each benchmark's peaks: value and share of the samples.
+    #[arg(long)]
+    distribution: bool,
+    /// Append every per-run value to FILE (CSV: run id, backend, vm,
+    /// benchmark, unit, value, …; a header when the file is new).
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    /// Seconds each benchmark may spend calibrating and sampling (default:
+    /// 10 for the agent's, 2 for the vmexit guest's); past it and 30 s
+    /// more, it counts as hung. 0.1 to 600.
+    #[arg(long, value_name = "S", value_parser = budget_s)]
+    budget_s: Option<f64>,
+    /// The vmexit guest to boot. Default: the set-up step's build
+    /// (target/vmexit-guest/release/vmexit-guest, or $VMBENCH_VMEXIT_GUEST).
+    #[arg(long, value_name = "PATH")]
+    vmexit_guest: Option<PathBuf>,
+    /// Test aid: tells the agent to hang in this benchmark.
+    #[arg(long, hide = true, value_name = "NAME")]
+    hang_in: Option<String>,
+    /// VMs booted at once per suite and backend (pairs for the inter
+    /// suite), each running the suite's benchmarks: 1 to 1024.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(options::MAX_VMS)))]
+    vms: u32,
+    /// Measured rounds, each booting every suite on every backend in
+    /// turn: 1 to 10000.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(options::MAX_RUNS)))]
+    runs: u32,
+    /// Rounds before the measured ones, left out of every statistic: 0 to 1000.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(options::MAX_WARMUP)))]
+    warmup: u32,
+    /// What runs the guests: kvm, qemu, auto, or several, comma-separated
+    /// (kvm,qemu: side by side), as for `vmbench boot`.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    backend: Vec<Backend>,
+    /// Accelerator of the qemu backend, as for `vmbench boot`.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: Accel,
+    /// Guest kernel of the micro and inter suites (as for `vmbench boot`).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs of the micro and inter suites (as for `vmbench boot`).
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Static guest agent for the default initramfs.
+    #[arg(long, conflicts_with = "initramfs")]
+    agent: Option<PathBuf>,
+    /// Guest memory in MiB, 64 to 262144.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(i64::from(options::MIN_MEM_MIB)..=i64::from(options::MAX_MEM_MIB)))]
+    mem_mib: u32,
+    /// vCPUs of the Linux guests, 1 to 64 (the vmexit guest always has 2).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(options::MAX_VCPUS)))]
+    vcpus: u32,
+    /// Seconds a VM may take to boot (to Ready; the vmexit guest: to its
+    /// first benchmark) before it is stopped: 0.001 to 86400. Default 60.
+    #[arg(long, value_parser = timeout_s)]
+    timeout_s: Option<f64>,
+    /// Directory for results.json and the VMs' directories. Default: vmbench-runs/<UTC time>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Extra words for every guest's kernel command line (repeatable).
+    #[arg(long)]
+    append: Vec<String>,
+    /// vsock port the guests report to, 1 to 4294967293; the benchmark
+    /// endpoints are on the next one.
+    #[arg(long, default_value_t = vmbench_proto::DEFAULT_PORT, value_parser = clap::value_parser!(u32).range(1..=i64::from(options::MAX_PORT - 1)))]
+    port: u32,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print results.json to stdout instead of the tables.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// `--budget-s`: seconds, within the plan's range.
+fn budget_s(text: &str) -> Result<f64, String> {
+    use vmbench::bench::plan::{MAX_BUDGET_MS, MIN_BUDGET_MS};
+    let seconds = number(text)?;
+    let (min, max) = (
+        f64::from(MIN_BUDGET_MS) / 1e3,
+        f64::from(MAX_BUDGET_MS) / 1e3,
+    );
+    if (min..=max).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(format!("must be from {min} to {max} seconds"))
+    }
+}
+
 /// Where a finished run is recorded, and how it is labelled there.
 #[derive(clap::Args, Clone)]
 struct StoreArgs {
@@ -522,6 +641,7 @@ fn boot_config(args: BootArgs) -> BootConfig {
         append: args.append,
         port: args.port,
         progress: !args.quiet,
+        bench: None,
     }
 }
 
@@ -584,6 +704,104 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     }];
     store_run(&store, "boot", &tags, &variants);
     Ok(if outcome.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use vmbench::bench::catalog::Suite;
+    if args.list {
+        print!("{}", vmbench::bench::catalog::list());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let suite = match args.suite {
+        SuiteArg::All => None,
+        SuiteArg::Micro => Some(Suite::Micro),
+        SuiteArg::Inter => Some(Suite::Inter),
+        SuiteArg::Vmexit => Some(Suite::Vmexit),
+    };
+    let mut plan = vmbench::bench::plan::Plan::choose(suite, &args.bench)?;
+    plan.rough = args.rough;
+    plan.budget_ms = args.budget_s.map(|seconds| (seconds * 1e3).round() as u32);
+    plan.vmexit_guest = args.vmexit_guest;
+    if let Some(name) = &args.hang_in {
+        if vmbench::bench::catalog::find(name).is_none() {
+            anyhow::bail!("--hang-in {name}: no such benchmark");
+        }
+    }
+    plan.hang_in = args.hang_in;
+    let tags = record::parse_tags(&args.store.tags).map_err(anyhow::Error::msg)?;
+    let config = BootConfig {
+        vms: args.vms,
+        runs: args.runs,
+        warmup: args.warmup,
+        backends: args
+            .backend
+            .iter()
+            .map(|b| match b {
+                Backend::Auto => BackendChoice::Auto,
+                Backend::Kvm => BackendChoice::Kvm,
+                Backend::Qemu => BackendChoice::Qemu,
+            })
+            .collect(),
+        entry: None,
+        kernel: args.kernel,
+        initramfs: args.initramfs,
+        agent: args.agent,
+        no_initramfs: false,
+        mem_mib: args.mem_mib,
+        vcpus: args.vcpus,
+        accel: match args.accel {
+            Accel::Auto => AccelChoice::Auto,
+            Accel::Kvm => AccelChoice::Kvm,
+            Accel::Tcg => AccelChoice::Tcg,
+        },
+        timeout_s: args.timeout_s,
+        rootfs: None,
+        keep_overlays: false,
+        out: args.out,
+        append: args.append,
+        port: args.port,
+        progress: !args.quiet,
+        bench: Some(plan),
+    };
+    let outcome = match pipeline::run(&config, stop_on_signals()?) {
+        Ok(outcome) => outcome,
+        Err(e) => return not_started(e),
+    };
+    let run_id = vmbench_store::RunRecord::new_id();
+    if args.json {
+        println!("{}", render::json(&outcome.results)?);
+    } else {
+        let shown = render::bench::Shown {
+            distribution: args.distribution,
+        };
+        print!("{}", render::bench::output(&outcome.results, shown));
+        println!("results: {}", outcome.results_path.display());
+    }
+    if let Some(path) = &args.csv {
+        match vmbench::bench::csv::append(path, &run_id, &outcome.results) {
+            Ok(rows) => eprintln!("vmbench: appended {rows} value(s) to {}", path.display()),
+            Err(e) => eprintln!("vmbench: warning: cannot append to {}: {e}", path.display()),
+        }
+    }
+    if let Some(signal) = outcome.interrupted {
+        return Ok(interrupted(signal, &[&outcome]));
+    }
+    let variants = [record::Variant {
+        name: "",
+        description: "",
+        results: &outcome.results,
+    }];
+    store_run_as(&args.store, "bench", &tags, &variants, Some(run_id));
+    let benchmarks_ok = outcome.results.vms.iter().all(|vm| {
+        vm.benchmarks
+            .iter()
+            .all(|b| b.status != vmbench::bench::record::Status::Failed)
+    });
+    Ok(if outcome.all_ok() && benchmarks_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -728,6 +946,18 @@ fn store_run(
     tags: &BTreeMap<String, String>,
     variants: &[record::Variant<'_>],
 ) {
+    store_run_as(args, kind, tags, variants, None);
+}
+
+/// [`store_run`], under the run id `id` when given (`vmbench bench --csv`
+/// names its rows with it).
+fn store_run_as(
+    args: &StoreArgs,
+    kind: &str,
+    tags: &BTreeMap<String, String>,
+    variants: &[record::Variant<'_>],
+    id: Option<String>,
+) {
     if args.no_store {
         return;
     }
@@ -747,7 +977,10 @@ fn store_run(
         command: &command,
         tags,
     };
-    let run = record::run_record(&origin, variants);
+    let mut run = record::run_record(&origin, variants);
+    if let Some(id) = id {
+        run.id = id;
+    }
     match record::save(&location, &run) {
         Ok(()) => eprintln!("vmbench: stored as run {} in {location}", run.id),
         Err(e) => eprintln!("vmbench: warning: the run was not stored: {e}"),
@@ -815,6 +1048,7 @@ fn main() -> ExitCode {
     let cli = vmbench_vmm::cli::parse_or_exit::<Cli>();
     let result = match cli.command {
         Command::Boot(args) => boot(args),
+        Command::Bench(args) => bench(args),
         Command::Ab(args) => ab(args),
         Command::Runs(args) => runs(args),
         Command::Compare(args) => compare(args),

@@ -47,6 +47,10 @@ pub struct RunResults {
     /// With several backends (`--backend kvm,qemu`): the aggregate of each.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub aggregate_by_backend: Option<std::collections::BTreeMap<String, Aggregate>>,
+    /// `vmbench bench`: what the run measured (each VM's results are in
+    /// its `benchmarks`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bench: Option<crate::bench::BenchRun>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,6 +231,36 @@ pub struct VmRecord {
     /// round ran, over the round's VMs.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub vmbench_cpu_ms: Option<f64>,
+    /// `vmbench bench`: the suite this VM ran.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub suite: Option<crate::bench::catalog::Suite>,
+    /// `vmbench bench`: each benchmark this VM was to run, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub benchmarks: Vec<crate::bench::record::BenchmarkRecord>,
+    /// The inter suite's peer VM: the VM whose benchmarks it served.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub peer_of: Option<u32>,
+    /// The vmexit suite: what the guest said of itself.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vmexit_guest: Option<VmexitGuestInfo>,
+}
+
+/// The vmexit guest's `hello`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmexitGuestInfo {
+    pub version: u32,
+    /// vCPUs it found.
+    pub cpus: u32,
+    /// CPUID's vendor string.
+    pub vendor: String,
+    /// The TSC frequency it knew (0: none).
+    pub tsc_khz: u64,
+    /// CPUID 0x40000000's signature, as the guest said it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hypervisor: Option<String>,
+    /// `x2apic`, `xapic` or `none`, as the guest said it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub apic: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,6 +292,10 @@ impl VmRecord {
             systemd: None,
             overlay: None,
             vmbench_cpu_ms: None,
+            suite: None,
+            benchmarks: Vec::new(),
+            peer_of: None,
+            vmexit_guest: None,
         }
     }
 }

@@ -252,6 +252,7 @@ mod tests {
             finished: false,
             interrupted: false,
             interrupted_by: None,
+            bench: None,
             environment: serde_json::from_value(serde_json::json!({
                 "backend": "qemu", "accel": "tcg", "kvm": "", "kvm_detail": "",
                 "host_cpu": "", "host_cpu_info": {"model_name": "", "vendor": "", "family": "", "model": "", "logical_cpus": 1},

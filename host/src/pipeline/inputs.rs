@@ -22,6 +22,9 @@ pub struct Inputs {
     pub initramfs: Option<CheckedFile<()>>,
     /// `--rootfs`: the image every VM's overlay is made over.
     pub rootfs: Option<Rootfs>,
+    /// `vmbench bench --suite vmexit`: the freestanding guest its VMs boot
+    /// (with no Linux suite it is `kernel` too).
+    pub vmexit_guest: Option<CheckedFile<KernelFormat>>,
 }
 
 /// A root disk image that passed validation (once for the run: its
@@ -33,6 +36,28 @@ pub struct Rootfs {
 }
 
 pub fn resolve(config: &BootConfig, progress: &Progress) -> Result<Inputs> {
+    let vmexit_guest = match &config.bench {
+        Some(plan) if plan.suites.contains(&crate::bench::catalog::Suite::Vmexit) => {
+            let path = match &plan.vmexit_guest {
+                Some(path) => path.clone(),
+                None => locate::default_vmexit_guest()?,
+            };
+            Some(inputs::check_kernel(&path)?)
+        }
+        _ => None,
+    };
+    if let (Some(guest), Some(plan)) = (&vmexit_guest, &config.bench) {
+        if !plan.needs_linux() {
+            // Only the vmexit guest boots: it is the run's kernel, with no initramfs.
+            return Ok(Inputs {
+                kernel: guest.clone(),
+                kernel_inputs: None,
+                initramfs: None,
+                rootfs: None,
+                vmexit_guest,
+            });
+        }
+    }
     let cache = locate::cache_dir()?;
     let kernel_path = match &config.kernel {
         Some(path) => path.clone(),
@@ -77,6 +102,7 @@ pub fn resolve(config: &BootConfig, progress: &Progress) -> Result<Inputs> {
         kernel_inputs,
         initramfs,
         rootfs,
+        vmexit_guest,
     })
 }
 
@@ -132,5 +158,8 @@ pub fn check_entry(inputs: &Inputs, backends: &Backends, config: &BootConfig) ->
     } else {
         None
     };
+    if let Some(guest) = &inputs.vmexit_guest {
+        guest.check_entry(needs_pvh)?;
+    }
     Ok(inputs.kernel.check_entry(needs_pvh)?)
 }

@@ -67,12 +67,23 @@ pub fn launch_round(
             };
             match milestone {
                 Some(Milestone::Hello) => {}
+                Some(Milestone::Benchmark(index)) => {
+                    if let Some(b) = record.benchmarks.get(index) {
+                        progress.benchmark(record.id, b);
+                    }
+                }
                 Some(Milestone::Ready) => {
                     ready += 1;
                     progress.ready(&record, ready, total_vms);
                 }
                 None => {
                     done += 1;
+                    // The vmexit guest's results come all at once, at its end.
+                    if record.suite == Some(crate::bench::catalog::Suite::Vmexit) {
+                        for b in &record.benchmarks {
+                            progress.benchmark(record.id, b);
+                        }
+                    }
                     progress.ended(&record, done, total_vms);
                 }
             }
@@ -107,7 +118,16 @@ fn run_one(
         record.overlay.clone_from(&overlay);
         drop(tx.send((record, Some(milestone))))
     };
-    let mut record = in_its_round(watch::run(&vm.spec, backend, stop, &mut on_progress));
+    let mut record = in_its_round(watch::run(
+        &vm.spec,
+        backend,
+        stop,
+        vm.bench.as_ref(),
+        &mut on_progress,
+    ));
+    if let Some(scratch) = crate::bench::scratch_disk(&vm.spec) {
+        let _ = std::fs::remove_file(scratch);
+    }
     if let Some(overlay) = overlay.as_mut() {
         overlays::settle(overlay, keep_overlays);
     }

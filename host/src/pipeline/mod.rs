@@ -70,6 +70,39 @@ pub struct BootConfig {
     pub port: u32,
     /// Progress lines on stderr.
     pub progress: bool,
+    /// `vmbench bench`: the benchmarks to run in the guests (none: the
+    /// guests boot, report and power off, as `vmbench boot` has them).
+    pub bench: Option<crate::bench::plan::Plan>,
+}
+
+impl BootConfig {
+    /// The VMs one round boots, over all its batches.
+    pub fn vms_per_round(&self, backends: usize) -> u64 {
+        let backends = backends.max(1) as u64;
+        match &self.bench {
+            None => u64::from(self.vms) * backends,
+            Some(plan) => plan
+                .suites
+                .iter()
+                .map(|s| u64::from(crate::bench::plan::Plan::vms_per_batch(*s, self.vms)))
+                .sum::<u64>()
+                .saturating_mul(backends),
+        }
+    }
+
+    /// The most VMs that run at once: a round's (`vmbench boot`), or its
+    /// largest batch (`vmbench bench` runs each suite and backend alone).
+    pub fn vms_at_once(&self, backends: usize) -> u64 {
+        match &self.bench {
+            None => u64::from(self.vms) * backends.max(1) as u64,
+            Some(plan) => plan
+                .suites
+                .iter()
+                .map(|s| u64::from(crate::bench::plan::Plan::vms_per_batch(*s, self.vms)))
+                .max()
+                .unwrap_or(1),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,20 +232,26 @@ fn write(path: &std::path::Path, results: &RunResults) -> Result<()> {
 }
 
 impl SetUp {
-    /// Rounds in all, warm-up rounds first.
+    /// Batches in all, in the order they boot (a round is one batch for
+    /// `vmbench boot`, one per suite and backend for `vmbench bench`);
+    /// warm-up rounds first.
     pub fn rounds(&self) -> u32 {
-        self.run.vms.last().map_or(0, |vm| vm.round + 1)
+        self.run.vms.last().map_or(0, |vm| vm.batch + 1)
     }
 
-    /// Boots one round's VMs, rewriting results.json as their records arrive.
-    pub fn boot_round(&mut self, round: u32) -> Measured {
-        let rounds = self.rounds();
+    /// Boots one batch's VMs, rewriting results.json as their records arrive.
+    pub fn boot_round(&mut self, batch: u32) -> Measured {
+        let batches = self.rounds();
         let these: Vec<&prepare::PreparedVm> =
-            self.run.vms.iter().filter(|vm| vm.round == round).collect();
-        if rounds > 1 || self.label.is_some() {
+            self.run.vms.iter().filter(|vm| vm.batch == batch).collect();
+        if let Some(first) = these.first().filter(|vm| vm.bench.is_some()) {
+            let rounds = self.run.vms.last().map_or(0, |vm| vm.round + 1);
+            self.progress
+                .bench_batch(first, batch, batches, rounds, &self.backends.names());
+        } else if batches > 1 || self.label.is_some() {
             let warmup = these.first().is_some_and(|vm| vm.warmup);
             self.progress
-                .round(round, rounds, warmup, self.label.as_deref());
+                .round(batch, batches, warmup, self.label.as_deref());
         }
         let (results_path, progress) = (&self.run.results_path, &self.progress);
         let ids: Vec<usize> = these.iter().map(|vm| vm.spec.id as usize).collect();
@@ -262,6 +301,13 @@ impl SetUp {
                         "Not started: the run was interrupted by {} before its round",
                         interrupt::name(signal)
                     ));
+                    crate::bench::mark_unrun(
+                        &mut vm.benchmarks,
+                        &format!(
+                            "the run was interrupted by {} before its VM started",
+                            interrupt::name(signal)
+                        ),
+                    );
                 }
                 if let Some(overlay) = vm.overlay.as_mut().filter(|o| o.kept) {
                     overlays::settle(overlay, self.keep_overlays);

@@ -41,6 +41,9 @@ pub const MAX_PORT: u32 = u32::MAX - 1;
 /// sockets, up to 8 guest connections, the marker stream, the VMM's pidfd,
 /// a helper's, and the log files a spawn opens.
 pub const FILES_PER_VM: u64 = 16;
+/// A `vmbench bench` VM's more: its benchmark endpoints' listener and
+/// connections, and its share of a relay's.
+pub const FILES_PER_BENCH_VM: u64 = 12;
 /// Files vmbench itself holds besides its VMs' (stdio, the store, results.json).
 const FILES_RESERVED: u64 = 64;
 
@@ -91,12 +94,26 @@ pub fn check_with(config: &BootConfig, open_files: impl FnOnce(u64) -> u64) -> R
     within("--mem-mib", config.mem_mib, MIN_MEM_MIB, MAX_MEM_MIB)?;
     within("--vcpus", config.vcpus, 1, MAX_VCPUS)?;
     within("--port", config.port, 1, MAX_PORT)?;
+    if config.bench.is_some() {
+        within("--port", config.port, 1, MAX_PORT - 1).map_err(|e| match e {
+            Error::OutOfRange {
+                option,
+                value,
+                range,
+            } => Error::OutOfRange {
+                option,
+                value,
+                range: format!("{range} (vmbench bench serves its benchmarks on the next port)"),
+            },
+            e => e,
+        })?;
+    }
     // In u64: three u32 factors cannot wrap there (a u32 product could,
     // to 0 VMs, and the run would "succeed" with nothing).
     let backends = config.backends.len().max(1);
-    let at_once = u64::from(config.vms) * backends as u64;
+    let at_once = config.vms_at_once(backends);
     let rounds = u64::from(config.runs) + u64::from(config.warmup);
-    let total = at_once * rounds;
+    let total = config.vms_per_round(backends) * rounds;
     if total > MAX_TOTAL_VMS {
         return Err(Error::TooManyVmsInAll {
             vms: config.vms,
@@ -105,7 +122,12 @@ pub fn check_with(config: &BootConfig, open_files: impl FnOnce(u64) -> u64) -> R
             total,
         });
     }
-    let needed = at_once * FILES_PER_VM + FILES_RESERVED;
+    let per_vm = if config.bench.is_some() {
+        FILES_PER_VM + FILES_PER_BENCH_VM
+    } else {
+        FILES_PER_VM
+    };
+    let needed = at_once * per_vm + FILES_RESERVED;
     let limit = open_files(needed);
     if needed > limit {
         return Err(Error::TooFewFiles {
@@ -170,6 +192,7 @@ mod tests {
             append: vec![],
             port: 1234,
             progress: false,
+            bench: None,
         }
     }
 

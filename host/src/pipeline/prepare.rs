@@ -10,6 +10,9 @@ use super::backends::Backends;
 use super::inputs::Inputs;
 use super::{overlays, BootConfig, Error, Result};
 use crate::backend::{kvm, VmDisk, VmSpec};
+use crate::bench::catalog::Suite;
+use crate::bench::plan::{Pair, Plan, VmBench};
+use crate::bench::relay::Relay;
 use crate::environment;
 use crate::inputs::KernelFormat;
 use crate::interrupt::Stop;
@@ -42,7 +45,104 @@ pub struct PreparedVm {
     /// The round it boots in, and whether that is a warm-up round.
     pub round: u32,
     pub warmup: bool,
+    /// The VMs of one batch boot at once: a round's (`vmbench boot`), or
+    /// one suite on one backend of a round (`vmbench bench`).
+    pub batch: u32,
+    /// `vmbench bench`: what the VM runs.
+    pub bench: Option<VmBench>,
 }
+
+/// Where a VM goes in the run, before it has a spec.
+struct Slot {
+    round: u32,
+    batch: u32,
+    backend: usize,
+    bench: Option<VmBench>,
+}
+
+/// Every VM's slot: `vmbench boot`'s rounds, each a batch whose ids
+/// alternate between the backends; or `vmbench bench`'s, each round a
+/// batch per suite and backend (a suite that cannot run on a backend is
+/// left out, and said so in `not_run`).
+fn slots(config: &BootConfig, backends: &Backends, not_run: &mut Vec<SuiteNotRun>) -> Vec<Slot> {
+    let rounds = config.warmup + config.runs;
+    let Some(plan) = &config.bench else {
+        let per_round = config.vms * backends.launchers.len() as u32;
+        return (0..rounds * per_round)
+            .map(|id| Slot {
+                round: id / per_round,
+                batch: id / per_round,
+                backend: backends.of_vm(id),
+                bench: None,
+            })
+            .collect();
+    };
+    let runnable = |suite: Suite, backend: usize| {
+        if suite.runs_linux() && backends.on_emulated_kvm(backend) {
+            Err(format!(
+                "this host's KVM emulates guest code, and Linux userspace (the agent) cannot run under it: the {} suite needs native KVM for the kvm backend (see README, \"Linux on a host whose KVM emulates guest code\")",
+                suite.name()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    for suite in &plan.suites {
+        for backend in 0..backends.launchers.len() {
+            if let Err(why) = runnable(*suite, backend) {
+                not_run.push(SuiteNotRun {
+                    suite: *suite,
+                    backend: backends.names()[backend].to_string(),
+                    why,
+                });
+            }
+        }
+    }
+    let endpoint_port = config.port + 1;
+    let mut slots = Vec::new();
+    let mut batch = 0;
+    for round in 0..rounds {
+        for suite in &plan.suites {
+            // Which backend goes first alternates by round.
+            let mut order: Vec<usize> = (0..backends.launchers.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for backend in order {
+                if runnable(*suite, backend).is_err() {
+                    continue;
+                }
+                let first_id = slots.len() as u32;
+                let count = Plan::vms_per_batch(*suite, config.vms);
+                let relays: Vec<_> = (0..count / 2).map(|_| Relay::new()).collect();
+                for k in 0..count {
+                    let pair = (*suite == Suite::Inter).then(|| Pair {
+                        other_vm: first_id + (k ^ 1),
+                        is_peer: k % 2 == 1,
+                        relay: std::sync::Arc::clone(&relays[(k / 2) as usize]),
+                    });
+                    let is_peer = pair.as_ref().is_some_and(|p| p.is_peer);
+                    slots.push(Slot {
+                        round,
+                        batch,
+                        backend,
+                        bench: Some(VmBench {
+                            suite: *suite,
+                            orders: plan.orders(*suite, is_peer),
+                            pair,
+                            endpoint_port,
+                        }),
+                    });
+                }
+                batch += 1;
+            }
+        }
+    }
+    slots
+}
+
+/// A suite a backend cannot run here, and why (results.json `bench.not_run`).
+pub use crate::bench::SuiteNotRun;
 
 /// The kernel command line vmbench gives every guest (before `--append`).
 pub fn base_cmdline(vm_id: u32, port: u32) -> String {
@@ -105,10 +205,9 @@ pub fn prepare(
     stop: &Stop,
 ) -> Result<Prepared> {
     let out = out_dir(config)?;
-    let per_round = config.vms * backends.launchers.len() as u32;
-    let total_vms = per_round * (config.warmup + config.runs);
-    // VM ids run on across rounds: round r boots ids r·per_round and on.
-    let round_of = |id: u32| id / per_round;
+    let mut not_run = Vec::new();
+    let slots = slots(config, backends, &mut not_run);
+    let total_vms = slots.len() as u32;
     let with_rootfs = inputs.rootfs.is_some();
     let mut results = RunResults {
         schema_version: results::SCHEMA_VERSION,
@@ -121,11 +220,17 @@ pub fn prepare(
             timeout,
             cmdline(config, with_rootfs, backends.cmdline_extra(0), 0),
         ),
-        vms: (0..total_vms)
-            .map(|id| {
+        vms: slots
+            .iter()
+            .enumerate()
+            .map(|(id, slot)| {
+                let id = id as u32;
                 let mut record = VmRecord::new(id, &vm_dir(&out, id));
-                record.round = round_of(id);
-                record.warmup = round_of(id) < config.warmup;
+                record.round = slot.round;
+                record.warmup = slot.round < config.warmup;
+                if let Some(bench) = &slot.bench {
+                    crate::bench::prepare_record(&mut record, bench);
+                }
                 record
             })
             .collect(),
@@ -133,46 +238,60 @@ pub fn prepare(
         aggregate_by_backend: None,
         interrupted: false,
         interrupted_by: None,
+        bench: config
+            .bench
+            .as_ref()
+            .map(|plan| crate::bench::run_record(plan, inputs, not_run)),
     };
     // Before results.json exists: a failure here (a full disk) leaves
     // nothing that looks like a run.
     let overlays = overlays_for(inputs, &out, total_vms, stop)?;
-    let vms = overlays
-        .into_iter()
-        .enumerate()
-        .map(|(id, overlay)| {
-            let id = id as u32;
-            let backend = backends.of_vm(id);
-            results.vms[id as usize].overlay.clone_from(&overlay);
-            PreparedVm {
-                spec: VmSpec {
-                    id,
-                    dir: vm_dir(&out, id),
-                    kernel: inputs.kernel.path.clone(),
-                    initramfs: inputs.initramfs.as_ref().map(|i| i.path.clone()),
-                    cmdline: cmdline(config, with_rootfs, backends.cmdline_extra(backend), id),
-                    mem_mib: config.mem_mib,
-                    vcpus: config.vcpus,
-                    accel: backends.accels[backend],
-                    port: config.port,
-                    timeout,
-                    entry: config.entry.clone(),
-                    // vmbench made the overlay: a qcow2 image.
-                    disks: overlay
-                        .iter()
-                        .map(|o| VmDisk {
-                            path: PathBuf::from(&o.path),
-                            format: vmbench_image::Format::Qcow2,
-                        })
-                        .collect(),
+    let mut vms = Vec::with_capacity(slots.len());
+    for ((id, overlay), slot) in overlays.into_iter().enumerate().zip(slots) {
+        let id = id as u32;
+        let backend = slot.backend;
+        results.vms[id as usize].overlay.clone_from(&overlay);
+        // vmbench made the overlay: a qcow2 image.
+        let mut disks: Vec<VmDisk> = overlay
+            .iter()
+            .map(|o| VmDisk {
+                path: PathBuf::from(&o.path),
+                format: vmbench_image::Format::Qcow2,
+            })
+            .collect();
+        let mut spec = VmSpec {
+            id,
+            dir: vm_dir(&out, id),
+            kernel: inputs.kernel.path.clone(),
+            initramfs: inputs.initramfs.as_ref().map(|i| i.path.clone()),
+            cmdline: cmdline(config, with_rootfs, backends.cmdline_extra(backend), id),
+            mem_mib: config.mem_mib,
+            vcpus: config.vcpus,
+            accel: backends.accels[backend],
+            port: config.port,
+            timeout,
+            entry: config.entry.clone(),
+            disks: Vec::new(),
+        };
+        if let (Some(bench), Some(plan)) = (&slot.bench, &config.bench) {
+            crate::bench::prepare_spec(&mut spec, &mut disks, bench, plan, inputs).map_err(
+                |source| Error::Write {
+                    path: spec.dir.clone(),
+                    source,
                 },
-                backend,
-                overlay,
-                round: round_of(id),
-                warmup: round_of(id) < config.warmup,
-            }
-        })
-        .collect();
+            )?;
+        }
+        spec.disks = disks;
+        vms.push(PreparedVm {
+            spec,
+            backend,
+            overlay,
+            round: slot.round,
+            warmup: slot.round < config.warmup,
+            batch: slot.batch,
+            bench: slot.bench,
+        });
+    }
     Ok(Prepared {
         results_path: out.join("results.json"),
         out,

@@ -52,6 +52,50 @@ impl Progress {
         self.line(&format!("vmbench: round {}/{rounds}{of}{what}", round + 1));
     }
 
+    /// A `vmbench bench` batch starts: which suite, on which backend, in
+    /// which round.
+    pub fn bench_batch(
+        &self,
+        first: &super::prepare::PreparedVm,
+        batch: u32,
+        batches: u32,
+        rounds: u32,
+        backends: &[&str],
+    ) {
+        let Some(bench) = &first.bench else { return };
+        let what = if first.warmup {
+            " (warm-up, not measured)"
+        } else {
+            ""
+        };
+        let names: Vec<&str> = bench.orders.iter().map(|o| o.benchmark.name).collect();
+        self.line(&format!(
+            "vmbench: [{}/{batches}] {} suite on {} (round {}/{rounds}{what}): {}",
+            batch + 1,
+            bench.suite.name(),
+            backends.get(first.backend).copied().unwrap_or("?"),
+            first.round + 1,
+            names.join(", ")
+        ));
+    }
+
+    /// A benchmark's result came in.
+    pub fn benchmark(&self, vm: u32, record: &crate::bench::record::BenchmarkRecord) {
+        let said = match (&record.samples, &record.why) {
+            (Some(s), _) => format!(
+                "{:.3} ({:.3} – {:.3}) {}, {} samples",
+                s.median,
+                s.min,
+                s.max,
+                s.unit,
+                s.values_milli.len()
+            ),
+            (None, Some(why)) => format!("{}: {}", record.status.as_str(), printable(why)),
+            (None, None) => record.status.as_str().to_string(),
+        };
+        self.line(&format!("  vm-{vm} {}: {said}", record.name));
+    }
+
     pub fn ready(&self, record: &VmRecord, ready: usize, total_vms: usize) {
         self.line(&format!(
             "  vm-{} ({}) ready after {:.1} ms (guest kernel {:.1} ms) [{ready}/{total_vms} ready]",

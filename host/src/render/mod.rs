@@ -6,6 +6,7 @@
 //! - [`exits_table`]: `--exits`, the kvm backend's exits per VM;
 //! - [`json`]: results.json as `--json` prints it.
 
+pub mod bench;
 pub mod boot_tables;
 pub mod exits_table;
 pub mod verdicts;

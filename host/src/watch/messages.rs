@@ -149,6 +149,14 @@ impl Watch<'_> {
                 if systemd_follows {
                     // The report is not whole yet: the Ack waits for it.
                     self.systemd_pending = Some(index);
+                } else if self.bench.is_some() {
+                    // `vmbench bench`: the guest takes its orders now.
+                    self.update_phases();
+                    if first {
+                        (self.on_progress)(self.record, Milestone::Ready);
+                    }
+                    self.send_next_benchmark(index, ts);
+                    return;
                 } else {
                     self.record.host_ns.reported.get_or_insert(ts);
                     self.acknowledge(index);
@@ -161,6 +169,9 @@ impl Watch<'_> {
             GuestMessage::Systemd(report) => self.on_systemd(index, report, ts),
             GuestMessage::Failed { what } => {
                 self.guest_failure.get_or_insert(what);
+            }
+            GuestMessage::Bench(result) if self.bench.is_some() => {
+                self.on_bench_result(index, result, ts);
             }
             // The session refuses a result the watch did not ask for, and
             // `vmbench boot` asks for none: this is only reached if that
@@ -214,7 +225,7 @@ impl Watch<'_> {
     }
 
     /// Tells the guest its report is recorded (it powers off on this).
-    fn acknowledge(&mut self, index: usize) {
+    pub(super) fn acknowledge(&mut self, index: usize) {
         let ack = encode_frame(&HostMessage::Ack).expect("Ack encodes");
         // A few bytes into an empty socket buffer: this does not block.
         let stream = &mut self.connections[index].stream;

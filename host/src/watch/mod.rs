@@ -9,6 +9,7 @@
 //! - `messages`: what arrives on them ([`collector`] judges the report bytes);
 //! - `verdict`: the VM's phases, status, error and warnings at the end.
 
+mod bench;
 pub mod collector;
 mod messages;
 mod sockets;
@@ -22,12 +23,14 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::backend::{Launcher, VmSpec};
+use crate::bench::plan::VmBench;
 use crate::clock::now_ns;
 use crate::error_line::one_line;
 use crate::interrupt::Stop;
 use crate::results::{VmRecord, VmStatus};
 use collector::Session;
-use sockets::{listen, pidfd_open};
+pub use sockets::listen;
+use sockets::pidfd_open;
 
 /// Connections one guest may open to the collector; the agent needs one.
 const MAX_CONNECTIONS: usize = 8;
@@ -37,6 +40,9 @@ const MAX_CONNECTIONS: usize = 8;
 pub enum Milestone {
     Hello,
     Ready,
+    /// `vmbench bench`: the result of the VM's benchmark at this index
+    /// (in `benchmarks`) came in.
+    Benchmark(usize),
 }
 
 /// Runs one VM to its end (or until `stop` is requested) and returns its
@@ -45,6 +51,7 @@ pub fn run(
     spec: &VmSpec,
     backend: &Launcher,
     stop: &Stop,
+    bench: Option<&VmBench>,
     on_progress: &mut dyn FnMut(&VmRecord, Milestone),
 ) -> VmRecord {
     let mut record = VmRecord::new(spec.id, &spec.dir);
@@ -57,8 +64,15 @@ pub fn run(
         .to_string(),
         Launcher::Qemu(_) => spec.accel.label().to_string(),
     };
-    if let Err(error) = run_inner(spec, backend, stop, &mut record, on_progress) {
+    if let Some(bench) = bench {
+        crate::bench::prepare_record(&mut record, bench);
+    }
+    if let Err(error) = run_inner(spec, backend, stop, bench, &mut record, on_progress) {
         record.status = VmStatus::Failed;
+        crate::bench::mark_unrun(
+            &mut record.benchmarks,
+            &format!("the VM did not start: {error}"),
+        );
         record.error = Some(error);
     }
     record
@@ -68,6 +82,7 @@ fn run_inner(
     spec: &VmSpec,
     backend: &Launcher,
     stop: &Stop,
+    bench: Option<&VmBench>,
     record: &mut VmRecord,
     on_progress: &mut dyn FnMut(&VmRecord, Milestone),
 ) -> Result<(), String> {
@@ -75,6 +90,25 @@ fn run_inner(
         .map_err(|e| format!("Cannot create {}: {e}", spec.dir.display()))?;
     let vsock_listener = listen(&spec.vsock_uds())?;
     let marker_listener = listen(&spec.marker_socket())?;
+    // The far end of the guest's vsock benchmarks, before the guest can look for it.
+    let _endpoints = match bench.filter(|b| b.suite.runs_linux()) {
+        Some(b) => Some(crate::bench::endpoints::Endpoints::serve(
+            &spec.dir.join(format!(
+                "{}_{}",
+                crate::backend::VSOCK_UDS_BASE,
+                b.endpoint_port
+            )),
+            b.pair.as_ref().map(|p| {
+                let side = if p.is_peer {
+                    crate::bench::relay::Side::Peer
+                } else {
+                    crate::bench::relay::Side::Measures
+                };
+                (std::sync::Arc::clone(&p.relay), side)
+            }),
+        )?),
+        None => None,
+    };
     let mut helper = backend.start_helper(spec).map_err(|e| one_line(&e))?;
 
     let spawn_instant = Instant::now();
@@ -83,6 +117,7 @@ fn run_inner(
     let result = match started {
         Ok(mut vmm) => {
             let mut watch = Watch::new(spec, backend, stop, record, on_progress);
+            watch.bench = bench.map(bench::BenchWatch::new);
             watch.run(
                 &mut vmm,
                 &vsock_listener,
@@ -132,6 +167,11 @@ struct Watch<'a> {
     interrupted: Option<i32>,
     /// Bytes read from one socket per wake, at most ([`messages::READ_BUDGET_BYTES`]).
     read_budget_bytes: usize,
+    /// When the VM is given up on: its timeout from spawn, then (`vmbench
+    /// bench`) each benchmark's, then its shutdown's.
+    deadline: Instant,
+    /// `vmbench bench`: the VM's benchmarks and where they are.
+    bench: Option<bench::BenchWatch<'a>>,
 }
 
 impl<'a> Watch<'a> {
@@ -158,6 +198,8 @@ impl<'a> Watch<'a> {
             timed_out: false,
             interrupted: None,
             read_budget_bytes: messages::READ_BUDGET_BYTES,
+            deadline: Instant::now() + spec.timeout,
+            bench: None,
         }
     }
 
@@ -169,14 +211,17 @@ impl<'a> Watch<'a> {
         deadline: Instant,
     ) {
         let pidfd = pidfd_open(vmm.id());
+        self.deadline = deadline;
         while self.exit.is_none() && self.protocol_error.is_none() {
             if let Some(signal) = self.stop.requested() {
                 self.interrupted = Some(signal);
                 break;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = self.deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                self.timed_out = true;
+                if !self.benchmark_hung() {
+                    self.timed_out = true;
+                }
                 break;
             }
             // Without a pidfd, the exit is noticed by polling try_wait every 10 ms.
@@ -221,9 +266,10 @@ impl<'a> Watch<'a> {
         }
         self.read_markers(now_ns());
         if self.exit.is_none() {
-            let why = match self.interrupted {
-                Some(signal) => format!(" on {}", crate::interrupt::name(signal)),
-                None => String::new(),
+            let why = match (self.interrupted, self.hung_in()) {
+                (Some(signal), _) => format!(" on {}", crate::interrupt::name(signal)),
+                (None, Some(name)) => format!(" after benchmark {name} hung"),
+                (None, None) => String::new(),
             };
             self.record.vmm_exit = self
                 .backend

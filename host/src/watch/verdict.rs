@@ -81,7 +81,7 @@ impl Watch<'_> {
     /// Why the kvm backend's VMM ended when its seccomp filter caught a
     /// system call its thread never makes: the VMM's own line, with its exit
     /// status. `None` for any other end, and for QEMU.
-    fn seccomp_stopped_the_vmm(&self) -> Option<String> {
+    pub(super) fn seccomp_stopped_the_vmm(&self) -> Option<String> {
         if !matches!(self.backend, Launcher::Kvm(_)) {
             return None;
         }
@@ -95,6 +95,10 @@ impl Watch<'_> {
 
     /// The VM's verdict, from everything seen.
     pub(super) fn conclude(&mut self) {
+        if self.runs_vmexit_guest() {
+            self.conclude_vmexit();
+            return;
+        }
         self.update_phases();
         let ready = self.record.host_ns.ready.is_some();
         let timeout_s = self.spec.timeout.as_secs_f64();
@@ -178,6 +182,7 @@ impl Watch<'_> {
         }
         self.record.status = status;
         self.record.error = error;
+        self.conclude_benchmarks();
     }
 }
 
