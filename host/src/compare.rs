@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use vmbench_stats::{CompareConfig, Comparison, Metric, Verdict, NOISE_BAND_BOOT_PHASE};
+use vmbench_stats::{
+    CompareConfig, Comparison, Metric, Verdict, NOISE_BAND_BOOT_PHASE, NOISE_BAND_MICRO,
+};
 
 use crate::metrics::{self, Direction};
 use crate::results::{RunResults, VmStatus};
@@ -17,17 +19,28 @@ use crate::results::{RunResults, VmStatus};
 pub struct Judge {
     /// The corrected p-value below which a change is significant.
     pub alpha: f64,
-    /// Relative change not worth acting on, for every metric (today all are
-    /// boot phases, memory and exit counts: 5 % by default).
-    pub noise_band: f64,
+    /// Relative change not worth acting on, for every metric (`--noise`);
+    /// none: each metric's own ([`noise_band_of`]).
+    pub noise_band: Option<f64>,
 }
 
 impl Default for Judge {
     fn default() -> Self {
         Judge {
             alpha: CompareConfig::default().alpha,
-            noise_band: NOISE_BAND_BOOT_PHASE,
+            noise_band: None,
         }
+    }
+}
+
+/// A metric's own noise band: 2 % for a guest benchmark (`bench.*`: many
+/// samples of one operation, virtbench's resolution), 5 % for everything
+/// else (boot phases, memory, exit counts).
+pub fn noise_band_of(metric: &metrics::MetricDef) -> f64 {
+    if metric.name.starts_with(metrics::BENCH_PREFIX) {
+        NOISE_BAND_MICRO
+    } else {
+        NOISE_BAND_BOOT_PHASE
     }
 }
 
@@ -143,7 +156,7 @@ pub fn compare(baseline: &Side, candidate: &Side, judge: Judge) -> vmbench_stats
                 Direction::LowerIsBetter => vmbench_stats::Direction::LowerIsBetter,
                 Direction::HigherIsBetter => vmbench_stats::Direction::HigherIsBetter,
             },
-            noise_band: judge.noise_band,
+            noise_band: judge.noise_band.unwrap_or_else(|| noise_band_of(def)),
         })
         .collect();
     let config = CompareConfig {

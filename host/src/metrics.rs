@@ -40,6 +40,9 @@ pub struct Sample {
     pub value: f64,
 }
 
+/// Every guest benchmark's metric is named this and the benchmark.
+pub const BENCH_PREFIX: &str = "bench.";
+
 /// How many of a systemd guest's slowest units become metrics.
 pub const SYSTEMD_UNITS: usize = 5;
 
@@ -98,8 +101,10 @@ const PHASES: [Phase; 13] = [
 ];
 
 /// Every metric one VM has a value for: its phases, a systemd guest's
-/// phases and slowest units, vmbench's own CPU for it, and the kvm
-/// backend's VMM memory and exits.
+/// phases and slowest units, vmbench's own CPU for it, the kvm backend's
+/// VMM memory and exits, and (`vmbench bench`) each benchmark it
+/// measured, `bench.<name>`: the median of its samples, per operation in
+/// the benchmark's unit.
 pub fn samples_of(vm: &VmRecord) -> Vec<Sample> {
     let mut samples: Vec<Sample> = PHASES
         .iter()
@@ -148,6 +153,28 @@ pub fn samples_of(vm: &VmRecord) -> Vec<Sample> {
                 value: account.count(kind) as f64,
             });
         }
+    }
+    // One value per VM, as every metric has (the store keeps one per VM
+    // and round): the median of the benchmark's samples in it. The samples
+    // themselves stay in results.json (and `--csv`).
+    for b in vm.benchmarks.iter().filter(|_| vm.peer_of.is_none()) {
+        let Some(measured) = &b.samples else {
+            continue;
+        };
+        let clock = if measured.unit == "cycles" {
+            "tsc"
+        } else {
+            "guest"
+        };
+        samples.push(Sample {
+            metric: def(
+                &format!("{BENCH_PREFIX}{}", b.name),
+                &measured.unit,
+                clock,
+                None,
+            ),
+            value: measured.median,
+        });
     }
     samples
 }

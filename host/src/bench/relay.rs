@@ -31,7 +31,7 @@ use super::record::RelayRecord;
 /// The byte that tells both sides to start.
 pub const GO: u8 = b'g';
 /// How long a side waits for its partner.
-pub const PARTNER_WAIT: Duration = Duration::from_secs(10);
+pub const PARTNER_WAIT: Duration = Duration::from_secs(20);
 /// Bytes in flight one way, at most.
 const BUFFER_BYTES: usize = 256 * 1024;
 /// A session with no byte moving for this long is ended (both VMs are

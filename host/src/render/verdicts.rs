@@ -113,15 +113,25 @@ fn summary_line(v: &Verdicts) -> String {
             .filter(|r| r.comparison.verdict == verdict)
             .count()
     };
-    let band = v.rows.first().map_or(0.0, |r| r.comparison.noise_band);
+    // Benchmarks have a narrower band than boot metrics: each band said once.
+    let mut bands: Vec<String> = Vec::new();
+    for r in &v.rows {
+        let band = format!("±{:.0}%", r.comparison.noise_band * 100.0);
+        if !bands.contains(&band) {
+            bands.push(band);
+        }
+    }
+    if bands.is_empty() {
+        bands.push("±0%".into());
+    }
     format!(
-        "{} regression(s), {} improvement(s), {} no change, {} inconclusive (alpha {}, noise band ±{:.0}%)",
+        "{} regression(s), {} improvement(s), {} no change, {} inconclusive (alpha {}, noise band {})",
         count(Verdict::Regression),
         count(Verdict::Improvement),
         count(Verdict::NoChange),
         count(Verdict::Inconclusive),
         v.alpha,
-        band * 100.0
+        bands.join(" or ")
     )
 }
 

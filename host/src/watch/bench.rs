@@ -29,6 +29,21 @@ pub(super) struct BenchWatch<'a> {
     pub pending: Option<Pending>,
     /// The order that hung the guest.
     pub hung: Option<usize>,
+    /// The vmexit guest's console, followed for its report lines.
+    pub console: Option<ConsoleProgress>,
+}
+
+/// How far the watch has read a vmexit guest's console: each new report
+/// line gives the guest another benchmark's time, up to the VM's timeout.
+pub(super) struct ConsoleProgress {
+    /// Bytes of serial.log read so far.
+    offset: u64,
+    /// The last bytes read, in case the prefix was cut between two reads.
+    carry: Vec<u8>,
+    /// The VM's timeout: never later than this.
+    cap: Instant,
+    /// One benchmark's time.
+    per_line: std::time::Duration,
 }
 
 pub(super) struct Pending {
@@ -43,6 +58,7 @@ impl<'a> BenchWatch<'a> {
             next: 0,
             pending: None,
             hung: None,
+            console: None,
         }
     }
 
@@ -76,6 +92,58 @@ impl Watch<'_> {
     pub(super) fn hung_in(&self) -> Option<&'static str> {
         let bench = self.bench.as_ref()?;
         Some(bench.plan.orders.get(bench.hung?)?.benchmark.name)
+    }
+
+    /// A vmexit VM's first deadline: its boot and its first benchmark's
+    /// time, then [`Self::follow_vmexit_progress`] moves it on.
+    pub(super) fn start_vmexit_progress(&mut self, cap: Instant) {
+        let Some(bench) = self.bench.as_mut().filter(|b| b.is_vmexit()) else {
+            return;
+        };
+        let orders = bench.plan.orders.len() as u32;
+        let Some(per_line) = bench.plan.orders.first().map(|o| o.timeout) else {
+            return;
+        };
+        // The cap is spawn + the boot timeout + every benchmark's time.
+        self.deadline = cap
+            .checked_sub(per_line * orders.saturating_sub(1))
+            .unwrap_or(cap);
+        bench.console = Some(ConsoleProgress {
+            offset: 0,
+            carry: Vec::new(),
+            cap,
+            per_line,
+        });
+    }
+
+    /// Reads what the vmexit guest's console gained (at most 1 MiB a
+    /// wake); a new report line moves the deadline a benchmark's time on.
+    pub(super) fn follow_vmexit_progress(&mut self) {
+        use std::io::{Read, Seek};
+        let log = self.spec.serial_log();
+        let Some(console) = self.bench.as_mut().and_then(|b| b.console.as_mut()) else {
+            return;
+        };
+        let Ok(mut file) = std::fs::File::open(log) else {
+            return;
+        };
+        if file.seek(std::io::SeekFrom::Start(console.offset)).is_err() {
+            return;
+        }
+        let mut fresh = Vec::new();
+        if file.take(1 << 20).read_to_end(&mut fresh).is_err() || fresh.is_empty() {
+            return;
+        }
+        console.offset += fresh.len() as u64;
+        let prefix = vmexit_report::PREFIX.as_bytes();
+        let mut text = std::mem::take(&mut console.carry);
+        text.extend_from_slice(&fresh);
+        let lines = text.windows(prefix.len()).filter(|w| *w == prefix).count();
+        let keep = text.len().saturating_sub(prefix.len() - 1);
+        console.carry = text.split_off(keep);
+        if lines > 0 {
+            self.deadline = (Instant::now() + console.per_line).min(console.cap);
+        }
     }
 
     /// Whether this is a vmexit guest's VM (no agent reports).
@@ -120,13 +188,13 @@ impl Watch<'_> {
         }
         let why_unrun = match stuck {
             Some(order) => format!(
-                "not run: {} before it ({ended_how})",
+                "{} before it ({ended_how})",
                 bench.plan.orders[order].benchmark.name
             ),
             None if self.record.host_ns.ready.is_none() => {
-                format!("not run: the guest never reported ready ({ended_how})")
+                format!("the guest never reported ready ({ended_how})")
             }
-            None => format!("not run: {ended_how}"),
+            None => ended_how.clone(),
         };
         benchmarks::mark_unrun(&mut self.record.benchmarks, &why_unrun);
         benchmarks::exits::attribute(self.record);
@@ -147,6 +215,12 @@ impl Watch<'_> {
             return format!("protocol error: {e}");
         }
         if self.timed_out {
+            if let Some(console) = self.bench.as_ref().and_then(|b| b.console.as_ref()) {
+                return format!(
+                    "no new report line within {:.0} s",
+                    console.per_line.as_secs_f64()
+                );
+            }
             return format!(
                 "the VM's timeout of {} s passed",
                 self.spec.timeout.as_secs_f64()
@@ -204,7 +278,7 @@ impl Watch<'_> {
                             name,
                             Suite::Vmexit,
                             Status::NotRun,
-                            format!("not run: the guest stopped in {before} ({ended_how})"),
+                            format!("the guest stopped in {before} ({ended_how})"),
                         ),
                         (None, None) if report.error.is_some() => BenchmarkRecord::not_measured(
                             name,
@@ -224,11 +298,11 @@ impl Watch<'_> {
                         (None, None) => {
                             stuck = Some(name);
                             let (status, why) = if self.interrupted.is_some() {
-                                (Status::NotRun, format!("not run: {ended_how}"))
+                                (Status::NotRun, ended_how.clone())
                             } else if report.hello.is_none() {
                                 (
                                     Status::NotRun,
-                                    format!("not run: the guest never said hello ({ended_how})"),
+                                    format!("the guest never said hello ({ended_how})"),
                                 )
                             } else {
                                 (
@@ -305,7 +379,8 @@ impl Watch<'_> {
         if self.timed_out {
             if let Some(name) = stuck {
                 self.record.warnings.push(format!(
-                    "The vmexit guest hung in {name} (no report within {timeout_s} s): vmbench stopped the VM"
+                    "The vmexit guest hung in {name} ({}): vmbench stopped the VM",
+                    self.how_it_ended()
                 ));
             }
         } else if !report.done {

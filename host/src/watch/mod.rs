@@ -212,11 +212,13 @@ impl<'a> Watch<'a> {
     ) {
         let pidfd = pidfd_open(vmm.id());
         self.deadline = deadline;
+        self.start_vmexit_progress(deadline);
         while self.exit.is_none() && self.protocol_error.is_none() {
             if let Some(signal) = self.stop.requested() {
                 self.interrupted = Some(signal);
                 break;
             }
+            self.follow_vmexit_progress();
             let left = self.deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 if !self.benchmark_hung() {
