@@ -479,7 +479,18 @@ mod tests {
                 proptest::collection::vec((".{0,12}", any::<u64>()), 0..4),
             )
                 .prop_map(
-                    |(unit, clock, iterations, overhead_milli, calibration_runs, values, stop, window, ops_in_window, extra)| {
+                    |(
+                        unit,
+                        clock,
+                        iterations,
+                        overhead_milli,
+                        calibration_runs,
+                        values,
+                        stop,
+                        window,
+                        ops_in_window,
+                        extra,
+                    )| {
                         BenchOutcome::Done(Samples {
                             unit,
                             clock,

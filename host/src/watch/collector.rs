@@ -23,10 +23,7 @@ pub enum Error {
     SecondReady,
     #[error("Guest sent a result for benchmark {name:?}, which the host did not ask for{}",
         .asked.as_ref().map(|a| format!(" (it asked for {a:?})")).unwrap_or_default())]
-    UnaskedBench {
-        name: String,
-        asked: Option<String>,
-    },
+    UnaskedBench { name: String, asked: Option<String> },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -268,7 +265,10 @@ mod tests {
             .iter()
             .flat_map(|m| encode_frame(m).unwrap())
             .collect();
-        assert_eq!(session.feed(&both).unwrap(), vec![bench("fork"), bench("exec")]);
+        assert_eq!(
+            session.feed(&both).unwrap(),
+            vec![bench("fork"), bench("exec")]
+        );
         // Each request gets one answer.
         let err = session
             .feed(&encode_frame(&bench("exec")).unwrap())
