@@ -127,8 +127,8 @@ const fn info(name: &'static str, measures: &'static str, exit: &'static str) ->
 pub const MICRO_BENCHES: &[BenchInfo] = &[
     info(
         "context_switch",
-        "1-byte ping-pong round trip between two processes through pipes (two context switches)",
-        "none on one vCPU; wake-up IPIs and HLT when the two run on different vCPUs",
+        "1-byte ping-pong round trip between two processes on one CPU through pipes (two context switches)",
+        "none (were the two on different vCPUs: wake-up IPIs and HLT)",
     ),
     info(
         "cow_fault",
@@ -157,12 +157,12 @@ pub const MICRO_BENCHES: &[BenchInfo] = &[
     ),
     info(
         "mem_linear",
-        "write one byte per page, pages in order, over 64 MiB",
+        "one step of a pointer chase through 64 MiB, one page after the next",
         "none (EPT/NPT violations only on first touch, done before timing)",
     ),
     info(
         "mem_random",
-        "write one byte per page, pages in random order, over 64 MiB",
+        "one step of a pointer chase through 64 MiB, pages in random order",
         "none once the memory is backed; each TLB miss is a two-dimensional page walk",
     ),
     info(
