@@ -14,7 +14,6 @@ const APIC_BASE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 pub const MSR_TSC_DEADLINE: u32 = 0x6e0;
 
 /// Register offsets in the xAPIC page; the x2APIC MSR is 0x800 + offset / 16.
-const REG_ID: u32 = 0x20;
 const REG_TPR: u32 = 0x80;
 const REG_EOI: u32 = 0xb0;
 const REG_SVR: u32 = 0xf0;
@@ -22,6 +21,11 @@ const REG_ICR_LOW: u32 = 0x300;
 const REG_ICR_HIGH: u32 = 0x310;
 const REG_LVT_TIMER: u32 = 0x320;
 const REG_LVT_LINT0: u32 = 0x350;
+const REG_TIMER_INITIAL: u32 = 0x380;
+const REG_TIMER_CURRENT: u32 = 0x390;
+const REG_TIMER_DIVIDE: u32 = 0x3e0;
+/// The divide configuration for 1: the timer counts at the bus rate.
+const TIMER_DIVIDE_BY_1: u32 = 0b1011;
 const X2APIC_SELF_IPI_MSR: u32 = 0x83f;
 
 const SVR_ENABLE: u32 = 1 << 8;
@@ -117,7 +121,10 @@ pub fn enable_here() {
         // at the base it already has.
         unsafe { wrmsr(MSR_APIC_BASE, base | extra) };
     }
-    write(REG_SVR, SVR_ENABLE | u32::from(crate::traps::SPURIOUS_VECTOR));
+    write(
+        REG_SVR,
+        SVR_ENABLE | u32::from(crate::traps::SPURIOUS_VECTOR),
+    );
     write(REG_TPR, 0);
     write(REG_LVT_LINT0, LVT_MASKED);
 }
@@ -128,14 +135,6 @@ pub fn eoi() {
 
 pub fn set_tpr(value: u32) {
     write(REG_TPR, value);
-}
-
-/// This CPU's APIC ID.
-pub fn id() -> u32 {
-    match mode() {
-        Mode::X2Apic => read(REG_ID),
-        _ => read(REG_ID) >> 24,
-    }
 }
 
 /// Sends `low` (vector, delivery mode, level) to APIC `dest`; in xAPIC mode
@@ -172,7 +171,10 @@ pub fn self_ipi(vector: u8) {
     match mode() {
         // SAFETY: the SELF IPI register takes just a vector.
         Mode::X2Apic => unsafe { wrmsr(X2APIC_SELF_IPI_MSR, u64::from(vector)) },
-        _ => send(0, ICR_SELF | ICR_LEVEL_ASSERT | ICR_FIXED | u32::from(vector)),
+        _ => send(
+            0,
+            ICR_SELF | ICR_LEVEL_ASSERT | ICR_FIXED | u32::from(vector),
+        ),
     }
 }
 
@@ -183,6 +185,24 @@ pub fn send_init(dest: u32) {
 /// A STARTUP IPI: the CPU starts in real mode at `page` × 4 KiB.
 pub fn send_startup(dest: u32, page: u8) {
     send(dest, ICR_LEVEL_ASSERT | ICR_STARTUP | u32::from(page));
+}
+
+/// The timer in one-shot mode on `vector`, counting at the bus rate,
+/// stopped.
+pub fn timer_one_shot(vector: u8) {
+    write(REG_TIMER_INITIAL, 0);
+    write(REG_TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
+    write(REG_LVT_TIMER, u32::from(vector));
+}
+
+/// Starts the one-shot timer from `count` (0 stops it).
+pub fn timer_start(count: u32) {
+    write(REG_TIMER_INITIAL, count);
+}
+
+/// The one-shot timer's count now.
+pub fn timer_count() -> u32 {
+    read(REG_TIMER_CURRENT)
 }
 
 /// The timer in TSC-deadline mode on `vector`, or masked.

@@ -1,6 +1,7 @@
 //! Each benchmark's operation, the loop that repeats it, and what it needs
-//! from the CPU. Loops are written so that the operation is the only
-//! difference from the empty loop the calibration subtracts.
+//! from the CPU. As in kvm-unit-tests, the loop's own instructions (a
+//! decrement and a branch) count in each operation's cost; the sampler
+//! subtracts only a timed run's fixed overhead (the TSC reads, the call).
 
 use alloc::format;
 use alloc::string::String;
@@ -50,7 +51,9 @@ pub enum Body {
 /// Benchmark `index` of `BENCHMARKS` on this machine, or why it cannot run.
 pub fn prepare(index: usize, machine: &Machine) -> Result<Body, String> {
     let apic_needed = |body: Body| match apic::mode() {
-        apic::Mode::None => Err(String::from("this CPU has no local APIC (CPUID 1 EDX bit 9)")),
+        apic::Mode::None => Err(String::from(
+            "this CPU has no local APIC (CPUID 1 EDX bit 9)",
+        )),
         _ => Ok(body),
     };
     let deadline_needed = |body: Body| {
@@ -146,7 +149,28 @@ impl Body {
         }
     }
 
-    /// `iterations` operations.
+    /// Why the watchdog biting in [`Body::probe`] means this CPU cannot run
+    /// the benchmark.
+    pub fn unavailable_on_hang(&self, ms: u64) -> Option<String> {
+        match self {
+            Body::Hypercall(call) => Some(format!(
+                "{} did not return within {ms} ms: a KVM that emulates every guest instruction \
+                 (nested, without hardware virtualisation) patches the hypercall instruction in \
+                 and re-executes it, for ever",
+                call.name()
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether the benchmark uses the APIC timer itself (the watchdog then
+    /// stays off: the benchmark's own waits are bounded).
+    pub fn uses_timer(&self) -> bool {
+        matches!(self, Body::TscDeadlineImmediate | Body::TscDeadline)
+    }
+
+    /// `iterations` operations, with interrupts on (the suite turns them on
+    /// for the watchdog; the timer and IPI benchmarks take theirs).
     pub fn run(&self, iterations: u64) {
         match *self {
             Body::Cpuid => repeat(iterations, || {
@@ -225,28 +249,27 @@ impl Body {
                          in("edx") (value >> 32) as u32, options(nomem, nostack, preserves_flags));
                 }
             }),
-            Body::TscDeadlineImmediate => with_interrupts(|| {
-                repeat(iterations, || {
-                    let before = BENCH_IRQS[0].load(Ordering::SeqCst);
-                    // SAFETY: the timer is in TSC-deadline mode on the bench
-                    // vector (probe); a deadline now fires at once.
-                    unsafe { wrmsr(MSR_TSC_DEADLINE, tsc_ticks()) };
-                    wait_for_irq(0, before, "the TSC-deadline timer's interrupt");
-                })
+            Body::TscDeadlineImmediate => repeat(iterations, || {
+                let before = BENCH_IRQS[0].load(Ordering::SeqCst);
+                // SAFETY: the timer is in TSC-deadline mode on the bench
+                // vector (probe); a deadline now fires at once.
+                unsafe { wrmsr(MSR_TSC_DEADLINE, tsc_ticks()) };
+                wait_for_irq(0, before, "the TSC-deadline timer's interrupt");
             }),
-            Body::TscDeadline => with_interrupts(|| {
-                repeat(iterations, || {
-                    let before = BENCH_IRQS[0].load(Ordering::SeqCst);
-                    // SAFETY: as above, 3000 ticks ahead.
-                    unsafe { wrmsr(MSR_TSC_DEADLINE, tsc_ticks() + DEADLINE_AHEAD_TICKS) };
-                    wait_for_irq(0, before, "the TSC-deadline timer's interrupt");
-                })
+            Body::TscDeadline => repeat(iterations, || {
+                let before = BENCH_IRQS[0].load(Ordering::SeqCst);
+                // SAFETY: as above, 3000 ticks ahead.
+                unsafe { wrmsr(MSR_TSC_DEADLINE, tsc_ticks() + DEADLINE_AHEAD_TICKS) };
+                wait_for_irq(0, before, "the TSC-deadline timer's interrupt");
             }),
             Body::SelfIpi => repeat(iterations, || {
+                // kvm-unit-tests' self_ipi_sti_nop: sent with interrupts off,
+                // taken once they are on again.
                 let before = BENCH_IRQS[0].load(Ordering::SeqCst);
                 crate::x86::cli();
                 apic::self_ipi(BENCH_VECTOR);
-                with_interrupts(|| wait_for_irq(0, before, "the self-IPI"));
+                crate::x86::sti();
+                wait_for_irq(0, before, "the self-IPI");
             }),
             Body::IpiCross => repeat(iterations, || {
                 let before = BENCH_IRQS[1].load(Ordering::SeqCst);
@@ -283,28 +306,11 @@ impl Body {
     }
 }
 
-/// The empty loop: the same loop as [`Body::run`]'s, with nothing in it.
-pub fn empty(iterations: u64) {
-    repeat(iterations, || {
-        // SAFETY: no instruction: keeps the loop from being folded away.
-        unsafe { asm!("", options(nomem, nostack, preserves_flags)) };
-    });
-}
-
 #[inline(always)]
 fn repeat(iterations: u64, mut op: impl FnMut()) {
     for _ in 0..iterations {
         op();
     }
-}
-
-/// Runs `f` with interrupts on, then off again.
-fn with_interrupts<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: every vector has a handler on its own stack.
-    unsafe { asm!("sti", options(nomem, nostack)) };
-    let result = f();
-    crate::x86::cli();
-    result
 }
 
 /// Waits until CPU `cpu` has taken another bench interrupt than the

@@ -3,15 +3,16 @@
 //!
 //! | key | default | meaning |
 //! | --- | --- | --- |
-//! | `vmexit.only=NAME[,NAME...]` | every benchmark | run these (still in list order) |
-//! | `vmexit.budget_ms=N` | 2000 | each benchmark's sampling stops after about N ms (1 to 600000) |
+//! | `vmexit.bench=NAME[,NAME...]` | every benchmark | run these (still in list order) |
+//! | `vmexit.budget_ms=N` | 2000 | each benchmark's calibration and sampling stop after about N ms (1 to 600000) |
 //! | `vmexit.rough=0\|1` | 0 | stop when any peak, not every peak, holds 10 samples |
-//! | `vmexit.min_run_ticks=N` | 2^20 | a calibrated run lasts at least N TSC ticks (1 to 2^40) |
+//! | `vmexit.min_run_cycles=N` | 2^20 | a calibrated run lasts at least N TSC cycles (1 to 2^40) |
 //! | `vmexit.max_samples=N` | 1000 | at most N samples per benchmark (10 to 2000) |
 //! | `virtio_mmio.device=<size>@<base>:<irq>` | none | the first one is where `mmio_read` reads |
+//! | `tsc_early_khz=N` | none | the TSC's rate, as Linux takes it, where CPUID does not state it |
 //!
-//! A bad value, or an unknown name in `vmexit.only`, is an error: the guest
-//! says which and runs nothing.
+//! A bad value, or an unknown name in `vmexit.bench`, is an error: the guest
+//! says which and runs nothing. Numbers are decimal or `0x` hex.
 
 use core::fmt;
 
@@ -30,6 +31,8 @@ pub const DEFAULT_MAX_SAMPLES: u32 = 1000;
 pub const MIN_MAX_SAMPLES: u32 = 10;
 /// Keeps a report line (up to 20 digits and a comma per value) under 64 KiB.
 pub const MAX_MAX_SAMPLES: u32 = 2000;
+/// 100 GHz: well past any TSC.
+pub const MAX_TSC_KHZ: u64 = 100_000_000;
 
 /// What the command line asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +45,8 @@ pub struct Config {
     pub max_samples: u32,
     /// The first `virtio_mmio.device=` window's base.
     pub mmio_base: Option<u64>,
+    /// `tsc_early_khz=`.
+    pub tsc_khz: Option<u64>,
 }
 
 /// Every benchmark selected.
@@ -56,6 +61,7 @@ impl Default for Config {
             min_run_ticks: DEFAULT_MIN_RUN_TICKS,
             max_samples: DEFAULT_MAX_SAMPLES,
             mmio_base: None,
+            tsc_khz: None,
         }
     }
 }
@@ -71,7 +77,7 @@ impl Config {
 pub enum Error<'a> {
     /// `key`'s value is not a number in range (or not 0/1).
     BadValue { key: &'static str, value: &'a [u8] },
-    /// A name in `vmexit.only` that is no benchmark.
+    /// A name in `vmexit.bench` that is no benchmark.
     UnknownBenchmark { name: &'a [u8] },
 }
 
@@ -82,7 +88,7 @@ impl fmt::Display for Error<'_> {
                 write!(f, "bad value {key}={}", Printable(value))
             }
             Error::UnknownBenchmark { name } => {
-                write!(f, "vmexit.only names no benchmark {}", Printable(name))
+                write!(f, "vmexit.bench names no benchmark {}", Printable(name))
             }
         }
     }
@@ -92,10 +98,10 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
     let mut config = Config::default();
     for (key, value) in words(cmdline) {
         match key {
-            b"vmexit.only" => config.selected = parse_only(value)?,
+            b"vmexit.bench" => config.selected = parse_selection(value)?,
             b"vmexit.budget_ms" => {
-                config.budget_ms = in_range(value, "vmexit.budget_ms", 1, MAX_BUDGET_MS.into())?
-                    as u32;
+                config.budget_ms =
+                    in_range(value, "vmexit.budget_ms", 1, MAX_BUDGET_MS.into())? as u32;
             }
             b"vmexit.rough" => {
                 config.rough = match value {
@@ -109,9 +115,9 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
                     }
                 }
             }
-            b"vmexit.min_run_ticks" => {
+            b"vmexit.min_run_cycles" => {
                 config.min_run_ticks =
-                    in_range(value, "vmexit.min_run_ticks", 1, MAX_MIN_RUN_TICKS)?;
+                    in_range(value, "vmexit.min_run_cycles", 1, MAX_MIN_RUN_TICKS)?;
             }
             b"vmexit.max_samples" => {
                 config.max_samples = in_range(
@@ -128,6 +134,9 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
                 })?;
                 config.mmio_base.get_or_insert(device.base);
             }
+            b"tsc_early_khz" => {
+                config.tsc_khz = Some(in_range(value, "tsc_early_khz", 1, MAX_TSC_KHZ)?);
+            }
             _ => {}
         }
     }
@@ -140,10 +149,10 @@ fn in_range<'a>(value: &'a [u8], key: &'static str, min: u64, max: u64) -> Resul
         .ok_or(Error::BadValue { key, value })
 }
 
-fn parse_only(value: &[u8]) -> Result<u32, Error<'_>> {
+fn parse_selection(value: &[u8]) -> Result<u32, Error<'_>> {
     if value.is_empty() {
         return Err(Error::BadValue {
-            key: "vmexit.only",
+            key: "vmexit.bench",
             value,
         });
     }
@@ -167,8 +176,8 @@ mod tests {
 
     #[test]
     fn every_key() {
-        let line = b"vmexit.only=ipi_cross,cpuid vmexit.budget_ms=250 vmexit.rough=1 \
-                     vmexit.min_run_ticks=0x1000 vmexit.max_samples=50 \
+        let line = b"vmexit.bench=ipi_cross,cpuid vmexit.budget_ms=250 vmexit.rough=1 \
+                     vmexit.min_run_cycles=0x1000 vmexit.max_samples=50 tsc_early_khz=2593906 \
                      virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6";
         let config = parse(line).unwrap();
         assert_eq!(config.selected, 1 << 12 | 1);
@@ -177,12 +186,13 @@ mod tests {
         assert_eq!(config.min_run_ticks, 4096);
         assert_eq!(config.max_samples, 50);
         assert_eq!(config.mmio_base, Some(0xd000_0000), "the first device");
+        assert_eq!(config.tsc_khz, Some(2_593_906));
     }
 
     #[test]
     fn the_last_word_wins() {
-        let config = parse(b"vmexit.rough=1 vmexit.rough=0 vmexit.only=wbinvd vmexit.only=cpuid")
-            .unwrap();
+        let config =
+            parse(b"vmexit.rough=1 vmexit.rough=0 vmexit.bench=wbinvd vmexit.bench=cpuid").unwrap();
         assert!(!config.rough);
         assert_eq!(config.selected, 1);
     }
@@ -194,11 +204,16 @@ mod tests {
             (b"vmexit.budget_ms=600001", "vmexit.budget_ms"),
             (b"vmexit.budget_ms=1s", "vmexit.budget_ms"),
             (b"vmexit.rough=yes", "vmexit.rough"),
-            (b"vmexit.min_run_ticks=0", "vmexit.min_run_ticks"),
-            (b"vmexit.min_run_ticks=0x10000000001", "vmexit.min_run_ticks"),
+            (b"vmexit.min_run_cycles=0", "vmexit.min_run_cycles"),
+            (
+                b"vmexit.min_run_cycles=0x10000000001",
+                "vmexit.min_run_cycles",
+            ),
             (b"vmexit.max_samples=9", "vmexit.max_samples"),
             (b"vmexit.max_samples=2001", "vmexit.max_samples"),
-            (b"vmexit.only=", "vmexit.only"),
+            (b"vmexit.bench=", "vmexit.bench"),
+            (b"tsc_early_khz=0", "tsc_early_khz"),
+            (b"tsc_early_khz=100000001", "tsc_early_khz"),
             (b"virtio_mmio.device=4K", "virtio_mmio.device"),
         ] {
             match parse(line) {
@@ -210,10 +225,10 @@ mod tests {
 
     #[test]
     fn unknown_benchmarks_are_named() {
-        let err = parse(b"vmexit.only=cpuid,cpuid2").unwrap_err();
+        let err = parse(b"vmexit.bench=cpuid,cpuid2").unwrap_err();
         assert_eq!(err, Error::UnknownBenchmark { name: b"cpuid2" });
-        assert_eq!(err.to_string(), "vmexit.only names no benchmark cpuid2");
-        let err = parse(b"vmexit.only=cpuid,,wbinvd").unwrap_err();
+        assert_eq!(err.to_string(), "vmexit.bench names no benchmark cpuid2");
+        let err = parse(b"vmexit.bench=cpuid,,wbinvd").unwrap_err();
         assert_eq!(err, Error::UnknownBenchmark { name: b"" });
         assert_eq!(
             parse(b"vmexit.rough=\x01").unwrap_err().to_string(),

@@ -92,7 +92,11 @@ impl Features {
 /// hypervisor's timing leaf, then leaf 0x15 (crystal × ratio), then leaf
 /// 0x16 (the base frequency). `None` when none does (QEMU's TCG, most
 /// KVM guests): the binary then times the TSC against the PIT.
-pub fn tsc_khz(timing: Option<Leaf>, crystal: Option<Leaf>, frequency: Option<Leaf>) -> Option<u64> {
+pub fn tsc_khz(
+    timing: Option<Leaf>,
+    crystal: Option<Leaf>,
+    frequency: Option<Leaf>,
+) -> Option<u64> {
     if let Some(khz) = timing.map(|l| u64::from(l.eax)).filter(|&k| k > 0) {
         return Some(khz);
     }
@@ -178,11 +182,23 @@ mod tests {
             eax: 2100,
             ..Leaf::default()
         };
-        assert_eq!(tsc_khz(Some(timing), Some(crystal), Some(frequency)), Some(2_593_906));
-        assert_eq!(tsc_khz(None, Some(crystal), Some(frequency)), Some(2_600_000));
+        assert_eq!(
+            tsc_khz(Some(timing), Some(crystal), Some(frequency)),
+            Some(2_593_906)
+        );
+        assert_eq!(
+            tsc_khz(None, Some(crystal), Some(frequency)),
+            Some(2_600_000)
+        );
         let no_crystal = Leaf { ecx: 0, ..crystal };
-        assert_eq!(tsc_khz(None, Some(no_crystal), Some(frequency)), Some(2_100_000));
-        assert_eq!(tsc_khz(Some(Leaf::default()), None, Some(Leaf::default())), None);
+        assert_eq!(
+            tsc_khz(None, Some(no_crystal), Some(frequency)),
+            Some(2_100_000)
+        );
+        assert_eq!(
+            tsc_khz(Some(Leaf::default()), None, Some(Leaf::default())),
+            None
+        );
         assert_eq!(tsc_khz(None, None, None), None);
     }
 }

@@ -66,6 +66,8 @@ pub struct Tss {
 pub const TSS_BYTES: usize = core::mem::size_of::<Tss>();
 
 impl Tss {
+    /// All zero (so a static of them lands in .bss); set `iomap_base` to
+    /// [`TSS_BYTES`] before use.
     pub const ZERO: Tss = Tss {
         reserved0: 0,
         rsp: [0; 3],
@@ -73,7 +75,7 @@ impl Tss {
         ist: [0; 7],
         reserved2: 0,
         reserved3: 0,
-        iomap_base: TSS_BYTES as u16,
+        iomap_base: 0,
     };
 }
 
@@ -124,8 +126,8 @@ pub fn exception_name(vector: u8) -> &'static str {
         19 => "#XM",
         20 => "#VE",
         21 => "#CP",
-        0..=31 => "reserved exception",
-        _ => "interrupt",
+        32.. => "interrupt",
+        _ => "reserved exception",
     }
 }
 
@@ -159,7 +161,10 @@ mod tests {
         assert_eq!(gdt[usize::from(SELECTOR_DATA / 8)], DATA);
         assert_eq!(gdt[usize::from(SELECTOR_CODE32 / 8)], CODE32);
         assert_eq!(
-            [gdt[usize::from(tss_selector(1) / 8)], gdt[usize::from(tss_selector(1) / 8) + 1]],
+            [
+                gdt[usize::from(tss_selector(1) / 8)],
+                gdt[usize::from(tss_selector(1) / 8) + 1]
+            ],
             tss_descriptor(0x20_1000, 103)
         );
     }

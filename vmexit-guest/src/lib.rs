@@ -15,11 +15,11 @@
 //!    starts vCPU 1 with INIT-SIPI-SIPI through a real-mode trampoline below
 //!    1 MiB; vCPU 1 then halts with interrupts on and answers IPIs;
 //! 3. for each benchmark: checks that this CPU and backend can run it (else
-//!    `unavailable` and why), calibrates its loop and takes samples through
-//!    [`sampling`], writing the window marks around the samples
-//!    ([`WINDOW_START`], [`WINDOW_END`] to port 0x80); an exception, a
-//!    panic or a bounded wait that runs out ends that benchmark as `failed`
-//!    and the suite goes on with the next;
+//!    `unavailable` and why), calibrates its loop and takes samples with
+//!    `vmbench-sampling` (the agent's micro suite's rule too), writing the
+//!    window marks around the samples ([`WINDOW_START`], [`WINDOW_END`] to
+//!    port 0x80); an exception, a panic or a bounded wait that runs out
+//!    ends that benchmark as `failed` and the suite goes on with the next;
 //! 4. prints `done` and ends the VM (i8042 reset, then a triple fault).
 //!
 //! This library holds what can be tested on the host: the command line,
@@ -36,7 +36,6 @@ pub mod descriptors;
 pub mod heap;
 pub mod pit;
 pub mod report;
-pub mod sampling;
 
 /// The report's version (`hello version=`): bumped when a line changes.
 pub const REPORT_VERSION: u32 = 1;

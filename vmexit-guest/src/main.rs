@@ -12,9 +12,11 @@ mod benches;
 mod smp;
 mod suite;
 mod traps;
+mod watchdog;
 mod x86;
 
 use core::fmt::{self, Write as _};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use freestanding::boot;
 use freestanding::clock::{tsc_ticks, Deadline};
@@ -22,9 +24,9 @@ use freestanding::machine::{end_vm, inb, outb};
 use freestanding::serial::Serial;
 use vmexit_guest::config::{self, Config};
 use vmexit_guest::cpuid::{self, Features, Hypercall};
-use vmexit_guest::heap::Bump;
-use vmexit_guest::report::{self, Hello};
+use vmexit_guest::heap::Heap;
 use vmexit_guest::pit;
+use vmexit_guest::report::{self, Hello};
 
 freestanding::entry_points!(pvh = pvh_main, linux = linux_main);
 freestanding::mem_functions!();
@@ -38,7 +40,7 @@ struct Arena([u8; HEAP_BYTES]);
 static mut ARENA: Arena = Arena([0; HEAP_BYTES]);
 
 #[global_allocator]
-static HEAP: Bump = Bump::empty();
+static HEAP: Heap = Heap::empty();
 
 /// The TSC rate budgets assume when nothing states it and the PIT does
 /// not answer: 3 GHz.
@@ -56,6 +58,8 @@ pub struct Machine {
     pub hypercall: Hypercall,
     /// 0 when unknown.
     pub tsc_khz: u64,
+    /// What stated it: `cpuid`, `tsc_early_khz`, `pit` or `none`.
+    tsc_khz_from: &'static str,
     /// 1, or 2 once vCPU 1 is online.
     pub cpus: u32,
     pub mmio_base: Option<u64>,
@@ -78,13 +82,19 @@ impl Machine {
         } else {
             (([0; 12], 0), None)
         };
-        let tsc_khz = cpuid::tsc_khz(
+        let stated = cpuid::tsc_khz(
             timing,
             leaf_if(cpuid::LEAF_TSC_CRYSTAL, max_leaf),
             leaf_if(cpuid::LEAF_FREQUENCY, max_leaf),
-        )
-        .or_else(pit_tsc_khz)
-        .unwrap_or(0);
+        );
+        let (tsc_khz, tsc_khz_from) = match (stated, config.tsc_khz) {
+            (Some(khz), _) => (khz, "cpuid"),
+            (None, Some(khz)) => (khz, "tsc_early_khz"),
+            (None, None) => match pit_tsc_khz() {
+                Some(khz) => (khz, "pit"),
+                None => (0, "none"),
+            },
+        };
         Machine {
             hypercall: Hypercall::for_vendor(&vendor.0[..vendor.1]),
             vendor,
@@ -92,6 +102,7 @@ impl Machine {
             features,
             pge: leaf1.edx & 1 << 13 != 0,
             tsc_khz,
+            tsc_khz_from,
             cpus: 1,
             mmio_base: config.mmio_base,
         }
@@ -143,10 +154,15 @@ pub fn say(args: fmt::Arguments) {
     let _ = writeln!(Serial, "{}{args}", report::PREFIX);
 }
 
+/// Set by the first fatal error: a second (a panic while reporting the
+/// first) only ends the VM.
+static FATAL: AtomicBool = AtomicBool::new(false);
+
 /// Reports why the suite cannot go on and ends the VM.
 pub fn fatal(args: fmt::Arguments) -> ! {
-    let why = alloc::format!("{args}");
-    say(format_args!("{}", report::Error(&why)));
+    if !FATAL.swap(true, Ordering::SeqCst) {
+        say(format_args!("{}", report::Error(args)));
+    }
     end_vm()
 }
 
@@ -181,6 +197,8 @@ fn start(cmdline: boot::Result<&'static [u8]>) -> ! {
     let mode = apic::choose(machine.features.apic, machine.features.x2apic);
     apic::enable_here();
     let ticks_per_ms = machine.ticks_per_ms();
+    // Without a counting APIC timer, benchmarks run unwatched.
+    let _ = watchdog::calibrate(ticks_per_ms);
     if smp::start_ap(ticks_per_ms, AP_WAIT_MS * ticks_per_ms) {
         machine.cpus = 2;
     }
@@ -190,6 +208,7 @@ fn start(cmdline: boot::Result<&'static [u8]>) -> ! {
             cpus: machine.cpus,
             vendor: &machine.vendor.0[..machine.vendor.1],
             tsc_khz: machine.tsc_khz,
+            tsc_khz_from: machine.tsc_khz_from,
             hypervisor: match machine.hypervisor.1 {
                 0 => b"none",
                 len => &machine.hypervisor.0[..len],
@@ -200,6 +219,16 @@ fn start(cmdline: boot::Result<&'static [u8]>) -> ! {
     suite::run(&config, &machine);
     say(format_args!("done"));
     end_vm()
+}
+
+/// What a landing pad of the precompiled `alloc` crate (built to unwind)
+/// calls when a callee unwinds. Nothing here unwinds (`panic = "abort"`,
+/// and the panic handler never returns), so it is never called; LTO
+/// usually proves that and drops the reference, but not for every shape of
+/// code, and the link needs the symbol either way.
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    fatal(format_args!("_Unwind_Resume called: something unwound"))
 }
 
 #[panic_handler]

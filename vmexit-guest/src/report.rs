@@ -3,7 +3,7 @@
 //! (the host parses them strictly, ignoring keys it does not know):
 //!
 //! ```text
-//! vmbench-vmexit: hello version=1 cpus=2 vendor=GenuineIntel tsc_khz=2593906 hypervisor=KVMKVMKVM apic=x2apic
+//! vmbench-vmexit: hello version=1 cpus=2 vendor=GenuineIntel tsc_khz=2593906 tsc_khz_from=pit hypervisor=KVMKVMKVM apic=x2apic
 //! vmbench-vmexit: bench name=cpuid status=ok unit=cycles iterations=64 overhead_milli=2500 calibration_runs=8 stop=peaks window=0 ops_in_window=1280 values=70125,70250,...
 //! vmbench-vmexit: bench name=vmcall status=unavailable why=VMCALL%20raised%20#UD...
 //! vmbench-vmexit: bench name=wbinvd status=failed why=...
@@ -46,6 +46,8 @@ pub struct Hello<'a> {
     pub vendor: &'a [u8],
     /// The TSC's rate, 0 when nothing told it.
     pub tsc_khz: u64,
+    /// Where the rate came from: `cpuid`, `tsc_early_khz`, `pit` or `none`.
+    pub tsc_khz_from: &'a str,
     /// CPUID leaf 0x40000000's signature, or `none`.
     pub hypervisor: &'a [u8],
     /// `x2apic`, `xapic` or `none`.
@@ -56,11 +58,12 @@ impl fmt::Display for Hello<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "hello version={} cpus={} vendor={} tsc_khz={} hypervisor={} apic={}",
+            "hello version={} cpus={} vendor={} tsc_khz={} tsc_khz_from={} hypervisor={} apic={}",
             crate::REPORT_VERSION,
             self.cpus,
             Encoded(self.vendor),
             self.tsc_khz,
+            Encoded(self.tsc_khz_from.as_bytes()),
             Encoded(self.hypervisor),
             Encoded(self.apic.as_bytes())
         )
@@ -129,12 +132,23 @@ impl fmt::Display for Bench<'_> {
     }
 }
 
-/// The line that ends a run that could not start, and why.
-pub struct Error<'a>(pub &'a str);
+/// Percent-encodes (as [`Encoded`]) whatever is written through it.
+pub struct Encoder<W>(pub W);
+
+impl<W: fmt::Write> fmt::Write for Encoder<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write!(self.0, "{}", Encoded(s.as_bytes()))
+    }
+}
+
+/// The line that ends a run that cannot go on, and why. It formats
+/// without allocating: it also reports a heap that ran out.
+pub struct Error<'a>(pub fmt::Arguments<'a>);
 
 impl fmt::Display for Error<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error why={}", Encoded(self.0.as_bytes()))
+        f.write_str("error why=")?;
+        fmt::write(&mut Encoder(f), self.0)
     }
 }
 
@@ -157,12 +171,13 @@ mod tests {
             cpus: 2,
             vendor: b"GenuineIntel",
             tsc_khz: 2_593_906,
+            tsc_khz_from: "pit",
             hypervisor: b"KVMKVMKVM",
             apic: "x2apic",
         };
         assert_eq!(
             hello.to_string(),
-            "hello version=1 cpus=2 vendor=GenuineIntel tsc_khz=2593906 \
+            "hello version=1 cpus=2 vendor=GenuineIntel tsc_khz=2593906 tsc_khz_from=pit \
              hypervisor=KVMKVMKVM apic=x2apic"
         );
     }
@@ -206,7 +221,10 @@ mod tests {
             line.to_string(),
             "bench name=wbinvd status=failed why=#GP%20at%200x101234"
         );
-        assert_eq!(Error("bad value").to_string(), "error why=bad%20value");
+        assert_eq!(
+            Error(format_args!("bad value {}", 7)).to_string(),
+            "error why=bad%20value%207"
+        );
     }
 
     #[test]

@@ -148,7 +148,10 @@ pub fn start_ap(ticks_per_ms: u64, wait_ticks: u64) -> bool {
         core::ptr::copy_nonoverlapping(start as *const u8, page, len);
         let gdtr_at = page.add((gdtr - start) as usize);
         gdtr_at.cast::<u16>().write_unaligned(gdt_limit);
-        gdtr_at.add(2).cast::<u32>().write_unaligned(gdt_base as u32);
+        gdtr_at
+            .add(2)
+            .cast::<u32>()
+            .write_unaligned(gdt_base as u32);
         let far_at = page.add((far - start) as usize);
         far_at.cast::<u32>().write_unaligned(entry32 as u32);
         far_at.add(4).cast::<u16>().write_unaligned(SELECTOR_CODE32);

@@ -1,48 +1,75 @@
 //! Running the selected benchmarks one after the other: each is prepared
 //! (or unavailable), probed once under a catch (a fault there may mean
-//! unavailable), then calibrated and sampled under a catch, with its window
-//! marked around the samples; its line is printed before the next starts.
+//! unavailable), then measured by `vmbench-sampling` under a catch, with
+//! its window marked around the samples; its line is printed before the
+//! next starts.
 
 use alloc::string::{String, ToString};
-use alloc::vec::Vec;
+use core::convert::Infallible;
 use core::sync::atomic::{compiler_fence, AtomicBool, Ordering};
 
 use freestanding::machine::outb;
+use vmbench_sampling::{measure, Bench as Sampled, Config as Sampling, Measurement};
 use vmexit_guest::config::Config;
 use vmexit_guest::report::{Bench, Outcome, Timing};
-use vmexit_guest::sampling::{self, Clock, Settings};
 use vmexit_guest::{BENCHMARKS, MARKER_PORT, WINDOW_END, WINDOW_START};
 
-use crate::benches;
+use crate::benches::{self, Body};
 use crate::traps::{self, Fault};
-use crate::x86::{fenced_rdtsc, read_cr0, read_cr4};
-use crate::{say, Machine};
+use crate::x86::{fenced_rdtsc, read_cr0, read_cr4, sti};
+use crate::{say, watchdog, Machine};
 
-/// Whether the running benchmark's window is open: a fault leaves the
-/// closure that opened it at any instruction, so the flag lives where the
-/// store cannot be put off.
-static WINDOW_OPEN: AtomicBool = AtomicBool::new(false);
+/// How long a benchmark's first operation may take before the watchdog
+/// ends it.
+const PROBE_WATCHDOG_MS: u64 = 2000;
+/// Past its budget, how long a measurement may run before the watchdog
+/// ends it: calibration's last run and the first sample may each take
+/// about as long as the budget, and the report waits on the serial port.
+const MEASURE_WATCHDOG_MS: u64 = 2000;
 
-/// Calibration never goes past 2^32 iterations (the design's cap).
+/// Calibration never goes past 2^32 operations per run (the design's cap).
 const MAX_ITERATIONS: u64 = 1 << 32;
 
-/// The TSC, serialised, in cycles.
-struct Tsc;
+/// Whether the running benchmark's window is open: a fault leaves the
+/// measurement at any instruction, so the flag lives where a store cannot
+/// be put off.
+static WINDOW_OPEN: AtomicBool = AtomicBool::new(false);
 
-impl Clock for Tsc {
+/// A benchmark as the sampler sees it: runs timed with the serialised TSC.
+struct Timed<'a> {
+    body: &'a Body,
+    window: u16,
+}
+
+impl Sampled for Timed<'_> {
+    /// Faults do not come back this way: they leave through the catch.
+    type Error = Infallible;
+
+    fn run(&mut self, iterations: u64) -> Result<u64, Infallible> {
+        let start = fenced_rdtsc();
+        self.body.run(iterations);
+        Ok(fenced_rdtsc().saturating_sub(start))
+    }
+
     fn now(&mut self) -> u64 {
         fenced_rdtsc()
     }
 
-    fn ticks_to_unit_milli(&self, ticks: u64, iterations: u64) -> u64 {
-        let milli = u128::from(ticks) * 1000 / u128::from(iterations.max(1));
-        u64::try_from(milli).unwrap_or(u64::MAX)
+    fn window_start(&mut self) {
+        mark(WINDOW_START, self.window);
+        WINDOW_OPEN.store(true, Ordering::SeqCst);
+        compiler_fence(Ordering::SeqCst);
+    }
+
+    fn window_end(&mut self) {
+        mark(WINDOW_END, self.window);
+        WINDOW_OPEN.store(false, Ordering::SeqCst);
     }
 }
 
 /// Runs every benchmark `config` selects, printing a line for each.
 pub fn run(config: &Config, machine: &Machine) {
-    let settings = Settings {
+    let sampling = Sampling {
         min_run_ticks: config.min_run_ticks,
         max_iterations: MAX_ITERATIONS,
         max_samples: config.max_samples,
@@ -55,15 +82,20 @@ pub fn run(config: &Config, machine: &Machine) {
             continue;
         }
         let window = index as u16;
-        let result = run_one(index, window, machine, &settings);
+        let ended = run_one(index, window, machine, &sampling);
         benches::restore(cr0, cr4);
         if matches!(index, 9 | 10) && machine.features.tsc_deadline {
             benches::disarm_timer();
         }
-        let outcome = match &result {
-            Ended::Ok { timing, values } => Outcome::Ok(Timing {
-                values,
-                ..timing.clone()
+        let outcome = match &ended {
+            Ended::Ok(m) => Outcome::Ok(Timing {
+                iterations: m.calibration.iterations,
+                overhead_milli: m.calibration.overhead_ticks.saturating_mul(1000),
+                calibration_runs: m.calibration.runs,
+                stop: m.stop.as_str(),
+                window,
+                ops_in_window: m.ops(),
+                values: &m.values,
             }),
             Ended::Unavailable(why) => Outcome::Unavailable(why),
             Ended::Failed(why) => Outcome::Failed(why),
@@ -79,56 +111,64 @@ pub fn run(config: &Config, machine: &Machine) {
 }
 
 enum Ended {
-    Ok {
-        timing: Timing<'static>,
-        values: Vec<u64>,
-    },
+    Ok(Measurement),
     Unavailable(String),
     Failed(String),
 }
 
-fn run_one(index: usize, window: u16, machine: &Machine, settings: &Settings) -> Ended {
+fn run_one(index: usize, window: u16, machine: &Machine, sampling: &Sampling) -> Ended {
     let mut body = match benches::prepare(index, machine) {
         Ok(body) => body,
         Err(why) => return Ended::Unavailable(why),
     };
-    match traps::catching(|| body.probe()) {
+    let ticks_per_ms = machine.ticks_per_ms();
+    let watched = !body.uses_timer();
+    if watched {
+        watchdog::arm(PROBE_WATCHDOG_MS, ticks_per_ms);
+    }
+    let probed = traps::catching(|| {
+        sti();
+        body.probe()
+    });
+    watchdog::disarm();
+    match probed {
         Ok(Ok(())) => {}
         Ok(Err(why)) => return Ended::Unavailable(why),
         Err(fault) => {
-            return match body.unavailable_on(&fault) {
+            let unavailable = match fault {
+                Fault::Watchdog { ms } => body.unavailable_on_hang(ms),
+                _ => body.unavailable_on(&fault),
+            };
+            return match unavailable {
                 Some(why) => Ended::Unavailable(why),
-                None => Ended::Failed(fault_text("the first operation", &fault)),
-            }
+                None => Ended::Failed(fault_text("its first operation", &fault)),
+            };
         }
     }
     WINDOW_OPEN.store(false, Ordering::SeqCst);
-    let sampled = traps::catching(|| {
-        let mut clock = Tsc;
-        let mut run = |n| body.run(n);
-        let calibration = sampling::calibrate(&mut clock, settings, &mut benches::empty, &mut run);
-        mark(WINDOW_START, window);
-        WINDOW_OPEN.store(true, Ordering::SeqCst);
-        compiler_fence(Ordering::SeqCst);
-        let (values, stop) = sampling::sample(&mut clock, settings, &calibration, &mut run);
-        mark(WINDOW_END, window);
-        (calibration, values, stop)
+    if watched {
+        let budget_ms = sampling.budget_ticks / ticks_per_ms;
+        watchdog::arm(
+            budget_ms
+                .saturating_mul(3)
+                .saturating_add(MEASURE_WATCHDOG_MS),
+            ticks_per_ms,
+        );
+    }
+    let measured = traps::catching(|| {
+        sti();
+        let mut timed = Timed {
+            body: &body,
+            window,
+        };
+        let Ok(measurement) = measure(&mut timed, sampling);
+        measurement
     });
-    match sampled {
-        Ok((calibration, values, stop)) => Ended::Ok {
-            timing: Timing {
-                iterations: calibration.iterations,
-                overhead_milli: calibration.overhead_milli,
-                calibration_runs: calibration.calibration_runs,
-                stop: stop.name(),
-                window,
-                ops_in_window: calibration.iterations * values.len() as u64,
-                values: &[],
-            },
-            values,
-        },
+    watchdog::disarm();
+    match measured {
+        Ok(measurement) => Ended::Ok(measurement),
         Err(fault) => {
-            if WINDOW_OPEN.load(Ordering::SeqCst) {
+            if WINDOW_OPEN.swap(false, Ordering::SeqCst) {
                 mark(WINDOW_END, window);
             }
             Ended::Failed(fault_text("a measured run", &fault))

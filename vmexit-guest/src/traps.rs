@@ -27,7 +27,7 @@ use vmexit_guest::descriptors::{
     SELECTOR_CODE64, SELECTOR_DATA,
 };
 
-use crate::apic;
+use crate::{apic, watchdog};
 
 /// The vector of every interrupt a benchmark causes: self-IPIs, the
 /// TSC-deadline timer, cross-CPU IPIs (kvm-unit-tests' IPI_TEST_VECTOR).
@@ -38,9 +38,15 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 /// What stopped a caught closure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    Exception { vector: u8, error_code: u64, rip: u64 },
+    Exception {
+        vector: u8,
+        error_code: u64,
+        rip: u64,
+    },
     /// A bounded wait ran out: for what.
     Timeout(&'static str),
+    /// The watchdog bit: the benchmark ran this long without ending.
+    Watchdog { ms: u64 },
     /// The guest's own code panicked, at this line.
     Panic { line: u32 },
 }
@@ -58,6 +64,7 @@ impl core::fmt::Display for Fault {
                 exception_name(vector)
             ),
             Fault::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            Fault::Watchdog { ms } => write!(f, "still running after {ms} ms (the watchdog)"),
             Fault::Panic { line } => write!(f, "the guest panicked (vmexit-guest line {line})"),
         }
     }
@@ -289,13 +296,17 @@ pub fn init_tables() {
                 let stack = core::ptr::addr_of!((*tables).ist[cpu][ist]) as u64;
                 (*tables).tss[cpu].ist[ist] = stack + IST_BYTES as u64;
             }
+            (*tables).tss[cpu].iomap_base = descriptors::TSS_BYTES as u16;
         }
         let tss_addrs = core::array::from_fn(|cpu| core::ptr::addr_of!((*tables).tss[cpu]) as u64);
         (*tables).gdt = gdt(tss_addrs);
         let stubs = core::ptr::addr_of!(vmexit_trap_stubs) as u64;
         for vector in 0..=255u8 {
-            (*tables).idt[usize::from(vector)] =
-                interrupt_gate(stubs + 16 * u64::from(vector), SELECTOR_CODE64, ist_for(vector));
+            (*tables).idt[usize::from(vector)] = interrupt_gate(
+                stubs + 16 * u64::from(vector),
+                SELECTOR_CODE64,
+                ist_for(vector),
+            );
         }
     }
 }
@@ -383,6 +394,16 @@ extern "C" fn trap(frame: *mut TrapFrame) {
             apic::eoi();
         }
         SPURIOUS_VECTOR => {}
+        watchdog::WATCHDOG_VECTOR => {
+            apic::eoi();
+            if cpu == 0 && watchdog::bites() {
+                let fault = Fault::Watchdog {
+                    ms: watchdog::armed_ms(),
+                };
+                // Nothing caught: the watchdog was left armed; ignore it.
+                let _ = resume_caught(cpu, frame, fault);
+            }
+        }
         32..=254 => {
             STRAY_IRQS[cpu].fetch_add(1, Ordering::SeqCst);
             apic::eoi();
@@ -393,18 +414,26 @@ extern "C" fn trap(frame: *mut TrapFrame) {
                 error_code: frame.error_code,
                 rip: frame.rip,
             };
-            let slot = &CATCH[cpu];
-            if slot.armed.swap(0, Ordering::SeqCst) == 1 {
-                FAULT.set(cpu, Some(fault));
-                frame.rip = slot.resume.load(Ordering::SeqCst);
-                frame.rsp = slot.saved_rsp.load(Ordering::SeqCst);
-                frame.cs = u64::from(SELECTOR_CODE64);
-                frame.rflags = 0x2;
-                return;
+            if !resume_caught(cpu, frame, fault) {
+                uncaught(cpu, fault)
             }
-            uncaught(cpu, fault)
         }
     }
+}
+
+/// If a catch is armed on `cpu`: records `fault` and makes the handler's
+/// return go to the catch's resume point, interrupts off.
+fn resume_caught(cpu: usize, frame: &mut TrapFrame, fault: Fault) -> bool {
+    let slot = &CATCH[cpu];
+    if slot.armed.swap(0, Ordering::SeqCst) != 1 {
+        return false;
+    }
+    FAULT.set(cpu, Some(fault));
+    frame.rip = slot.resume.load(Ordering::SeqCst);
+    frame.rsp = slot.saved_rsp.load(Ordering::SeqCst);
+    frame.cs = u64::from(SELECTOR_CODE64);
+    frame.rflags = 0x2;
+    true
 }
 
 /// A fault nothing catches: the boot CPU reports it and ends the VM; vCPU 1
@@ -444,14 +473,14 @@ pub fn catching<F: FnOnce() -> R, R>(f: F) -> Result<R, Fault> {
     // SAFETY: the slot is the boot CPU's own and not armed (no nesting);
     // `call` outlives the call; a fault returns here with the registers the
     // ABI preserves restored from the stack frame vmexit_catch_call saved.
-    let faulted = unsafe {
-        vmexit_catch_call(call::<F, R>, (&raw mut state).cast(), &CATCH[0])
-    };
+    let faulted = unsafe { vmexit_catch_call(call::<F, R>, (&raw mut state).cast(), &CATCH[0]) };
     match (faulted, state.result) {
         (0, Some(result)) => Ok(result),
         // A fault always records itself before coming back; the default is
         // for a handler that broke that rule.
-        _ => Err(FAULT.get(0).unwrap_or(Fault::Timeout("a fault record that never came"))),
+        _ => Err(FAULT
+            .get(0)
+            .unwrap_or(Fault::Timeout("a fault record that never came"))),
     }
 }
 

@@ -85,6 +85,12 @@ pub fn cli() {
     unsafe { asm!("cli", options(nomem, nostack)) };
 }
 
+/// Interrupts on.
+pub fn sti() {
+    // SAFETY: every vector has a handler, on its own stack.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+}
+
 /// Halts forever with interrupts off: the end of a CPU that cannot go on.
 pub fn halt_forever() -> ! {
     loop {
