@@ -1121,7 +1121,13 @@ fn of_300_windows_256_are_kept_and_44_counted() {
         l["total_ns"].as_f64().unwrap() / l["count"].as_f64().unwrap()
     };
     assert_eq!(by_port["128"]["count"], 300 * 6);
-    println!("histogram of marks: {}", by_port["128"]["log2_histogram"]);
+    let histogram: Vec<String> = by_port["128"]["log2_histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{} from {} ns", b[1], 1u64 << b[0].as_u64().unwrap()))
+        .collect();
+    println!("window mark exits by time taken: {}", histogram.join(", "));
     println!(
         "window marks: {} exits to port 0x80, mean {:.0} ns (max {} ns); reads of port 0x0EE0: {}, mean {:.0} ns",
         by_port["128"]["count"],
