@@ -27,6 +27,10 @@ pub struct Settings {
     /// `vmbench.bench=1`: after the report, wait for the host's benchmark
     /// orders until its `Ack`, however long that takes.
     pub bench: bool,
+    /// `vmbench.bench_hang=NAME` (a test aid, `vmbench bench --hang-in`):
+    /// asked for benchmark NAME, the agent stops answering altogether, as
+    /// a guest that hangs would.
+    pub bench_hang: Option<String>,
 }
 
 impl Default for Settings {
@@ -42,6 +46,7 @@ impl Default for Settings {
             root_wait_ms: 10_000,
             root_init: "/sbin/init".to_string(),
             bench: false,
+            bench_hang: None,
         }
     }
 }
@@ -81,6 +86,10 @@ pub fn parse(cmdline: &str) -> (Settings, Vec<Problem>) {
             }
             "root_ro" => flag(value).map(|v| settings.root_ro = v).is_some(),
             "bench" => flag(value).map(|v| settings.bench = v).is_some(),
+            "bench_hang" if !value.is_empty() => {
+                settings.bench_hang = Some(value.to_string());
+                true
+            }
             "root_wait_ms" => value.parse().map(|v| settings.root_wait_ms = v).is_ok(),
             "root_init" if value.starts_with('/') => {
                 settings.root_init = value.to_string();
@@ -145,6 +154,10 @@ mod tests {
     fn bench_mode() {
         assert!(!parse("console=ttyS0").0.bench);
         assert!(parse("vmbench.bench=1").0.bench);
+        assert_eq!(
+            parse("vmbench.bench_hang=fork").0.bench_hang.as_deref(),
+            Some("fork")
+        );
         assert!(!parse("vmbench.bench=1 vmbench.bench=0").0.bench);
         let (s, problems) = parse("vmbench.bench=yes");
         assert!(!s.bench);

@@ -365,8 +365,8 @@ struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
     /// Seconds each benchmark may spend calibrating and sampling (default:
-    /// 10 for the agent's, 2 for the vmexit guest's); past it and 30 s
-    /// more, it counts as hung. 0.1 to 600.
+    /// 10 for the agent's, 2 for the vmexit guest's); past it and a grace
+    /// (90 s, the vmexit guest's 30 s), it hung its guest. 0.1 to 600.
     #[arg(long, value_name = "S", value_parser = budget_s)]
     budget_s: Option<f64>,
     /// The vmexit guest to boot. Default: the set-up step's build

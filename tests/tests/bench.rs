@@ -339,3 +339,255 @@ fn bench_runs_are_stored_and_compared() {
         .unwrap_or_else(|| panic!("{verdicts}"));
     assert_eq!(cpu["noise_band"], 0.05, "{cpu}");
 }
+
+/// Exit attribution on our VMM: each benchmark's window in the VMM's
+/// account, per operation — a port the VMM answers costs one userspace
+/// exit per read, CPUID and the in-kernel port none.
+#[test]
+fn exits_are_attributed_to_each_benchmark_on_our_vmm() {
+    let test_name = "exits_are_attributed_to_each_benchmark_on_our_vmm";
+    let Some(test) = BootTest::start_with_kvm(test_name) else {
+        return;
+    };
+    if !have_vmexit_guest(test_name) {
+        return;
+    }
+    let out_dir = test.out_dir();
+    let out = bench(
+        &test.dir().join("results.db"),
+        &out_dir,
+        &[
+            "--suite",
+            "vmexit",
+            "--backend",
+            "kvm",
+            "--bench",
+            "cpuid,inl_from_vmm,inl_from_kernel,mmio_read",
+            "--rough",
+            "--budget-s",
+            "0.3",
+        ],
+    );
+    assert!(out.status.success(), "{}", dump(&out));
+    let r = results(&out_dir);
+    let vm = vms(&r, "vmexit", "kvm")[0];
+    let exits = |name: &str| {
+        let b = benchmark(vm, name);
+        assert_eq!(b["status"], "ok", "{b}");
+        let e = b["exits"].clone();
+        assert!(e.is_object(), "{name} has no exits: {b}");
+        assert_eq!(e["ops"], b["samples"]["ops_in_window"], "{b}");
+        e
+    };
+    for (name, kind) in [("inl_from_vmm", "io_in"), ("mmio_read", "mmio_read")] {
+        let e = exits(name);
+        let per_op = e["userspace"][kind]["per_op"].as_f64().unwrap();
+        assert!(
+            (0.99..=1.01).contains(&per_op),
+            "{name}: {per_op} {kind} exits per operation: {e}"
+        );
+        assert!(e["vmm_mean_ns"].as_f64().unwrap() > 0.0, "{e}");
+    }
+    for name in ["cpuid", "inl_from_kernel"] {
+        let e = exits(name);
+        assert_eq!(e["userspace_per_op"], 0.0, "{name} left the kernel: {e}");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("inl_from_vmm "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[2], "1.00", "userspace exits/op: {text}");
+}
+
+/// Every micro benchmark under QEMU/TCG with `--rough`: done, or (the
+/// hypercall, which TCG traps) unavailable and why; in the orders the
+/// issue expects.
+#[test]
+fn the_micro_suite_runs_under_qemu() {
+    let Some(test) = BootTest::start("the_micro_suite_runs_under_qemu") else {
+        return;
+    };
+    let out_dir = test.out_dir();
+    let csv = test.dir().join("micro.csv");
+    let out = bench(
+        &test.dir().join("results.db"),
+        &out_dir,
+        &[
+            "--suite",
+            "micro",
+            "--backend",
+            "qemu",
+            "--rough",
+            "--budget-s",
+            "1",
+            "--csv",
+            csv.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", dump(&out));
+    let r = results(&out_dir);
+    assert_follows_its_document(&r, "results-json.md");
+    let vm = vms(&r, "micro", "qemu")[0];
+    assert_eq!(vm["status"], "ok", "{vm}");
+    each_benchmark_accounted_for(vm);
+    let benchmarks = vm["benchmarks"].as_array().unwrap();
+    assert_eq!(benchmarks.len(), 18);
+    for (i, b) in benchmarks.iter().enumerate() {
+        if b["name"] == "hypercall" {
+            assert_eq!(b["status"], "unavailable", "{b}");
+            continue;
+        }
+        assert_eq!(b["status"], "ok", "{b}");
+        assert_eq!(b["samples"]["unit"], "ns");
+        assert_eq!(b["samples"]["window"], i as u64 + 1, "{b}");
+        assert_eq!(
+            b["exits_why_none"].as_str().unwrap(),
+            "QEMU does not attribute exits to a guest's windows; only the kvm backend's VMM does"
+        );
+    }
+    let median = |name: &str| benchmark(vm, name)["samples"]["median"].as_f64().unwrap();
+    assert!(
+        median("syscall") < median("fork") && median("fork") < median("exec"),
+        "syscall {} < fork {} < exec {}",
+        median("syscall"),
+        median("fork"),
+        median("exec")
+    );
+    assert!(
+        median("mem_random") > median("mem_linear"),
+        "random {} > linear {}",
+        median("mem_random"),
+        median("mem_linear")
+    );
+    // Every benchmark is a metric: one value per VM, its median.
+    let metrics = r["aggregate"]["metrics"].as_array().unwrap();
+    let syscall = metrics
+        .iter()
+        .find(|m| m["name"] == "bench.syscall")
+        .unwrap_or_else(|| panic!("no bench.syscall metric"));
+    assert_eq!(syscall["unit"], "ns");
+    assert_eq!(
+        syscall["summary"]["median"].as_f64().unwrap(),
+        median("syscall")
+    );
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert!(rows.lines().skip(1).all(|l| l.contains(",micro,")));
+    assert!(rows.lines().any(|l| l.contains(",vsock_rtt,ns,")), "{rows}");
+}
+
+/// The inter suite under QEMU/TCG: two VMs, the host's relay between
+/// them, its own CPU time recorded and said to be part of the figures.
+#[test]
+fn the_inter_suite_runs_under_qemu_through_the_relay() {
+    let Some(test) = BootTest::start("the_inter_suite_runs_under_qemu_through_the_relay") else {
+        return;
+    };
+    let out_dir = test.out_dir();
+    let out = bench(
+        &test.dir().join("results.db"),
+        &out_dir,
+        &[
+            "--suite",
+            "inter",
+            "--backend",
+            "qemu",
+            "--rough",
+            "--budget-s",
+            "1",
+        ],
+    );
+    assert!(out.status.success(), "{}", dump(&out));
+    let r = results(&out_dir);
+    assert_follows_its_document(&r, "results-json.md");
+    let pair = vms(&r, "inter", "qemu");
+    assert_eq!(pair.len(), 2, "a pair");
+    let (measures, peer) = if pair[0]["peer_of"].is_null() {
+        (pair[0], pair[1])
+    } else {
+        (pair[1], pair[0])
+    };
+    assert_eq!(peer["peer_of"], measures["id"]);
+    for name in ["inter_vsock_rtt", "inter_vsock_bw", "inter_sendfile"] {
+        let b = benchmark(measures, name);
+        assert_eq!(b["status"], "ok", "{b}");
+        assert_eq!(b["peer_vm"], peer["id"], "both VMs' ids: {b}");
+        let relay = &b["relay"];
+        assert!(relay["cpu_ms"].as_f64().unwrap() > 0.0, "{b}");
+        assert!(relay["bytes_to_peer"].as_u64().unwrap() > 0, "{b}");
+        let served = benchmark(peer, &format!("{name}:peer"));
+        assert_eq!(served["status"], "ok", "{served}");
+    }
+    // A round trip carries one byte each way per operation.
+    let rtt = benchmark(measures, "inter_vsock_rtt");
+    assert_eq!(
+        rtt["relay"]["bytes_to_peer"],
+        rtt["relay"]["bytes_from_peer"]
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("include vmbench's relay on the host"),
+        "{text}"
+    );
+}
+
+/// A benchmark that hangs its guest (`--hang-in`: the agent stops
+/// answering) is that benchmark's failure: the VM is stopped, the
+/// benchmarks after it are not run, the run ends as usual, exit 1.
+#[test]
+fn a_benchmark_that_hangs_its_guest_is_its_failure() {
+    let Some(test) = BootTest::start("a_benchmark_that_hangs_its_guest_is_its_failure") else {
+        return;
+    };
+    let out_dir = test.out_dir();
+    let out = bench(
+        &test.dir().join("results.db"),
+        &out_dir,
+        &[
+            "--suite",
+            "micro",
+            "--bench",
+            "exec,fork,syscall",
+            "--backend",
+            "qemu",
+            "--rough",
+            "--budget-s",
+            "0.5",
+            "--hang-in",
+            "fork",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", dump(&out));
+    let r = results(&out_dir);
+    assert_eq!(r["finished"], true);
+    let vm = vms(&r, "micro", "qemu")[0];
+    assert_eq!(vm["status"], "ok", "the VM booted and served: {vm}");
+    // In list order: exec, fork, syscall.
+    assert_eq!(benchmark(vm, "exec")["status"], "ok");
+    let fork = benchmark(vm, "fork");
+    assert_eq!(fork["status"], "failed", "{fork}");
+    assert!(
+        fork["why"].as_str().unwrap().contains("hung the guest"),
+        "{fork}"
+    );
+    let syscall = benchmark(vm, "syscall");
+    assert_eq!(syscall["status"], "not_run", "{syscall}");
+    assert!(
+        syscall["why"]
+            .as_str()
+            .unwrap()
+            .contains("fork hung the guest before it"),
+        "{syscall}"
+    );
+    assert!(
+        vm["vmm_exit"]
+            .as_str()
+            .unwrap()
+            .contains("after benchmark fork hung"),
+        "{vm}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("  fork: failed ("), "{text}");
+}

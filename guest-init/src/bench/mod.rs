@@ -20,6 +20,7 @@ mod block;
 pub mod cli;
 mod exits;
 mod hypercall;
+pub mod inter;
 mod kernel_entry;
 mod memory;
 mod process;
@@ -138,6 +139,9 @@ pub fn serve(conversation: &mut Conversation, settings: &Settings) {
             }
             Ok(HostMessage::RunBench(request)) => {
                 console::line(&[("event", "bench_start"), ("name", &request.name)]);
+                if settings.bench_hang.as_deref() == Some(request.name.as_str()) {
+                    hang(&request.name);
+                }
                 let outcome = run(&request, &env);
                 let (status, why) = match &outcome {
                     BenchOutcome::Done(samples) => ("done", samples.stop.clone()),
@@ -163,6 +167,16 @@ pub fn serve(conversation: &mut Conversation, settings: &Settings) {
                 return;
             }
         }
+    }
+}
+
+/// `vmbench.bench_hang=NAME` (a test aid): the agent answers no more, as
+/// a guest that hangs in a benchmark would; the host's timeout for the
+/// benchmark must make that its failure.
+fn hang(name: &str) -> ! {
+    console::line(&[("event", "bench_hang"), ("name", name)]);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
 

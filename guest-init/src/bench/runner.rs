@@ -35,7 +35,7 @@ pub const GRACE_MS: u64 = 60_000;
 /// Runs the benchmark `request` names, in a runner process; whatever
 /// happens to the runner, the outcome says it.
 pub fn run(request: &BenchRequest, env: &Env) -> BenchOutcome {
-    if micro_bench(&request.name).is_none() {
+    if micro_bench(&request.name).is_none() && !super::inter::is_inter(&request.name) {
         let known: Vec<&str> = MICRO_BENCHES.iter().map(|b| b.name).collect();
         return BenchOutcome::Unavailable {
             why: format!(
@@ -58,6 +58,9 @@ pub fn run(request: &BenchRequest, env: &Env) -> BenchOutcome {
 
 /// Sets the benchmark up and times it (in the runner).
 fn measure(request: &BenchRequest, env: &Env) -> BenchOutcome {
+    if super::inter::is_inter(&request.name) {
+        return super::inter::run(request, env);
+    }
     let Some(setup) = setup_of(&request.name) else {
         return BenchOutcome::Unavailable {
             why: format!("benchmark {:?} is not built into this agent", request.name),

@@ -15,15 +15,16 @@ use super::{require_vm, Env, SetupError, Workload};
 
 pub const MODE_ECHO: u8 = b'e';
 pub const MODE_SINK: u8 = b's';
+pub const MODE_RELAY: u8 = b'r';
 
-const BW_BLOCK_BYTES: usize = 64 * 1024;
+pub(super) const BW_BLOCK_BYTES: usize = 64 * 1024;
 
 /// The host port the benchmarks connect to.
 pub fn bench_port(env: &Env) -> u32 {
     env.settings.port.wrapping_add(1)
 }
 
-fn connect_host(env: &Env, mode: u8) -> Result<File, SetupError> {
+pub(super) fn connect_host(env: &Env, mode: u8) -> Result<File, SetupError> {
     require_vm(env, "its peer is the host's vmbench")?;
     let port = bench_port(env);
     let failed = |what: &str, e: nix::errno::Errno| {

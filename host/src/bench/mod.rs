@@ -68,8 +68,9 @@ pub struct BenchRun {
     /// vmexit guest).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub budget_ms: Option<u32>,
-    /// Past its budget and 30 s more, a benchmark counts as hung.
-    pub grace_s: f64,
+    /// Each suite's benchmark timeout: past its budget and a grace (30 s
+    /// for the vmexit guest, 90 s for the agent), a benchmark counts as hung.
+    pub benchmark_timeout_s: std::collections::BTreeMap<Suite, f64>,
     /// The vmexit suite's guest.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub vmexit_guest: Option<GuestFile>,
@@ -100,7 +101,11 @@ pub fn run_record(plan: &Plan, inputs: &Inputs, not_run: Vec<SuiteNotRun>) -> Be
         benchmarks: plan.benchmarks.iter().map(|b| b.name.to_string()).collect(),
         rough: plan.rough,
         budget_ms: plan.budget_ms,
-        grace_s: plan::GRACE.as_secs_f64(),
+        benchmark_timeout_s: plan
+            .suites
+            .iter()
+            .map(|s| (*s, plan.benchmark_timeout(*s).as_secs_f64()))
+            .collect(),
         vmexit_guest: inputs.vmexit_guest.as_ref().map(|g| GuestFile {
             path: g.path.display().to_string(),
             sha256: g.sha256.clone(),

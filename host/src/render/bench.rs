@@ -86,7 +86,7 @@ impl Pooled<'_> {
             .map(|(kind, (count, _))| (kind.to_string(), per_op(*count)))
             .chain(
                 kvm.iter()
-                    .filter(|(stat, _)| **stat != "exits")
+                    .filter(|(stat, _)| is_reason(stat))
                     .map(|(stat, delta)| (format!("kvm:{stat}"), per_op(*delta))),
             )
             .filter(|(_, v)| *v >= 0.01)
@@ -105,6 +105,21 @@ impl Pooled<'_> {
     fn exits_why_none(&self) -> Option<&str> {
         self.measured().find_map(|r| r.exits_why_none.as_deref())
     }
+}
+
+/// KVM statistics that say why a vCPU left the guest or what KVM did for
+/// it there (counts, not times): `io_exits`, `halt_exits`, …, and the
+/// instruction emulation a KVM that emulates guest code lives on.
+fn is_reason(stat: &str) -> bool {
+    (stat.ends_with("_exits") && stat != "exits")
+        || matches!(
+            stat,
+            "insn_emulation"
+                | "insn_emulation_fail"
+                | "irq_injections"
+                | "nmi_injections"
+                | "hypercalls"
+        )
 }
 
 struct ExitsPerOp {
@@ -192,14 +207,15 @@ pub fn output(results: &RunResults, shown: Shown) -> String {
                 let _ = writeln!(out, "{}: not run: {}", label(i), skipped.why);
             } else {
                 let ok = vms.iter().filter(|v| v.status.as_str() == "ok").count();
+                let what = if *suite == Suite::Inter { "pair" } else { "VM" };
                 let _ = writeln!(
                     out,
-                    "{}: {} VM{} ({} ok){}",
+                    "{}: {} {what}{} ({} ok){}",
                     label(i),
                     vms.len(),
                     if vms.len() == 1 { "" } else { "s" },
                     ok,
-                    pair_note(results, &vms)
+                    pair_note(&vms)
                 );
                 for name in &names {
                     out.push_str(&virtbench_line(name, by_name.get(name), shown));
@@ -224,12 +240,11 @@ pub fn output(results: &RunResults, shown: Shown) -> String {
 }
 
 /// The inter suite's VMs: which pairs.
-fn pair_note(results: &RunResults, vms: &[&VmRecord]) -> String {
+fn pair_note(vms: &[&VmRecord]) -> String {
     let pairs: Vec<String> = vms
         .iter()
         .filter_map(|v| {
             let peer = v.benchmarks.iter().find_map(|b| b.peer_vm)?;
-            let _ = results;
             Some(format!("vm-{} with vm-{peer}", v.id))
         })
         .collect();
@@ -295,29 +310,24 @@ fn side_by_side(
     pooled: &[BTreeMap<&str, Pooled<'_>>],
 ) -> String {
     let unit = catalog::of(suite).next().map_or("", |b| b.unit);
+    // Each backend's time per operation first, then the exits: the kvm
+    // backend's figures, and a dash for each other backend.
     let mut header = vec!["benchmark".to_string()];
-    for (i, backend) in backends.iter().enumerate() {
-        header.push(format!("{} {unit}/op", labels[i]));
-        if *backend == "kvm" {
-            header.extend(
-                [
-                    "userspace exits/op",
-                    "KVM exits/op",
-                    "VMM µs/exit",
-                    "by reason (per op)",
-                ]
-                .map(String::from),
-            );
-        } else {
-            header.push(format!("{backend} exits/op"));
-        }
+    header.extend(labels.iter().map(|l| format!("{l} {unit}/op")));
+    let kvm = backends.iter().position(|b| *b == "kvm");
+    if kvm.is_some() {
+        header.extend(["kvm: userspace exits/op", "KVM exits/op", "VMM µs/exit"].map(String::from));
+    }
+    let others: Vec<usize> = (0..backends.len()).filter(|i| Some(*i) != kvm).collect();
+    header.extend(others.iter().map(|&i| format!("{} exits/op", backends[i])));
+    if kvm.is_some() {
+        header.push("kvm: by reason (per op)".into());
     }
     let mut rows = vec![header];
     let mut why_none: Vec<String> = Vec::new();
     for name in names {
         let mut row = vec![name.to_string()];
-        for (i, backend) in backends.iter().enumerate() {
-            let p = pooled[i].get(name);
+        for p in pooled.iter().map(|by_name| by_name.get(name)) {
             let values = p.map(Pooled::values).unwrap_or_default();
             row.push(match vmbench_sampling::summary(&values) {
                 Some(s) => milli(s.median),
@@ -325,36 +335,44 @@ fn side_by_side(
                     .and_then(Pooled::why_not)
                     .map_or("-".into(), |(s, _)| s.as_str().to_string()),
             });
-            let exits = p.and_then(Pooled::exits);
-            if *backend == "kvm" {
-                match exits {
-                    Some(e) => row.extend([
+        }
+        let mut reasons = String::new();
+        if let Some(k) = kvm {
+            let p = pooled[k].get(name);
+            match p.and_then(Pooled::exits) {
+                Some(e) => {
+                    row.extend([
                         format!("{:.2}", e.userspace),
                         e.kvm_exits.map_or("-".into(), |x| format!("{x:.2}")),
                         e.vmm_mean_us.map_or("-".into(), |us| format!("{us:.2}")),
-                        e.reasons
-                            .iter()
-                            .map(|(k, v)| format!("{k} {v:.2}"))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    ]),
-                    None => {
-                        if let Some(why) = p.and_then(Pooled::exits_why_none) {
-                            push_once(&mut why_none, format!("kvm: {why}"));
-                        }
-                        row.extend(["—", "—", "—", ""].map(String::from));
+                    ]);
+                    reasons = e
+                        .reasons
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                }
+                None => {
+                    if let Some(why) = p.and_then(Pooled::exits_why_none) {
+                        push_once(&mut why_none, format!("kvm: {why}"));
                     }
+                    row.extend(["—", "—", "—"].map(String::from));
                 }
-            } else {
-                row.push("—".into());
-                if values.is_empty() {
-                    continue;
-                }
+            }
+        }
+        for &i in &others {
+            row.push("—".into());
+            let p = pooled[i].get(name);
+            if p.is_some_and(|p| p.measured().next().is_some()) {
                 let why = p
                     .and_then(Pooled::exits_why_none)
                     .unwrap_or(crate::bench::exits::QEMU_HAS_NONE);
-                push_once(&mut why_none, format!("{backend}: {why}"));
+                push_once(&mut why_none, format!("{}: {why}", backends[i]));
             }
+        }
+        if kvm.is_some() {
+            row.push(reasons);
         }
         rows.push(row);
     }
@@ -441,7 +459,7 @@ mod tests {
             ],
             rough: false,
             budget_ms: None,
-            grace_s: 30.0,
+            benchmark_timeout_s: Default::default(),
             vmexit_guest: None,
             not_run: vec![SuiteNotRun {
                 suite: Suite::Micro,
@@ -578,12 +596,12 @@ mod tests {
             [
                 "inl_from_vmm",
                 "100000",
+                "3000",
                 "1.00",
                 "1.00",
                 "2.50",
-                "io_in 1.00, kvm:io_exits 1.00",
-                "3000",
-                "—"
+                "—",
+                "io_in 1.00, kvm:io_exits 1.00"
             ],
             "{text}"
         );

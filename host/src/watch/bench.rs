@@ -187,8 +187,12 @@ impl Watch<'_> {
             }
         }
         let why_unrun = match stuck {
+            Some(order) if bench.hung.is_some() => format!(
+                "{} hung the guest before it, and vmbench stopped the VM",
+                bench.plan.orders[order].benchmark.name
+            ),
             Some(order) => format!(
-                "{} before it ({ended_how})",
+                "the VM ended in {} before it: {ended_how}",
                 bench.plan.orders[order].benchmark.name
             ),
             None if self.record.host_ns.ready.is_none() => {
