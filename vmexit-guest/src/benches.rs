@@ -105,9 +105,9 @@ pub fn prepare(index: usize, machine: &Machine) -> Result<Body, String> {
 }
 
 impl Body {
-    /// Before the first run (caught): checks the operation once, and gets
-    /// what the loop needs. `Err(Some(why))`: unavailable; a fault here
-    /// goes to [`Body::unavailable_on`].
+    /// Before the first run (caught): checks what the operation needs and
+    /// gets what the loop needs (the suite then runs the operation once).
+    /// `Err(why)`: unavailable; a fault here goes to [`Body::unavailable_on`].
     pub fn probe(&mut self) -> Result<(), String> {
         match self {
             Body::MmioRead(base) => {
@@ -126,7 +126,6 @@ impl Body {
             }
             _ => {}
         }
-        self.run(1);
         Ok(())
     }
 
