@@ -96,7 +96,8 @@ pub fn phases(t: &SystemdTimestamps, units: &[UnitTimes], default_target: &str) 
         kernel: kernel_done.map(|k| ms(k.saturating_sub(t.kernel_us))),
         initrd: set(t.initrd_us).and_then(|i| since(Some(i), userspace)),
         userspace: since(userspace, finish),
-        total: finish.map(|f| ms(t.firmware_us + f)),
+        // Guest-supplied: a sum past u64 is no total, not a panic.
+        total: finish.and_then(|f| t.firmware_us.checked_add(f)).map(ms),
         target_reached: since(userspace, target_active),
     }
 }
@@ -334,6 +335,30 @@ mod tests {
             "{err}"
         );
         assert!(check_against_analyze(&p, "Bootup is not yet finished").is_err());
+    }
+
+    /// Found by the systemd_record fuzz target: a firmware time and a
+    /// finish time that add up past u64 panicked the orchestrator.
+    #[test]
+    fn timestamps_that_overflow_give_no_total() {
+        let t = SystemdTimestamps {
+            firmware_us: u64::MAX,
+            loader_us: 1,
+            userspace_us: u64::MAX - 1,
+            finish_us: 2,
+            ..SystemdTimestamps::default()
+        };
+        let p = phases(&t, &[], "multi-user.target");
+        assert_eq!(p.total, None);
+        assert_eq!(p.userspace, None, "finish before userspace");
+        assert_eq!(p.firmware, Some((u64::MAX - 1) as f64 / 1e3));
+        let record = SystemdRecord::from_report(SystemdReport {
+            timestamps: t,
+            analyze_time: "Startup finished in 1.234s (kernel) + 36.540s (userspace) = 37.775s"
+                .into(),
+            ..SystemdReport::default()
+        });
+        assert_eq!(record.agrees_with_analyze, Some(false));
     }
 
     #[test]
