@@ -91,14 +91,16 @@ fn as_pid1(init_ns: u64) {
         switch_root_ns: marks.switch_root_ns,
         ..GuestMarks::default()
     };
+    // On the console first: if the host cannot be reached either, this is
+    // the only place the reason is said.
+    if let Some(what) = &failure {
+        console::line(&[("error", "root_disk"), ("detail", what)]);
+    }
     let Some(mut conversation) = report::Conversation::open(&settings, guest_marks, init_ns) else {
         return;
     };
     match failure {
-        Some(what) => {
-            console::line(&[("error", "root_disk"), ("detail", &what)]);
-            conversation.failed(&what);
-        }
+        Some(what) => conversation.failed(&what),
         None => {
             if !conversation.ready(false) {
                 return;

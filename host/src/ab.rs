@@ -6,7 +6,9 @@
 //! of their samples is [`crate::compare`]'s.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use crate::interrupt::Stop;
 use crate::pipeline::{self, BootConfig, Outcome};
 
 /// Both variants, each a whole boot configuration.
@@ -27,6 +29,14 @@ pub struct AbOutcome {
     pub b: Outcome,
 }
 
+impl AbOutcome {
+    /// The signal that stopped the run: both variants are then final but
+    /// partial (and their rounds no longer balanced), so no verdict is drawn.
+    pub fn interrupted(&self) -> Option<i32> {
+        self.a.interrupted.or(self.b.interrupted)
+    }
+}
+
 /// The order of the two variants in round `round`: ABBA, repeated.
 pub fn order(round: u32) -> [usize; 2] {
     if round % 2 == 0 {
@@ -38,7 +48,7 @@ pub fn order(round: u32) -> [usize; 2] {
 
 /// Sets both variants up (every check of both before any VM starts), then
 /// boots their rounds interleaved.
-pub fn run(config: &AbConfig) -> pipeline::Result<AbOutcome> {
+pub fn run(config: &AbConfig, stop: Arc<Stop>) -> pipeline::Result<AbOutcome> {
     let mut a = config.a.clone();
     let mut b = config.b.clone();
     a.out = Some(config.out.join("A"));
@@ -46,17 +56,26 @@ pub fn run(config: &AbConfig) -> pipeline::Result<AbOutcome> {
     if a.runs != b.runs || a.warmup != b.warmup {
         return Err(pipeline::Error::UnevenVariants);
     }
-    let mut runs = [
-        pipeline::set_up(&a, Some("A"))?,
-        pipeline::set_up(&b, Some("B"))?,
-    ];
+    let run_a = pipeline::set_up(&a, Some("A"), Arc::clone(&stop))?;
+    let run_b = match pipeline::set_up(&b, Some("B"), stop) {
+        Ok(run) => run,
+        Err(e) => {
+            // Nothing ran: A, already set up, leaves nothing behind either.
+            run_a.abandon();
+            return Err(e);
+        }
+    };
+    let mut runs = [run_a, run_b];
     let mut measured = [
         pipeline::aggregate::Measured::default(),
         pipeline::aggregate::Measured::default(),
     ];
     let rounds = runs[0].rounds();
-    for round in 0..rounds {
+    'rounds: for round in 0..rounds {
         for variant in order(round) {
+            if runs[variant].stop.requested().is_some() {
+                break 'rounds;
+            }
             measured[variant].add(runs[variant].boot_round(round));
         }
     }

@@ -6,6 +6,11 @@
 /// vmbench program: the VMM's (`vmbench-vmm` has it without the orchestrator).
 pub use vmbench_vmm::cli::one_line;
 
+/// Guest text made safe for a terminal: control and bidi characters escaped
+/// (the VMM's rule, which `vmbench-vmm` prints by too). Every renderer and
+/// progress line passes guest-written text through it; JSON keeps it raw.
+pub use vmbench_vmm::cli::printable;
+
 #[cfg(test)]
 mod tests {
     use super::*;

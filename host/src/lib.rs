@@ -19,7 +19,8 @@
 //!   this host can run; [`rootfs_command`] is `vmbench rootfs`.
 //!
 //! Small shared pieces: [`clock`] (the host clock of every mark),
-//! [`error_line`] (an error on one line), [`log_tail`] (a log's end).
+//! [`error_line`] (an error on one line), [`log_tail`] (a log's end),
+//! [`interrupt`] (Ctrl-C and friends stop a run in order).
 
 pub mod ab;
 pub mod backend;
@@ -29,6 +30,7 @@ pub mod doctor;
 pub mod environment;
 pub mod error_line;
 pub mod inputs;
+pub mod interrupt;
 pub mod locate;
 pub mod log_tail;
 pub mod metrics;

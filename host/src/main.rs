@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use vmbench::error_line::one_line;
-use vmbench::pipeline::{self, AccelChoice, BackendChoice, BootConfig};
+use vmbench::interrupt::{self, Stop};
+use vmbench::pipeline::{self, options, AccelChoice, BackendChoice, BootConfig};
 use vmbench::{doctor, record, render, rootfs_command, store_commands};
 
 #[derive(Parser)]
@@ -88,11 +90,11 @@ struct QueryArgs {
     /// Only runs with this tag, KEY=VALUE (repeatable: all must match).
     #[arg(long = "where", value_name = "KEY=VALUE")]
     filters: Vec<String>,
-    /// Only the last N runs.
-    #[arg(long, value_name = "N")]
+    /// Only the last N runs (at least 1).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     last: Option<usize>,
     /// Only runs of this kind: boot, ab, import.
-    #[arg(long)]
+    #[arg(long, value_parser = ["boot", "ab", "import"])]
     kind: Option<String>,
     /// The results store (default as for `vmbench boot`).
     #[arg(long, value_name = "PATH|URL")]
@@ -158,11 +160,13 @@ struct VerdictArgs {
     /// Exit with status 4 when any metric regressed (for CI).
     #[arg(long, value_enum)]
     fail_on: Option<FailOn>,
-    /// Relative change of a metric not worth acting on (a fraction).
-    #[arg(long, default_value_t = vmbench_stats::NOISE_BAND_BOOT_PHASE)]
+    /// Relative change of a metric not worth acting on (a fraction, at
+    /// least 0 and less than 1).
+    #[arg(long, default_value_t = vmbench_stats::NOISE_BAND_BOOT_PHASE, value_parser = noise_band)]
     noise: f64,
-    /// Significance level of the Benjamini–Hochberg-corrected p-values.
-    #[arg(long, default_value_t = 0.01)]
+    /// Significance level of the Benjamini–Hochberg-corrected p-values
+    /// (more than 0 and less than 1).
+    #[arg(long, default_value_t = 0.01, value_parser = significance)]
     alpha: f64,
 }
 
@@ -242,17 +246,19 @@ enum Accel {
 
 #[derive(clap::Args, Clone)]
 struct BootArgs {
-    /// Number of VMs to boot in parallel (per backend, per round).
-    #[arg(long, default_value_t = 1)]
+    /// Number of VMs to boot in parallel (per backend, per round), 1 to 1024.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(options::MAX_VMS)))]
     vms: u32,
     /// Measured rounds, one after another, each booting --vms VMs per
     /// backend: every VM of every round is one sample. `--vms 1 --runs 20`
     /// samples one boot at a time, free of the contention of parallel VMs.
-    #[arg(long, default_value_t = 1)]
+    /// 1 to 10000; a run boots at most 10000 VMs in all.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(options::MAX_RUNS)))]
     runs: u32,
     /// Rounds before the measured ones, booted the same way and recorded,
     /// but left out of every statistic (caches, page cache, CPU frequency).
-    #[arg(long, default_value_t = 0)]
+    /// 0 to 1000.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=i64::from(options::MAX_WARMUP)))]
     warmup: u32,
     /// Guest kernel (ELF vmlinux with PVH note, or bzImage). Default: the cached build of kernel-config/.
     #[arg(long)]
@@ -263,11 +269,11 @@ struct BootArgs {
     /// Static guest agent to put in the default initramfs. Default: the workspace's static build.
     #[arg(long, conflicts_with = "initramfs")]
     agent: Option<PathBuf>,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
+    /// Guest memory in MiB, 64 to 262144.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(i64::from(options::MIN_MEM_MIB)..=i64::from(options::MAX_MEM_MIB)))]
     mem_mib: u32,
-    /// vCPUs per guest.
-    #[arg(long, default_value_t = 1)]
+    /// vCPUs per guest, 1 to 64.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(options::MAX_VCPUS)))]
     vcpus: u32,
     /// What runs the guests: kvm (vmbench's own VMM), qemu, auto (kvm where
     /// `vmbench doctor` finds KVM native, else qemu), or several, comma-separated
@@ -300,8 +306,8 @@ struct BootArgs {
     no_initramfs: bool,
     /// Seconds a VM may take from start to exit before it is killed and
     /// recorded as a timeout. Default: 60, or 300 with --rootfs (a systemd
-    /// guest under TCG takes about 40 s).
-    #[arg(long)]
+    /// guest under TCG takes about 40 s). 0.001 to 86400 (a day).
+    #[arg(long, value_parser = timeout_s)]
     timeout_s: Option<f64>,
     /// Directory for results.json and the VMs' directories. Default: vmbench-runs/<UTC time>.
     #[arg(long)]
@@ -309,8 +315,8 @@ struct BootArgs {
     /// Extra words for the guest kernel command line (repeatable), e.g. --append initcall_debug.
     #[arg(long)]
     append: Vec<String>,
-    /// vsock port the guests report to.
-    #[arg(long, default_value_t = vmbench_proto::DEFAULT_PORT)]
+    /// vsock port the guests report to, 1 to 4294967294.
+    #[arg(long, default_value_t = vmbench_proto::DEFAULT_PORT, value_parser = clap::value_parser!(u32).range(1..=i64::from(options::MAX_PORT)))]
     port: u32,
     /// No progress lines on stderr.
     #[arg(long, short)]
@@ -375,8 +381,9 @@ enum RootfsCommand {
         #[arg(long, value_name = "PATH")]
         agent: Option<PathBuf>,
         /// Image size in MiB. Default: the tree's size plus half as much again
-        /// (at least 64 MiB free), rounded up to 64 MiB.
-        #[arg(long, value_name = "N")]
+        /// (at least 64 MiB free), rounded up to 64 MiB. 1 to 16777216 (16
+        /// TiB, ext4's largest with 4 KiB blocks).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_IMAGE_MIB))]
         size_mib: Option<u64>,
     },
     /// "Spin from raw": a base image from a systemd distribution's ext4 image or tree.
@@ -436,6 +443,52 @@ enum RootfsCommand {
     },
 }
 
+/// `vmbench rootfs ext4 --size-mib`'s largest: ext4's 16 TiB with 4 KiB blocks.
+const MAX_IMAGE_MIB: u64 = 16 * 1024 * 1024;
+
+/// A decimal number, as the option's value.
+fn number(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))
+}
+
+/// `--last`: a count of runs, at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a whole number, at least 1".into()),
+    }
+}
+
+/// `--timeout-s`: seconds, within [`options::timeout_in_range`].
+fn timeout_s(text: &str) -> Result<f64, String> {
+    let seconds = number(text)?;
+    options::timeout_in_range(seconds)
+        .map(|()| seconds)
+        .map_err(|range| format!("must be {range}"))
+}
+
+/// `--alpha`: a significance level, strictly between 0 and 1.
+fn significance(text: &str) -> Result<f64, String> {
+    let alpha = number(text)?;
+    if alpha > 0.0 && alpha < 1.0 {
+        Ok(alpha)
+    } else {
+        Err("must be more than 0 and less than 1".into())
+    }
+}
+
+/// `--noise`: a relative change, at least 0 and less than 1 (100 %).
+fn noise_band(text: &str) -> Result<f64, String> {
+    let band = number(text)?;
+    if (0.0..1.0).contains(&band) {
+        Ok(band)
+    } else {
+        Err("must be at least 0 and less than 1".into())
+    }
+}
+
 fn boot_config(args: BootArgs) -> BootConfig {
     BootConfig {
         vms: args.vms,
@@ -472,19 +525,64 @@ fn boot_config(args: BootArgs) -> BootConfig {
     }
 }
 
+/// What stops a run in order: SIGINT, SIGTERM and SIGHUP, from now on.
+fn stop_on_signals() -> anyhow::Result<Arc<Stop>> {
+    let stop = Stop::on_signals()
+        .map_err(|e| anyhow::anyhow!("Cannot set up the handling of Ctrl-C: {e}"))?;
+    Ok(Arc::new(stop))
+}
+
+/// A run that did not get to its first VM: a signal stopped it (one line,
+/// the signal's status) or it was refused (the usual error line).
+fn not_started(error: pipeline::Error) -> anyhow::Result<ExitCode> {
+    match error {
+        pipeline::Error::Interrupted(signal) => {
+            eprintln!("vmbench: {error}");
+            Ok(ExitCode::from(interrupt::exit_status(signal)))
+        }
+        error => Err(error.into()),
+    }
+}
+
+/// Says what an interrupted run kept; its exit status.
+fn interrupted(signal: i32, runs: &[&pipeline::Outcome]) -> ExitCode {
+    for outcome in runs {
+        let results = &outcome.results;
+        let ended = results
+            .vms
+            .iter()
+            .filter(|v| v.status != vmbench::results::VmStatus::Interrupted)
+            .count();
+        eprintln!(
+            "vmbench: interrupted by {}: {ended} of {} VMs ended before it; {} is final. Not stored: `vmbench import {}` stores it",
+            interrupt::name(signal),
+            results.vms.len(),
+            outcome.results_path.display(),
+            outcome.results_path.display(),
+        );
+    }
+    ExitCode::from(interrupt::exit_status(signal))
+}
+
 fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let (json, exits, store) = (args.json, args.exits, args.store.clone());
     let tags = record::parse_tags(&store.tags).map_err(anyhow::Error::msg)?;
     let config = boot_config(args);
-    let outcome = pipeline::run(&config)?;
+    let outcome = match pipeline::run(&config, stop_on_signals()?) {
+        Ok(outcome) => outcome,
+        Err(e) => return not_started(e),
+    };
+    let shown = render::Shown { json, exits };
+    print!("{}", render::boot_output(&outcome, shown)?);
+    if let Some(signal) = outcome.interrupted {
+        return Ok(interrupted(signal, &[&outcome]));
+    }
     let variants = [record::Variant {
         name: "",
         description: "",
         results: &outcome.results,
     }];
     store_run(&store, "boot", &tags, &variants);
-    let shown = render::Shown { json, exits };
-    print!("{}", render::boot_output(&outcome, shown)?);
     Ok(if outcome.all_ok() {
         ExitCode::SUCCESS
     } else {
@@ -501,13 +599,8 @@ fn ab(args: AbArgs) -> anyhow::Result<ExitCode> {
             .ok_or_else(|| anyhow::anyhow!("--{name} {options:?}: unbalanced quotes"))?;
         let parsed =
             VariantArgs::try_parse_from(common.iter().cloned().chain(tokens)).map_err(|e| {
-                let said = e.to_string();
-                let first = said
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim_start_matches("error: ");
-                anyhow::anyhow!("--{name} {options:?}: {first}")
+                let said = vmbench_vmm::cli::usage_error_line(&e.to_string());
+                anyhow::anyhow!("--{name} {options:?}: {said}")
             })?;
         Ok(boot_config(parsed.boot))
     };
@@ -523,7 +616,15 @@ fn ab(args: AbArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(pipeline::prepare::default_out_dir),
     };
     let tags = record::parse_tags(&args.boot.store.tags).map_err(anyhow::Error::msg)?;
-    let outcome = vmbench::ab::run(&config)?;
+    let outcome = match vmbench::ab::run(&config, stop_on_signals()?) {
+        Ok(outcome) => outcome,
+        Err(e) => return not_started(e),
+    };
+    if let Some(signal) = outcome.interrupted() {
+        print!("{}", render::ab_output(&config, &outcome));
+        eprintln!("vmbench: no verdict: the rounds were not all run");
+        return Ok(interrupted(signal, &[&outcome.a, &outcome.b]));
+    }
     let variants = [
         record::Variant {
             name: "A",
@@ -711,7 +812,7 @@ fn main() -> ExitCode {
     // installed beside this one: a VMM process then carries no more than
     // the VMM (no store, no statistics), which its memory account shows.
     vmbench_vmm::cli::exec_beside_if_vmm();
-    let cli = Cli::parse();
+    let cli = vmbench_vmm::cli::parse_or_exit::<Cli>();
     let result = match cli.command {
         Command::Boot(args) => boot(args),
         Command::Ab(args) => ab(args),
@@ -728,4 +829,135 @@ fn main() -> ExitCode {
         eprintln!("vmbench: error: {}", one_line(error.as_ref()));
         ExitCode::from(2)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What a user might type as an option's value: integers of any size
+    /// and sign, decimals (huge, tiny, NaN, infinities), and any text.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i128>().prop_map(|n| n.to_string()),
+            any::<u32>().prop_map(|n| n.to_string()),
+            (0u32..2048).prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|x| x.to_string()),
+            (-30i32..30, 0.0..10.0f64).prop_map(|(e, m)| format!("{m}e{e}")),
+            Just("NaN".to_string()),
+            Just("-inf".to_string()),
+            Just("1e20".to_string()),
+            Just("1e19".to_string()),
+            "\\PC{0,12}",
+        ]
+    }
+
+    const BOOT_NUMBERS: [&str; 7] = [
+        "--vms",
+        "--runs",
+        "--warmup",
+        "--mem-mib",
+        "--vcpus",
+        "--timeout-s",
+        "--port",
+    ];
+
+    fn parse(words: &[String]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vmbench".to_string()).chain(words.iter().cloned()))
+    }
+
+    proptest! {
+        /// `vmbench boot` with any values for its numbers: the parser and
+        /// the options' check never panic; they give a configuration whose
+        /// run has VMs, a bounded size and a timeout, or an error that
+        /// names an option.
+        #[test]
+        fn boot_options_parse_or_are_refused(
+            values in proptest::collection::vec(value(), BOOT_NUMBERS.len()),
+            present in proptest::collection::vec(any::<bool>(), BOOT_NUMBERS.len()),
+            two_backends in any::<bool>(),
+        ) {
+            let mut words = vec!["boot".to_string()];
+            for ((option, value), present) in BOOT_NUMBERS.iter().zip(&values).zip(&present) {
+                if *present {
+                    words.push(format!("{option}={value}"));
+                }
+            }
+            if two_backends {
+                words.push("--backend=kvm,qemu".into());
+            }
+            let Ok(cli) = parse(&words) else {
+                return Ok(());
+            };
+            let Command::Boot(args) = cli.command else {
+                panic!("not boot: {words:?}");
+            };
+            let config = boot_config(args);
+            match options::check_with(&config, |_| u64::MAX) {
+                Ok(timeout) => {
+                    let total = u64::from(config.vms)
+                        * config.backends.len() as u64
+                        * u64::from(config.runs + config.warmup);
+                    prop_assert!((1..=options::MAX_TOTAL_VMS).contains(&total), "{words:?}");
+                    prop_assert!(timeout > std::time::Duration::ZERO);
+                    prop_assert!(timeout.as_secs_f64() <= options::MAX_TIMEOUT_S);
+                }
+                Err(e) => prop_assert!(e.to_string().contains("VMs"), "{words:?}: {e}"),
+            }
+        }
+
+        /// Every option of the other commands that takes a number: parsed
+        /// within its range, or refused; never a panic.
+        #[test]
+        fn other_numbers_parse_or_are_refused(value in value(), which in 0usize..7) {
+            let words: Vec<String> = match which {
+                0 => vec!["compare".into(), "a".into(), "b".into(), format!("--alpha={value}")],
+                1 => vec!["compare".into(), "a".into(), "b".into(), format!("--noise={value}")],
+                2 => vec!["runs".into(), format!("--last={value}")],
+                3 => vec!["history".into(), "phase.total".into(), format!("--kind={value}")],
+                4 => vec!["rootfs".into(), "ext4".into(), "--from=d".into(), format!("--size-mib={value}")],
+                5 => vec!["vmm".into(), "--kernel=k".into(), format!("--mem-mib={value}")],
+                _ => vec!["vmm".into(), "--kernel=k".into(), format!("--vsock-cid={value}"), format!("--vcpus={value}")],
+            };
+            match parse(&words) {
+                Ok(Cli { command: Command::Compare(args), .. }) => {
+                    let judge = args.verdict.judge();
+                    prop_assert!(judge.alpha > 0.0 && judge.alpha < 1.0);
+                    prop_assert!((0.0..1.0).contains(&judge.noise_band));
+                }
+                Ok(Cli { command: Command::Runs(args), .. }) => {
+                    prop_assert!(args.query.last.is_some_and(|n| n >= 1));
+                }
+                Ok(Cli { command: Command::Vmm(args), .. }) => {
+                    prop_assert!((16..=262_144).contains(&args.mem_mib));
+                    prop_assert!((1..=254).contains(&args.vcpus));
+                    prop_assert!(args.vsock_cid.is_none_or(|c| (3..u64::from(u32::MAX)).contains(&c)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let line = vmbench_vmm::cli::usage_error_line(&e.to_string());
+                    prop_assert!(!line.contains('\n') && !line.is_empty(), "{line}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_in_one_line() {
+        for (words, expected) in [
+            (vec!["boot", "--vms", "0"], "invalid value '0' for '--vms <VMS>': 0 is not in 1..=1024"),
+            (vec!["boot", "--vms", "4294967296"], "invalid value '4294967296' for '--vms <VMS>': 4294967296 is not in 1..=1024"),
+            (vec!["boot", "--timeout-s", "1e20"], "invalid value '1e20' for '--timeout-s <TIMEOUT_S>': must be from 0.001 to 86400 seconds"),
+            (vec!["boot", "--timeout-s", "NaN"], "invalid value 'NaN' for '--timeout-s <TIMEOUT_S>': must be from 0.001 to 86400 seconds"),
+            (vec!["boot", "--mem-mib", "63"], "invalid value '63' for '--mem-mib <MEM_MIB>': 63 is not in 64..=262144"),
+            (vec!["compare", "a", "b", "--alpha", "1"], "invalid value '1' for '--alpha <ALPHA>': must be more than 0 and less than 1"),
+            (vec!["runs", "--last", "0"], "invalid value '0' for '--last <N>': must be a whole number, at least 1"),
+            (vec!["runs", "--kind", "bot"], "invalid value 'bot' for '--kind <KIND>' [possible values: boot, ab, import]"),
+        ] {
+            let words: Vec<String> = words.into_iter().map(String::from).collect();
+            let error = parse(&words).err().unwrap_or_else(|| panic!("{words:?} parsed"));
+            assert_eq!(vmbench_vmm::cli::usage_error_line(&error.to_string()), expected);
+        }
+    }
 }

@@ -163,7 +163,7 @@ fn attach_vm_files(variant: &str, vm: u32, dir: &Path, into: &mut Vec<Attachment
         vmbench_vmm::vm_dir::SERIAL_LOG,
         vmbench_vmm::vm_dir::ACCOUNT,
     ] {
-        if let Ok(bytes) = std::fs::read(dir.join(name)) {
+        if let Some(bytes) = read_capped(&dir.join(name), MAX_VM_ATTACHMENT_BYTES) {
             into.push(AttachmentRecord {
                 variant: variant.to_string(),
                 vm: Some(vm),
@@ -172,6 +172,25 @@ fn attach_vm_files(variant: &str, vm: u32, dir: &Path, into: &mut Vec<Attachment
             });
         }
     }
+}
+
+/// A VM's file is stored up to this size: a guest decides how long its
+/// console log is (QEMU's is not cut), and a run holds every VM's in memory
+/// on its way to the store. A real boot's log is tens of KiB.
+const MAX_VM_ATTACHMENT_BYTES: u64 = 1 << 20;
+
+/// The file's first `max` bytes, with a line saying how much was left out.
+fn read_capped(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes).ok()?;
+    if len > max {
+        let note = format!("\n[vmbench: stored the first {max} bytes of {len}]\n");
+        bytes.extend_from_slice(note.as_bytes());
+    }
+    Some(bytes)
 }
 
 /// What a variant booted, kept with it: the kernel's config (beside a
@@ -293,6 +312,21 @@ pub fn microarchitecture(vendor: &str, family: &str, model: &str) -> &'static st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_log_is_stored_cut_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        std::fs::write(&path, vec![b'x'; 5000]).unwrap();
+        let stored = read_capped(&path, 1000).unwrap();
+        assert!(stored.starts_with(&[b'x'; 1000]));
+        assert_eq!(
+            &stored[1000..],
+            b"\n[vmbench: stored the first 1000 bytes of 5000]\n"
+        );
+        assert_eq!(read_capped(&path, 5000).unwrap().len(), 5000);
+        assert_eq!(read_capped(&dir.path().join("none"), 10), None);
+    }
 
     #[test]
     fn microarchitectures_of_common_cpus() {

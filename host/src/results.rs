@@ -16,7 +16,15 @@ use crate::timeline::{HostMarks, Phases};
 /// guest's where the host had none), beside `guest_initrd_ms` and
 /// `guest_userspace_ms`; `aggregate_by_backend`'s `vmbench_cpu_ms_per_vm`
 /// divides the run's CPU by all its VMs.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// Boot marks kept per VM: a real boot writes a handful (Cloud Hypervisor's
+/// ranges hold 64 codes); a guest flooding the port cannot grow results.json.
+pub const MAX_BOOT_MARKERS: usize = 1024;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResults {
@@ -25,6 +33,13 @@ pub struct RunResults {
     pub started_at: String,
     /// False while the run is going on.
     pub finished: bool,
+    /// A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the run before all its
+    /// VMs ended; the VMs it stopped or never started are `interrupted`.
+    #[serde(default)]
+    pub interrupted: bool,
+    /// Which signal: `SIGINT`, `SIGTERM` or `SIGHUP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_by: Option<String>,
     pub environment: Environment,
     pub vms: Vec<VmRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +145,8 @@ pub enum VmStatus {
     Timeout,
     Failed,
     ProtocolError,
+    /// The run was stopped (a signal) before this VM ended, or before it started.
+    Interrupted,
 }
 
 impl VmStatus {
@@ -140,6 +157,7 @@ impl VmStatus {
             VmStatus::Timeout => "timeout",
             VmStatus::Failed => "failed",
             VmStatus::ProtocolError => "protocol_error",
+            VmStatus::Interrupted => "interrupted",
         }
     }
 }
@@ -183,9 +201,13 @@ pub struct VmRecord {
     /// The guest's own marks, CLOCK_BOOTTIME nanoseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_ns: Option<GuestMarks>,
-    /// Every boot-marker code the host saw, with its host time (CLOCK_MONOTONIC ns).
+    /// The boot-marker codes the host saw, with their host times
+    /// (CLOCK_MONOTONIC ns): the first [`MAX_BOOT_MARKERS`].
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub boot_markers: Vec<BootMarker>,
+    /// Boot-marker codes beyond the first [`MAX_BOOT_MARKERS`]: counted, not kept.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub boot_markers_dropped: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmm_exit: Option<String>,
     /// The kvm backend's account of the VM: how it ended, every userspace
@@ -230,6 +252,7 @@ impl VmRecord {
             host_ns: HostMarks::default(),
             guest_ns: None,
             boot_markers: Vec::new(),
+            boot_markers_dropped: 0,
             vmm_exit: None,
             exits: None,
             systemd: None,
@@ -308,9 +331,11 @@ pub struct MetricSummary {
 /// Writes `results` to `path` atomically: readers see the old or the new file, never half of one.
 pub fn write_atomic(path: &Path, results: &RunResults) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    serde_json::to_writer_pretty(&mut file, results)?;
-    file.write_all(b"\n")?;
+    // One write(2) per buffer, not per JSON token.
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    serde_json::to_writer_pretty(&mut out, results)?;
+    out.write_all(b"\n")?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_data()?;
     std::fs::rename(&tmp, path)
 }

@@ -394,11 +394,27 @@ pub fn import(location: &Location, path: &Path, tags: &BTreeMap<String, String>)
         path: path.display().to_string(),
         detail: e.to_string(),
     })?;
+    if !results.finished {
+        return Err(Error::Results {
+            path: path.display().to_string(),
+            detail: "the run never finished (vmbench was killed or is still running it)".into(),
+        });
+    }
+    // An interrupted run says so in its tags, so queries can leave it out.
+    let mut tags = tags.clone();
+    if let Some(signal) = results
+        .interrupted_by
+        .as_ref()
+        .filter(|_| results.interrupted)
+    {
+        tags.entry("interrupted".into())
+            .or_insert_with(|| signal.clone());
+    }
     let command = format!("vmbench import {}", path.display());
     let origin = record::Origin {
         kind: "import",
         command: &command,
-        tags,
+        tags: &tags,
     };
     let variants = [record::Variant {
         name: "",

@@ -96,8 +96,9 @@ pub fn phases(t: &SystemdTimestamps, units: &[UnitTimes], default_target: &str) 
         kernel: kernel_done.map(|k| ms(k.saturating_sub(t.kernel_us))),
         initrd: set(t.initrd_us).and_then(|i| since(Some(i), userspace)),
         userspace: since(userspace, finish),
-        // Guest-supplied: a sum past u64 is no total, not a panic.
-        total: finish.and_then(|f| t.firmware_us.checked_add(f)).map(ms),
+        // Guest numbers: a sum past u64 is no total (`systemd-analyze`
+        // would print nonsense too), never a wrapped or panicking one.
+        total: finish.and_then(|f| f.checked_add(t.firmware_us)).map(ms),
         target_reached: since(userspace, target_active),
     }
 }
@@ -359,6 +360,82 @@ mod tests {
             ..SystemdReport::default()
         });
         assert_eq!(record.agrees_with_analyze, Some(false));
+    }
+
+    #[test]
+    fn timestamps_past_u64_give_no_total() {
+        let t = SystemdTimestamps {
+            firmware_us: u64::MAX,
+            userspace_us: 1,
+            finish_us: 2,
+            ..SystemdTimestamps::default()
+        };
+        let p = phases(&t, &[], "multi-user.target");
+        assert_eq!(p.total, None);
+        assert_eq!(p.userspace, Some(0.001));
+    }
+
+    proptest::proptest! {
+        /// Whatever numbers and text a guest sends as its systemd report,
+        /// reading it never panics or overflows: every phase is a finite,
+        /// non-negative number of milliseconds, or absent.
+        #[test]
+        fn any_systemd_report_is_read_without_panic(
+            stamps in proptest::collection::vec(
+                proptest::prop_oneof![proptest::prelude::any::<u64>(), 0..10_000_000u64, proptest::strategy::Just(u64::MAX)],
+                12,
+            ),
+            units in proptest::collection::vec(
+                (proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>(), proptest::prelude::any::<bool>()),
+                0..6,
+            ),
+            analyze in proptest::prop_oneof![
+                "\\PC{0,80}",
+                "Startup finished in [0-9.]{1,25}(us|ms|s|min|h|d) \\((kernel|userspace|firmware)\\) \\+ [0-9.]{1,25}s \\(userspace\\) = [0-9.]{1,400}s",
+            ],
+        ) {
+            let timestamps = SystemdTimestamps {
+                firmware_us: stamps[0],
+                loader_us: stamps[1],
+                kernel_us: stamps[2],
+                initrd_us: stamps[3],
+                userspace_us: stamps[4],
+                finish_us: stamps[5],
+                security_start_us: stamps[6],
+                security_finish_us: stamps[7],
+                generators_start_us: stamps[8],
+                generators_finish_us: stamps[9],
+                units_load_start_us: stamps[10],
+                units_load_finish_us: stamps[11],
+            };
+            let units: Vec<UnitTimes> = units
+                .into_iter()
+                .map(|(activating_us, active_us, target)| UnitTimes {
+                    id: if target { "multi-user.target".into() } else { "x.service".into() },
+                    activating_us,
+                    active_us,
+                    ..UnitTimes::default()
+                })
+                .collect();
+            let record = SystemdRecord::from_report(SystemdReport {
+                timestamps,
+                units,
+                default_target: "multi-user.target".into(),
+                analyze_time: analyze.clone(),
+                ..SystemdReport::default()
+            });
+            let p = record.phases_ms;
+            for phase in [p.firmware, p.loader, p.kernel, p.initrd, p.userspace, p.total, p.target_reached]
+                .into_iter()
+                .flatten()
+            {
+                proptest::prop_assert!(phase.is_finite() && phase >= 0.0, "{p:?}");
+            }
+            for (_, took) in record.blame() {
+                proptest::prop_assert!(took.is_finite() && took >= 0.0);
+            }
+            let _ = parse_analyze_time(&analyze);
+        }
     }
 
     #[test]

@@ -64,19 +64,28 @@ impl ExitLatency {
         } else {
             self.min_ns.min(other.min_ns)
         };
-        self.count += other.count;
+        // vmm.json is the VMM's, whose numbers a guest drives: saturate.
+        self.count = self.count.saturating_add(other.count);
         self.total_ns = self.total_ns.saturating_add(other.total_ns);
         self.max_ns = self.max_ns.max(other.max_ns);
     }
 }
 
 /// One vCPU's userspace exits, by kind (`io_in`, `io_out`, `mmio_read`,
-/// `mmio_write`, `other`), by I/O port and by MMIO address.
+/// `mmio_write`, `other`), by I/O port and by MMIO address: the VMM keeps
+/// the first ports and addresses apart and the exits to all others in
+/// `by_port_other` and `by_mmio_addr_other`. (Those two are absent from
+/// results.json files written before the VMM bounded its tables, hence
+/// `default`.)
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VcpuExits {
     pub by_kind: BTreeMap<String, ExitLatency>,
     pub by_port: BTreeMap<u16, ExitLatency>,
+    #[serde(default)]
+    pub by_port_other: ExitLatency,
     pub by_mmio_addr: BTreeMap<u64, ExitLatency>,
+    #[serde(default)]
+    pub by_mmio_addr_other: ExitLatency,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,20 +123,42 @@ pub struct VmmAccount {
     pub vcpus: Vec<VcpuAccount>,
     /// Each virtio device's counters, by `<slot base>:<device type>`.
     pub devices: BTreeMap<String, BTreeMap<String, u64>>,
-    /// (code, CLOCK_MONOTONIC ns) of each boot-marker write, taken at the exit.
+    /// (code, CLOCK_MONOTONIC ns) of each boot-marker write, taken at the
+    /// exit: the VMM keeps the first 1024.
     pub boot_markers: Vec<(u8, u64)>,
+    /// Marks after those, counted only. (The new counts are `default`:
+    /// results.json files from before the VMM had them lack them.)
+    #[serde(default)]
+    pub boot_markers_not_kept: u64,
+    /// Marks the VMM could not forward to vmbench's marker socket at once,
+    /// dropped rather than stall the guest.
+    #[serde(default)]
+    pub boot_markers_not_forwarded: u64,
     /// Console lines timestamped by the VMM (CLOCK_MONOTONIC ns):
     /// `first_line`, `run_init`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub console_marks: BTreeMap<String, u64>,
+    /// Accesses no device answered: the first ports and addresses apart,
+    /// then all the others' together.
     pub unclaimed_ports: BTreeMap<u16, u64>,
+    #[serde(default)]
+    pub unclaimed_ports_other: u64,
     pub unclaimed_mmio: BTreeMap<u64, u64>,
+    #[serde(default)]
+    pub unclaimed_mmio_other: u64,
     pub virtio_bad_accesses: u64,
+    /// Console output beyond the VMM's limit on serial.log, not written.
+    #[serde(default)]
+    pub serial_log_bytes_dropped: u64,
     pub memory: VmmMemory,
     /// The emulated-KVM fallback's completed instructions, by kind (`int3`,
     /// `ud2`, `clac`, `stac`, `popcnt`), when it was on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emulated_kvm: Option<EmulatedKvm>,
+    /// Whether every VMM thread ran under its seccomp filter (false with
+    /// `vmbench vmm --no-seccomp`).
+    #[serde(default)]
+    pub seccomp: bool,
 }
 
 /// What the emulated-KVM fallback did: a test aid on hosts whose KVM
@@ -193,22 +224,29 @@ impl VmmAccount {
                             .iter()
                             .map(|(p, l)| (*p, latency(l)))
                             .collect(),
+                        by_port_other: latency(&v.exits.by_port_other),
                         by_mmio_addr: v
                             .exits
                             .by_mmio_addr
                             .iter()
                             .map(|(a, l)| (*a, latency(l)))
                             .collect(),
+                        by_mmio_addr_other: latency(&v.exits.by_mmio_addr_other),
                     },
                     kvm_stats: v.kvm_stats.clone(),
                 })
                 .collect(),
             devices: account.devices.clone(),
             boot_markers: account.boot_markers.clone(),
+            boot_markers_not_kept: account.boot_markers_not_kept,
+            boot_markers_not_forwarded: account.boot_markers_not_forwarded,
             console_marks: account.console_marks.clone(),
             unclaimed_ports: account.unclaimed_ports.clone(),
+            unclaimed_ports_other: account.unclaimed_ports_other,
             unclaimed_mmio: account.unclaimed_mmio.clone(),
+            unclaimed_mmio_other: account.unclaimed_mmio_other,
             virtio_bad_accesses: account.virtio_bad_accesses,
+            serial_log_bytes_dropped: account.serial_log_bytes_dropped,
             memory: VmmMemory {
                 max_rss_kib: account.memory.max_rss_kib,
                 guest_resident_kib: account.memory.guest_resident_kib,
@@ -221,6 +259,7 @@ impl VmmAccount {
                     .map(|(kind, n)| (kind.name().to_string(), *n))
                     .collect(),
             }),
+            seccomp: account.seccomp,
         }
     }
 
@@ -230,7 +269,7 @@ impl VmmAccount {
             .iter()
             .filter_map(|v| v.exits.by_kind.get(kind))
             .map(|l| l.count)
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -247,6 +286,14 @@ mod tests {
             vmm_exits::Target::Mmio(0xd000_0000),
             900,
         );
+        // Beyond the VMM's table: the rest lands in `by_mmio_addr_other`.
+        for addr in 0..vmm_exits::MAX_MMIO_ADDRS as u64 + 3 {
+            exits.record(
+                vmm_exits::Kind::MmioWrite,
+                vmm_exits::Target::Mmio(0xc000_0000 + addr),
+                50 + addr,
+            );
+        }
         let account = vmm::Account {
             schema_version: vmm::SCHEMA_VERSION,
             end: vmm::End::Failed { detail: "x".into() },
@@ -264,17 +311,28 @@ mod tests {
             }],
             devices: BTreeMap::new(),
             boot_markers: vec![(0x60, 7)],
+            boot_markers_not_kept: 3,
+            boot_markers_not_forwarded: 2,
             console_marks: BTreeMap::from([("run_init".to_string(), 6)]),
             unclaimed_ports: BTreeMap::new(),
+            unclaimed_ports_other: 4,
             unclaimed_mmio: BTreeMap::new(),
+            unclaimed_mmio_other: 5,
             virtio_bad_accesses: 0,
+            serial_log_bytes_dropped: 6,
             memory: vmm::MemoryUse::default(),
             emulated_kvm: Some(vmbench_vmm::emulated_kvm::Counts::default()),
+            seccomp: true,
         };
         let ours = serde_json::to_value(VmmAccount::from_vmm(&account)).unwrap();
         let mut theirs = serde_json::to_value(&account).unwrap();
         theirs.as_object_mut().unwrap().remove("schema_version");
         assert_eq!(ours, theirs);
-        assert_eq!(VmmAccount::from_vmm(&account).count("io_out"), 1);
+        let copy = VmmAccount::from_vmm(&account);
+        assert_eq!(copy.count("io_out"), 1);
+        assert_eq!(
+            copy.vcpus[0].exits.by_mmio_addr_other.count, 4,
+            "0xd0000000 and 511 more kept"
+        );
     }
 }

@@ -181,6 +181,7 @@ mod tests {
                 OpenOptions {
                     writable: true,
                     lock: false,
+                    format: Some(Format::Qcow2),
                 },
             )
             .unwrap();

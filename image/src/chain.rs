@@ -11,9 +11,13 @@
 //! [`OpenOptions::lock`] it is then `flock(2)`ed, the writable one
 //! exclusively and the rest shared, so two writers cannot share an image
 //! and nobody can open a base for writing while a VM reads it. Its format
-//! is the one the image above declares for it, probed from its first bytes
-//! only when none is declared (a raw file whose guest wrote a qcow2 header
-//! into it is then still raw); a qcow2 file's header and tables are vetted
+//! is the one the caller states for the top image ([`OpenOptions::format`])
+//! or the image above declares for a backing file, probed from its first
+//! bytes only when none is stated (a raw file whose guest wrote a qcow2
+//! header into it is then still raw). A writable top image must have its
+//! format stated ([`Error::FormatNotStated`]): the guest writes its first
+//! bytes, and a probe would let it turn a raw disk into a qcow2 image that
+//! names any host file as its backing file. A qcow2 file's header and tables are vetted
 //! ([`crate::qcow2`]) and its backing file, resolved as QEMU resolves it,
 //! is the next in the chain.
 
@@ -34,6 +38,9 @@ pub struct OpenOptions {
     /// a file someone holds the other way is [`Error::Locked`]. The locks
     /// last as long as the files stay open.
     pub lock: bool,
+    /// The top image's format, as the caller states it; `None` probes its
+    /// first bytes, which only a read-only open may do.
+    pub format: Option<Format>,
 }
 
 /// One file of a chain.
@@ -70,7 +77,17 @@ impl Chain {
     pub fn open(top: &Path, options: OpenOptions) -> Result<Chain> {
         let mut opened: Vec<Opened> = Vec::new();
         let mut seen: Vec<(u64, u64)> = Vec::new();
-        let mut next = Some((top.to_path_buf(), Declared::Probe));
+        let stated = match options.format {
+            Some(Format::Raw) => Declared::Raw,
+            Some(Format::Qcow2) => Declared::Qcow2,
+            None if options.writable => {
+                return Err(Error::FormatNotStated {
+                    path: top.to_path_buf(),
+                })
+            }
+            None => Declared::Probe,
+        };
+        let mut next = Some((top.to_path_buf(), stated));
         while let Some((path, declared)) = next.take() {
             if opened.len() == MAX_CHAIN_DEPTH {
                 return Err(Error::TooDeep {
@@ -167,9 +184,14 @@ fn format_of(
     match (declared, sniffed) {
         (Declared::Raw, _) => Ok(Format::Raw),
         (Declared::Qcow2 | Declared::Probe, Sniffed::Qcow2) => Ok(Format::Qcow2),
-        (Declared::Qcow2, _) => Err(Error::BackingNotQcow2 {
-            image: below.map(Path::to_path_buf).unwrap_or_default(),
-            path: path.to_path_buf(),
+        (Declared::Qcow2, _) => Err(match below {
+            Some(image) => Error::BackingNotQcow2 {
+                image: image.to_path_buf(),
+                path: path.to_path_buf(),
+            },
+            None => Error::NotQcow2 {
+                path: path.to_path_buf(),
+            },
         }),
         (Declared::Probe, Sniffed::Raw) => Ok(Format::Raw),
         (Declared::Probe, Sniffed::OtherImage(what)) => Err(Error::OtherImage {
@@ -250,6 +272,7 @@ mod tests {
             OpenOptions {
                 writable: true,
                 lock: false,
+                format: Some(Format::Qcow2),
             },
         )
         .unwrap();
@@ -385,24 +408,77 @@ mod tests {
         }
     }
 
+    /// A raw disk whose guest wrote a qcow2 header naming `backing` into
+    /// its first bytes: what the next run finds there.
+    fn forged_raw(path: &Path, backing: &Path) {
+        create_qcow2(path, 1 << 20, Some((backing.to_str().unwrap(), "raw")));
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_len(1 << 20).unwrap();
+    }
+
+    #[test]
+    fn a_stated_format_is_never_probed() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.raw");
+        // A host file the forged header names: probed, the chain would
+        // reach for it (here it does not exist, so that is an error).
+        let secret = dir.path().join("host-secret");
+        forged_raw(&disk, &secret);
+        let open = |writable, format| {
+            Chain::open(
+                &disk,
+                OpenOptions {
+                    writable,
+                    lock: false,
+                    format,
+                },
+            )
+        };
+        let chain = open(true, Some(Format::Raw)).unwrap();
+        assert_eq!(chain.layers().len(), 1, "no backing file");
+        assert_eq!(chain.top().format, Format::Raw);
+        assert_eq!(chain.top().file_bytes, 1 << 20);
+        assert!(matches!(
+            open(true, None),
+            Err(Error::FormatNotStated { path }) if path == disk
+        ));
+        // Read-only and unstated: probed (the documented choice).
+        assert!(matches!(
+            open(false, None),
+            Err(Error::BackingMissing { path, .. }) if path == secret
+        ));
+        write_raw(&dir.path().join("plain.raw"), 1 << 20);
+        let err = Chain::open(
+            &dir.path().join("plain.raw"),
+            OpenOptions {
+                format: Some(Format::Qcow2),
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NotQcow2 { .. }), "{err}");
+        assert!(err.to_string().contains("stated to be qcow2"), "{err}");
+    }
+
     #[test]
     fn locks_keep_a_second_writer_out_and_let_readers_share() {
         let dir = tempfile::tempdir().unwrap();
         let (base, overlay) = overlay_over_raw(dir.path());
-        let locked = |writable| OpenOptions {
+        let locked = |writable, format| OpenOptions {
             writable,
             lock: true,
+            format: Some(format),
         };
-        let _vm = Chain::open(&overlay, locked(true)).unwrap();
+        let _vm = Chain::open(&overlay, locked(true, Format::Qcow2)).unwrap();
         assert!(matches!(
-            Chain::open(&overlay, locked(false)),
+            Chain::open(&overlay, locked(false, Format::Qcow2)),
             Err(Error::Locked { .. })
         ));
         // Without locking, nothing is asked.
         assert!(Chain::open(&overlay, OpenOptions::default()).is_ok());
-        let _reader = Chain::open(&base, locked(false)).unwrap();
+        let _reader = Chain::open(&base, locked(false, Format::Raw)).unwrap();
         assert!(matches!(
-            Chain::open(&base, locked(true)),
+            Chain::open(&base, locked(true, Format::Raw)),
             Err(Error::Locked { path }) if path == base
         ));
     }

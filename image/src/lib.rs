@@ -77,6 +77,10 @@ pub enum Error {
     Qcow2 { path: PathBuf, problem: Problem },
     #[error("Disk image {image} has a backing file in {format:?} format: only raw and qcow2 are supported")]
     BackingFormat { image: PathBuf, format: String },
+    #[error("Disk image {path} is opened for writing, so its format must be stated (raw or qcow2): probing the bytes a guest writes would let it forge a qcow2 header naming any host file as backing file")]
+    FormatNotStated { path: PathBuf },
+    #[error("Disk image {path} is stated to be qcow2 but is not a qcow2 image")]
+    NotQcow2 { path: PathBuf },
     #[error("Backing file {path} of {image} is declared qcow2 but is not a qcow2 image")]
     BackingNotQcow2 { image: PathBuf, path: PathBuf },
     #[error("The backing chain of {top} loops: it reaches {path} twice")]

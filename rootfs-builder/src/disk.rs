@@ -183,6 +183,9 @@ impl From<vmbench_image::Error> for Error {
                     image.display()
                 ),
             ),
+            // The pre-boot check opens read-only and probes; these cannot arise.
+            Image::FormatNotStated { path } => not_a_disk(path, "its format is not stated".into()),
+            Image::NotQcow2 { path } => not_a_disk(path, "it is not qcow2".into()),
             Image::Qcow2 { path, problem } => corrupt(
                 path,
                 match problem {

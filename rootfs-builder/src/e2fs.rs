@@ -238,7 +238,22 @@ impl Script {
         let text = self.lines.join("\n") + "\n";
         // debugfs reads the whole script while stderr collects below; a
         // write error means it died early, which its stderr then explains.
-        let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+        let writer = std::thread::Builder::new()
+            .name("debugfs-script".into())
+            .spawn(move || stdin.write_all(text.as_bytes()));
+        let writer = match writer {
+            Ok(writer) => writer,
+            Err(source) => {
+                // No thread, no script: debugfs must not be left waiting for one.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Io {
+                    what: "start a thread to feed debugfs for",
+                    path: out.to_path_buf(),
+                    source,
+                });
+            }
+        };
         let output = child.wait_with_output().map_err(|source| Error::Io {
             what: "run debugfs on",
             path: out.to_path_buf(),

@@ -449,11 +449,19 @@ mod tests {
         }
     }
 
+    /// Whether GNU cpio runs here; without it, a test that needs it skips,
+    /// except under CI, where scripts/setup.sh has installed it.
     fn have_cpio() -> bool {
-        Command::new("cpio")
+        let here = Command::new("cpio")
             .arg("--version")
             .output()
-            .is_ok_and(|output| output.status.success())
+            .is_ok_and(|output| output.status.success());
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            here || !ci,
+            "GNU cpio is not installed, which scripts/setup.sh installs under CI"
+        );
+        here
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! How fast vmbench's VMM gets a VM running, beside QEMU, and what it costs:
 //!
 //! ```text
-//! cargo bench -p vmbench-e2e --bench vmm_startup [-- --vms 20 --concurrent 32 --qemu-accel kvm|tcg]
+//! cargo bench -p vmbench-e2e --bench vmm_startup [-- --vms 20 --concurrent 32 --qemu-accel kvm|tcg --no-seccomp]
 //! ```
 //!
 //! One tiny guest, an ELF with a PVH note whose first instruction writes the
@@ -17,10 +17,17 @@
 //!   guest's first instruction). QEMU exposes no "first KVM_RUN", so the
 //!   first guest instruction is the comparable mark.
 //!
+//! `--no-seccomp` runs our VMM without its seccomp filters (`vmbench-vmm
+//! --no-seccomp`), to measure what confining it costs.
+//!
 //! VMs run one after another, ours and QEMU's interleaved, then `--concurrent`
 //! of ours at once. The issue-3 targets are checked at the end: median `vmm`
-//! phase ≤ 5 ms, VMM overhead ≤ 10 MiB per VM, every concurrent VM ending
-//! cleanly; the exit status says whether they were met. (The VMM phase does
+//! phase ≤ 5 ms, VMM overhead ≤ 10 MiB per VM. The exit status: 0 when it
+//! ran and met them, 2 when it ran and missed one (a loaded host misses a
+//! speed target without anything being wrong), 1 when it could not run:
+//! a VM of ours that did not end cleanly, QEMU that is there but could not
+//! be measured. `scripts/test.sh` runs it once, small, and fails only on 1.
+//! (The VMM phase does
 //! not depend on the guest: everything before the first `KVM_RUN` — memory,
 //! the KVM VM, irqchip, loading, boot structures, vCPUs, devices — is the same
 //! code for this guest and for Linux.)
@@ -35,6 +42,8 @@ use vmbench_e2e::vmm::backend_vmm_command;
 use vmbench_e2e::{have_kvm, vmbench_bin};
 
 const MEM_MIB: u32 = 256;
+/// The exit status of a run that measured everything but missed a target.
+const TARGET_MISSED: u8 = 2;
 const LOAD_ADDR: u32 = 0x10_0000;
 
 /// The guest, entered at its PVH entry in 32-bit protected mode: marker 0x60,
@@ -135,7 +144,11 @@ struct Ours {
 
 fn spawn_ours(kernel: &Path, dir: &Path) -> Result<Child, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    backend_vmm_command(kernel, dir)
+    let mut command = backend_vmm_command(kernel, dir);
+    if std::env::args().any(|a| a == "--no-seccomp") {
+        command.arg("--no-seccomp");
+    }
+    command
         .args(["--mem-mib", &MEM_MIB.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -154,6 +167,10 @@ fn account_ours(dir: &Path, spawn_ns: u64, child: Child) -> Result<Ours, String>
     }
     let text = std::fs::read_to_string(dir.join("vmm.json")).map_err(|e| e.to_string())?;
     let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let seccomp_wanted = !std::env::args().any(|a| a == "--no-seccomp");
+    if report["seccomp"] != seccomp_wanted {
+        return Err(format!("vmm.json says seccomp {}", report["seccomp"]));
+    }
     if report["end"]["kind"] != "reset" {
         return Err(format!(
             "the VM did not end with a reset: {}",
@@ -307,8 +324,9 @@ fn main() -> ExitCode {
     let accel = arg_text("--qemu-accel").unwrap_or_else(|| "kvm".into());
     let accel = accel.as_str();
     println!(
-        "vmm_startup: {vms} VMs of {MEM_MIB} MiB, 1 vCPU, one after another (ours: {}; QEMU: {}, -accel {accel})",
+        "vmm_startup: {vms} VMs of {MEM_MIB} MiB, 1 vCPU, one after another (ours: {}, seccomp {}; QEMU: {}, -accel {accel})",
         backend_vmm_command(Path::new("-"), Path::new("-")).get_program().to_string_lossy(),
+        if std::env::args().any(|a| a == "--no-seccomp") { "off" } else { "on" },
         qemu.as_ref().map_or("not found".into(), |q: &PathBuf| q.display().to_string())
     );
 
@@ -359,6 +377,7 @@ fn main() -> ExitCode {
     );
     if let Some(e) = &qemu_error {
         println!("QEMU could not be measured: {e}");
+        return ExitCode::FAILURE;
     }
 
     let mut clean = 0;
@@ -393,13 +412,19 @@ fn main() -> ExitCode {
         );
     }
 
+    if clean != concurrent {
+        println!(
+            "{} of {concurrent} concurrent VMs did not end cleanly",
+            concurrent - clean
+        );
+        return ExitCode::FAILURE;
+    }
     let targets = [
         ("median vmm phase ≤ 5 ms", median(&vmm) <= 5.0),
         (
             "VMM overhead ≤ 10 MiB per VM",
             overhead.iter().copied().fold(concurrent_overhead, f64::max) <= 10.0,
         ),
-        ("every concurrent VM ended cleanly", clean == concurrent),
     ];
     println!();
     for (target, met) in &targets {
@@ -408,6 +433,6 @@ fn main() -> ExitCode {
     if targets.iter().all(|(_, met)| *met) {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(TARGET_MISSED)
     }
 }

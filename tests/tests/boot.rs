@@ -2,7 +2,7 @@
 //! machines without native KVM) and its results.json says what happened.
 
 use vmbench_e2e::boot::{self, BootTest};
-use vmbench_e2e::{assert_follows_its_document, dump, one_line_error, results};
+use vmbench_e2e::{assert_follows_its_document, dump, kvm_verdict, one_line_error, results};
 
 #[test]
 fn two_vms_boot_ok_with_plausible_timelines() {
@@ -19,7 +19,11 @@ fn two_vms_boot_ok_with_plausible_timelines() {
     assert_eq!(r["finished"], true);
     let env = &r["environment"];
     assert_eq!(env["backend"], "qemu");
-    assert!(["tcg", "kvm-native", "kvm-emulated"].contains(&env["accel"].as_str().unwrap()));
+    // --accel auto: KVM where it runs guest code natively, else TCG (QEMU
+    // on a KVM that emulates guest code would be slower than TCG).
+    let (native, verdict) = kvm_verdict();
+    let accel = if native { "kvm-native" } else { "tcg" };
+    assert_eq!(env["accel"], accel, "{verdict}");
     for key in [
         "host_cpu",
         "host_kernel",
@@ -48,8 +52,8 @@ fn two_vms_boot_ok_with_plausible_timelines() {
             .or(p["guest_userspace"].as_f64())
             .unwrap();
         let shutdown = p["shutdown"].as_f64().unwrap();
-        // Plausible: every phase positive, the parts within the whole, and the
-        // whole under the timeout.
+        // Plausible: every phase positive, the parts within the whole (the
+        // whole is under the timeout: the VM is ok).
         assert!(
             kernel > 0.0 && userspace > 0.0 && shutdown >= 0.0,
             "vm {i}: {p}"
@@ -58,7 +62,6 @@ fn two_vms_boot_ok_with_plausible_timelines() {
             kernel + userspace <= total,
             "vm {i}: guest phases exceed the host's total: {p}"
         );
-        assert!(total < 120_000.0, "vm {i}: {p}");
         let h = &vm["host_ns"];
         let spawn = h["spawn"].as_u64().unwrap();
         let ready = h["ready"].as_u64().unwrap();
@@ -223,6 +226,48 @@ fn guest_that_never_reports_is_a_timeout() {
 }
 
 #[test]
+fn a_guests_escape_sequences_never_reach_the_terminal() {
+    let Some(test) = BootTest::start("a_guests_escape_sequences_never_reach_the_terminal") else {
+        return;
+    };
+    // A root device named with escape sequences (clear screen, a colour, a
+    // window title) and a right-to-left override: the agent's failure
+    // quotes it, in its `Failed` message and on the console.
+    let hostile = "/dev/vd\u{1b}[2J\u{1b}[31mred\u{1b}]0;owned\u{7}\u{202e}";
+    let shown = "/dev/vd\\x1b[2J\\x1b[31mred\\x1b]0;owned\\x07\\u{202e} did not appear";
+    let root = format!("vmbench.root={hostile} vmbench.root_wait_ms=100");
+    // Reported through the agent's Failed message; then, with the host out
+    // of reach, only on the console, whose last lines the error quotes.
+    let unreachable = format!("{root} vmbench.port=4321 vmbench.connect_timeout_ms=300");
+    for (run, append, via) in [
+        ("reported", root.as_str(), "The guest agent failed"),
+        ("console", unreachable.as_str(), "serial log ends"),
+    ] {
+        let out_dir = test.dir().join(run);
+        let out = boot::run("qemu", &out_dir, &["--vms", "1", "--append", append]);
+        assert_eq!(out.status.code(), Some(1), "{}", dump(&out));
+        let printed = [&out.stdout[..], &out.stderr[..]].concat();
+        let printed = String::from_utf8_lossy(&printed);
+        assert!(
+            !printed.contains(['\u{1b}', '\u{7}', '\u{202e}']),
+            "{run}: a control character reached the terminal: {printed:?}"
+        );
+        let error_line = printed
+            .lines()
+            .find(|l| l.starts_with("vm-0 failed:"))
+            .unwrap_or_else(|| panic!("{run}: no error line: {printed}"));
+        assert!(
+            error_line.contains(via) && error_line.contains(shown),
+            "{run}: {error_line}"
+        );
+        // results.json keeps what the guest wrote, as it wrote it.
+        let r = results(&out_dir);
+        let error = r["vms"][0]["error"].as_str().unwrap();
+        assert!(error.contains(hostile), "{run}: {error:?}");
+    }
+}
+
+#[test]
 fn corrupt_initramfs_is_a_clear_error() {
     let Some(test) = BootTest::start("corrupt_initramfs_is_a_clear_error") else {
         return;
@@ -249,10 +294,63 @@ fn corrupt_initramfs_is_a_clear_error() {
 fn missing_kernel_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let out = boot::run("qemu", dir.path(), &["--kernel", "/nonexistent/vmlinux"]);
-    // Without QEMU the first complaint is QEMU's; either way one line naming the fix.
+    // The kernel is checked before any backend is looked for: the one line
+    // names the kernel, whatever else this host lacks.
     let stderr = one_line_error(&out, 2);
     assert!(
-        stderr.contains("/nonexistent/vmlinux") || stderr.contains("install"),
+        stderr.starts_with("vmbench: error: ") && stderr.contains("/nonexistent/vmlinux"),
         "{stderr}"
     );
+}
+
+/// Every number out of its range is refused before anything starts: one
+/// line naming the option and the range, exit 2, no panic (`--timeout-s
+/// 1e20` panicked, `1e19` overflowed a deadline, and `--vms` × `--runs`
+/// could wrap to a run of no VMs).
+#[test]
+fn out_of_range_options_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    for (args, expected) in [
+        (
+            &["--timeout-s", "1e20"][..],
+            "'--timeout-s <TIMEOUT_S>': must be from 0.001 to 86400 seconds",
+        ),
+        (
+            &["--timeout-s", "1e19"],
+            "must be from 0.001 to 86400 seconds",
+        ),
+        (&["--vms", "0"], "'--vms <VMS>': 0 is not in 1..=1024"),
+        (
+            &["--vms", "65536", "--runs", "65536"],
+            "65536 is not in 1..=1024",
+        ),
+        (
+            &["--vms", "1024", "--runs", "10"],
+            "is 10240 VMs in all, more than the 10000 a run may have",
+        ),
+        (
+            &["--mem-mib", "4294967295"],
+            "4294967295 is not in 64..=262144",
+        ),
+        (&["--vcpus=-1"], "'--vcpus <VCPUS>'"),
+        (
+            &["--port", "4294967295"],
+            "4294967295 is not in 1..=4294967294",
+        ),
+    ] {
+        let out = boot::run("qemu", &out_dir, args);
+        let stderr = one_line_error(&out, 2);
+        assert!(
+            stderr.starts_with("vmbench: error: ") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !out_dir.join("results.json").exists(),
+            "{args:?} started a run"
+        );
+    }
+    let vmm = vmbench_e2e::vmbench(&["vmm", "--kernel", "/k", "--vsock-cid", "2"]);
+    let stderr = one_line_error(&vmm, 2);
+    assert!(stderr.contains("2 is not in 3..=4294967294"), "{stderr}");
 }

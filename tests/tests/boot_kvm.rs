@@ -36,8 +36,9 @@ fn linux_guests_boot_under_the_kvm_backend() {
     let vm = &r["vms"][0];
     assert_eq!(vm["backend"], "kvm");
     // Whatever happened next, the VMM ran the guest and accounted for it.
+    // (How fast it gets there is the vmm_startup benchmark's to say.)
     let vmm_ms = vm["phases_ms"]["vmm"].as_f64().unwrap();
-    assert!(vmm_ms > 0.0 && vmm_ms < 1000.0, "{vm}");
+    assert!(vmm_ms > 0.0, "{vm}");
     let vcpu = &vm["exits"]["vcpus"][0];
     assert!(
         vcpu["exits"]["by_port"]["1016"]["count"].as_u64().unwrap() > 0,
@@ -195,6 +196,10 @@ fn kvm_backend_boots_from_overlays_of_a_root_disk() {
         let disk = &devices["0xd0000000:2"];
         assert!(disk.is_object(), "no block device in slot 0: {devices}");
         assert_eq!(disk["read_only"], 0, "{disk}");
+        // The VMM was confined, and took the overlay as the qcow2 vmbench
+        // stated (it refuses a writable disk whose format is not stated).
+        assert_eq!(vm["exits"]["seccomp"], true, "{vm}");
+        assert_eq!(disk["chain_images"], 2, "{disk}");
         assert!(
             devices["0xd0001000:19"].is_object(),
             "vsock moved to slot 1: {devices}"

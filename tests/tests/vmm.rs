@@ -6,10 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use vmbench_e2e::vmm::{vmm_command, vmm_json};
+use vmbench_e2e::vmm::{backend_vmm_command, vmm_command, vmm_json};
 use vmbench_e2e::vsock::wait_for_path;
 use vmbench_e2e::{
-    assert_follows_its_document, dump, have_kvm, json_paths, kvm_verdict, one_line_error, tiny_elf,
+    assert_follows_its_document, dump, have_kvm, json_paths, kvm_verdict, one_line_error,
+    skip_unless_ci, tiny_elf,
 };
 
 /// 'ok\n' to COM1, 0x60 to the boot-marker port, a write to an MMIO address
@@ -132,9 +133,13 @@ fn guest_reaches_serial_marker_mmio_and_resets() {
             // guest cannot have run without exiting at least once.
             assert!(stats["exits"].as_u64().unwrap() >= 1, "{stats}");
         }
-        None => println!(
-            "SKIPPED: KVM binary statistics: {}",
-            report["vcpus"][0]["kvm_stats"]
+        // Only a host kernel before 5.14 has none; CI's has them.
+        None => skip_unless_ci(
+            "guest_reaches_serial_marker_mmio_and_resets (KVM binary statistics)",
+            &format!(
+                "KVM has no binary statistics here: {}",
+                report["vcpus"][0]["kvm_stats"]
+            ),
         ),
     }
 }
@@ -150,8 +155,8 @@ fn vmm_json_is_what_its_document_says() {
     }
     let disk = tempfile::NamedTempFile::new().unwrap();
     disk.as_file().set_len(1 << 20).unwrap();
-    let disk = disk.path().to_str().unwrap();
-    let (out, dir) = run_guest_with(DEVICES_GUEST, &["--vsock-cid", "3", "--disk", disk]);
+    let disk = format!("{},format=raw", disk.path().display());
+    let (out, dir) = run_guest_with(DEVICES_GUEST, &["--vsock-cid", "3", "--disk", &disk]);
     assert!(out.status.success(), "{}", dump(&out));
     let account = vmm_json(dir.path());
     assert_follows_its_document(&account, "vmm-json.md");
@@ -237,19 +242,35 @@ fn sigterm_stops_a_spinning_guest_with_a_report() {
     }
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("guest.elf");
-    std::fs::write(&kernel, tiny_elf(&[0xeb, 0xfe])).unwrap(); // jmp $
+    // "r\n" to COM1 once it runs, then spin.
+    let code = [
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'r', 0xee, // mov al, 'r'; out dx, al
+        0xb0, b'\n', 0xee, // mov al, '\n'; out dx, al
+        0xeb, 0xfe, // jmp $
+    ];
+    std::fs::write(&kernel, tiny_elf(&code)).unwrap();
     let child = vmm_command(&kernel, dir.path())
         .args(["--mem-mib", "16", "--vcpus", "2"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the VM to be running (serial.log exists once it is set up).
+    // Wait for the guest to be running: it said so on its serial port
+    // (the stop signals are handled from before the first KVM_RUN).
     let serial = dir.path().join("serial.log");
     if let Err(e) = wait_for_path(&serial, std::time::Duration::from_secs(10)) {
         panic!("the VMM never started: {e}");
     }
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let running = std::time::Instant::now();
+    while std::fs::read_to_string(&serial).unwrap() != "r\n" {
+        // Only against a hang: the guest's first instructions.
+        assert!(
+            running.elapsed() < std::time::Duration::from_secs(30),
+            "the guest never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let out = child.wait_with_output().unwrap();
@@ -261,15 +282,21 @@ fn sigterm_stops_a_spinning_guest_with_a_report() {
     assert_eq!(report["vcpus"].as_array().unwrap().len(), 2);
 }
 
+/// The VMM opens /dev/kvm before it loads the kernel: without KVM the
+/// kernel is never looked at, so this needs KVM.
 #[test]
 fn kernel_that_is_not_one_is_a_clear_error() {
+    if !have_kvm("kernel_that_is_not_one_is_a_clear_error") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad");
     std::fs::write(&bad, b"not a kernel").unwrap();
     let out = vmm_command(&bad, dir.path()).output().unwrap();
     let stderr = one_line_error(&out, 2);
     assert!(
-        stderr.contains("Cannot load kernel") || stderr.contains("/dev/kvm"),
+        stderr.starts_with("vmbench: error: Cannot load kernel")
+            && stderr.contains(&bad.display().to_string()),
         "{stderr}"
     );
 }
@@ -288,21 +315,14 @@ fn linux_boots_through_our_entry_path() {
     let cache = std::env::var_os("VMBENCH_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/vmbench")));
+    let test = "linux_boots_through_our_entry_path";
     let Some(kernel) = cache.map(|c| c.join("kernel/current/vmlinux")) else {
-        return println!(
-            "SKIPPED: linux_boots_through_our_entry_path: neither $VMBENCH_CACHE nor $HOME is set"
-        );
+        // The kernel is built into the cache by scripts/setup.sh, which CI runs.
+        return skip_unless_ci(test, "neither $VMBENCH_CACHE nor $HOME is set");
     };
     if !kernel.is_file() {
-        assert!(
-            !vmbench_e2e::in_ci(),
-            "under CI the kernel is built by scripts/setup.sh: {}",
-            kernel.display()
-        );
-        return println!(
-            "SKIPPED: linux_boots_through_our_entry_path: no kernel at {}",
-            kernel.display()
-        );
+        let reason = format!("no kernel at {} (scripts/setup.sh)", kernel.display());
+        return skip_unless_ci(test, &reason);
     }
     let (native, _) = vmbench_e2e::kvm_verdict();
     // The kernel has a PVH note: the default entry is PVH; the 64-bit Linux
@@ -401,14 +421,18 @@ fn thirty_two_concurrent_vms_run_and_end_cleanly() {
     }
 }
 
-/// Does `qemu-img` run here? Prints `SKIPPED:` for `what` when it does not.
+/// Does `qemu-img` run here? Prints `SKIPPED:` for `what` when it does
+/// not, or fails under CI (scripts/setup.sh installs qemu-utils).
 fn have_qemu_img(what: &str) -> bool {
     let ok = Command::new("qemu-img")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        println!("SKIPPED: {what}: qemu-img is not installed");
+        skip_unless_ci(
+            what,
+            "qemu-img is not installed (scripts/setup.sh: qemu-utils)",
+        );
     }
     ok
 }
@@ -436,9 +460,19 @@ fn bad_disks_are_one_line_errors() {
     // (disk argument, what stderr must say besides the file's name)
     let mut cases: Vec<(String, PathBuf, &str)> = vec![
         (
-            p("missing.qcow2").display().to_string(),
+            format!("{},format=qcow2", p("missing.qcow2").display()),
             p("missing.qcow2"),
             "does not exist",
+        ),
+        (
+            p("initrd.img").display().to_string(),
+            p("initrd.img"),
+            "a writable disk needs its format stated (format=raw or format=qcow2)",
+        ),
+        (
+            format!("{},format=qcow2,ro", p("initrd.img").display()),
+            p("initrd.img"),
+            "is stated to be qcow2 but is not a qcow2 image",
         ),
         (
             format!("{},ro", p("empty.raw").display()),
@@ -446,11 +480,12 @@ fn bad_disks_are_one_line_errors() {
             "is not a disk image: it is empty",
         ),
         (
-            p("initrd.img").display().to_string(),
+            format!("{},ro", p("initrd.img").display()),
             p("initrd.img"),
             "is not a disk image: it looks like a gzip file",
         ),
     ];
+    let unprobed = cases.len();
     if have_qemu_img("bad_disks_are_one_line_errors (qcow2 cases)") {
         let good = p("good.qcow2");
         qemu_img_create(&["-f", "qcow2", good.to_str().unwrap(), "64M"]);
@@ -483,7 +518,11 @@ fn bad_disks_are_one_line_errors() {
             ),
             ("orphan.qcow2", "needs backing file"),
         ] {
-            cases.push((p(name).display().to_string(), p(name), expected));
+            cases.push((
+                format!("{},format=qcow2", p(name).display()),
+                p(name),
+                expected,
+            ));
         }
     }
     for (arg, file, expected) in &cases {
@@ -493,13 +532,9 @@ fn bad_disks_are_one_line_errors() {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
     // The missing backing file is named as it was looked for.
-    if cases.len() > 3 {
-        let out = run_vmm(
-            &kernel,
-            16,
-            dir.path(),
-            &["--disk", p("orphan.qcow2").to_str().unwrap()],
-        );
+    if cases.len() > unprobed {
+        let orphan = format!("{},format=qcow2", p("orphan.qcow2").display());
+        let out = run_vmm(&kernel, 16, dir.path(), &["--disk", &orphan]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(&format!(
@@ -559,7 +594,7 @@ fn disks_come_first_and_the_guest_sees_them() {
     std::fs::write(p("data.raw"), vec![0; 64 << 10]).unwrap();
     let kernel = p("guest.elf");
     std::fs::write(&kernel, tiny_elf(&device_ids_guest(3))).unwrap();
-    let overlay = p("overlay.qcow2").display().to_string();
+    let overlay = format!("{},format=qcow2", p("overlay.qcow2").display());
     let data = format!("{},ro", p("data.raw").display());
     let out = run_vmm(
         &kernel,
@@ -641,4 +676,191 @@ fn vmbench_vmm_becomes_the_vmms_own_program() {
     assert!(out.status.success(), "{}", dump(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.starts_with("vmbench-vmm "), "{said}");
+}
+
+/// A hostile guest: reads `mmio_reads` distinct MMIO addresses from
+/// 0xc0000000 on, 4 bytes apart (the MMIO gap below the virtio slots: no
+/// RAM and no device there), writes `marks` boot marks (0x40–0x7f, in
+/// turn) to port 0x80, reads `ports` distinct unclaimed ports from 0x1000
+/// on, then resets.
+fn hostile_guest(mmio_reads: u32, marks: u32, ports: u32) -> Vec<u8> {
+    let mut code = vec![0xb8]; // mov eax, 0xc0000000
+    code.extend(0xc000_0000u32.to_le_bytes());
+    code.push(0xb9); // mov ecx, mmio_reads
+    code.extend(mmio_reads.to_le_bytes());
+    code.extend([
+        0x8b, 0x10, // 1: mov edx, [rax]
+        0x48, 0x83, 0xc0, 0x04, // add rax, 4
+        0xff, 0xc9, // dec ecx
+        0x75, 0xf6, // jnz 1b
+    ]);
+    code.extend([0x66, 0xba, 0x80, 0x00]); // mov dx, 0x80
+    code.push(0xb9); // mov ecx, marks
+    code.extend(marks.to_le_bytes());
+    code.extend([
+        0x88, 0xc8, // 2: mov al, cl
+        0x24, 0x3f, // and al, 0x3f
+        0x0c, 0x40, // or al, 0x40
+        0xee, // out dx, al
+        0xff, 0xc9, // dec ecx
+        0x75, 0xf5, // jnz 2b
+    ]);
+    code.push(0xba); // mov edx, 0x1000
+    code.extend(0x1000u32.to_le_bytes());
+    code.push(0xb9); // mov ecx, ports
+    code.extend(ports.to_le_bytes());
+    code.extend([
+        0xec, // 3: in al, dx
+        0xff, 0xc2, // inc edx
+        0xff, 0xc9, // dec ecx
+        0x75, 0xf9, // jnz 3b
+    ]);
+    code.extend([0xb0, 0xfe, 0xe6, 0x64, 0xf4]); // i8042 reset; hlt
+    code
+}
+
+/// A million distinct MMIO addresses: the count issue 12 asks for (about
+/// 10 s of a debug VMM where KVM emulates guest code).
+const HOSTILE_MMIO_READS: u32 = 1_000_000;
+/// Marks: far more than the socket to a reader that never reads can hold.
+const HOSTILE_MARKS: u32 = 100_000;
+const HOSTILE_PORTS: u32 = 1000;
+/// The VMM's peak resident set beyond the guest memory the guest touched:
+/// the 32-VM test's budget. (Unbounded tables took 90 MiB for 100,000
+/// addresses.)
+const HOSTILE_OVERHEAD_BUDGET_KIB: u64 = 10 * 1024;
+const MIB: u64 = 1 << 20;
+
+/// The VMM's peak resident set (VmHWM) so far, from /proc.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn counts(table: &serde_json::Value) -> (usize, u64) {
+    let table = table.as_object().unwrap();
+    let sum = table
+        .values()
+        .map(|v| v.get("count").unwrap_or(v).as_u64().unwrap())
+        .sum();
+    (table.len(), sum)
+}
+
+/// Issue 12: a guest that touches a million distinct MMIO addresses, floods
+/// the boot-marker port while the reader of marker.sock never reads, and
+/// probes a thousand absent ports cannot make the VMM grow or stall: the VM
+/// ends on its own with its account written, every table is bounded with
+/// exact totals beside it, the marks the reader did not take are dropped
+/// and counted, vmm.json stays under 1 MiB and the VMM's own memory within
+/// its budget. `--nocapture` prints the figures.
+#[test]
+fn a_hostile_guest_cannot_make_the_vmm_grow_or_stall() {
+    if !have_kvm("a_hostile_guest_cannot_make_the_vmm_grow_or_stall") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    let code = hostile_guest(HOSTILE_MMIO_READS, HOSTILE_MARKS, HOSTILE_PORTS);
+    std::fs::write(&kernel, tiny_elf(&code)).unwrap();
+    // The reader takes the connection and never reads from it.
+    let listener = std::os::unix::net::UnixListener::bind(dir.path().join("marker.sock")).unwrap();
+    let reader = std::thread::spawn(move || listener.accept().unwrap().0);
+    let started = std::time::Instant::now();
+    // vmbench-vmm itself, so /proc shows the VMM's own peak from the start.
+    let mut child = backend_vmm_command(&kernel, dir.path())
+        .args(["--mem-mib", "16"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peak_kib = 0;
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(300) {
+            let _ = child.kill();
+            panic!("the hostile guest's VMM did not end within 300 s");
+        }
+        peak_kib = peak_kib.max(vm_hwm_kib(child.id()).unwrap_or(0));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", dump(&out));
+    let mut stream = reader.join().unwrap();
+    stream.set_nonblocking(true).unwrap();
+    let mut forwarded = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut forwarded);
+
+    let size = std::fs::metadata(dir.path().join("vmm.json"))
+        .unwrap()
+        .len();
+    let account = vmm_json(dir.path());
+    assert_eq!(account["end"]["kind"], "reset", "{}", dump(&out));
+    assert_follows_its_document(&account, "vmm-json.md");
+    let exits = &account["vcpus"][0]["exits"];
+    let mmio_reads = u64::from(HOSTILE_MMIO_READS);
+    // Every exit counted, the kept addresses and the rest exactly.
+    assert_eq!(exits["by_kind"]["mmio_read"]["count"], mmio_reads);
+    let (kept, in_kept) = counts(&exits["by_mmio_addr"]);
+    assert_eq!(kept, 512, "the first 512 addresses apart");
+    assert_eq!(in_kept, 512, "each read once");
+    let other = &exits["by_mmio_addr_other"];
+    assert_eq!(other["count"], mmio_reads - 512);
+    let in_histogram: u64 = other["log2_histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(in_histogram, mmio_reads - 512);
+    let (kept, in_kept) = counts(&account["unclaimed_mmio"]);
+    assert_eq!(kept, 512);
+    assert_eq!(
+        in_kept + account["unclaimed_mmio_other"].as_u64().unwrap(),
+        mmio_reads
+    );
+    // Ports: 0x80 and the absent ones, 64 apart, the rest together.
+    let io = exits["by_kind"]["io_out"]["count"].as_u64().unwrap()
+        + exits["by_kind"]["io_in"]["count"].as_u64().unwrap();
+    assert_eq!(io, u64::from(HOSTILE_MARKS + HOSTILE_PORTS));
+    let (kept, in_kept) = counts(&exits["by_port"]);
+    assert_eq!(kept, 64);
+    assert_eq!(
+        in_kept + exits["by_port_other"]["count"].as_u64().unwrap(),
+        io
+    );
+    let (kept, in_kept) = counts(&account["unclaimed_ports"]);
+    assert_eq!(kept, 64);
+    assert_eq!(
+        in_kept + account["unclaimed_ports_other"].as_u64().unwrap(),
+        u64::from(HOSTILE_PORTS)
+    );
+    // Marks: the first 1024 kept; every one forwarded or counted as dropped.
+    let marks = u64::from(HOSTILE_MARKS);
+    assert_eq!(account["boot_markers"].as_array().unwrap().len(), 1024);
+    assert_eq!(account["boot_markers_not_kept"], marks - 1024);
+    let not_forwarded = account["boot_markers_not_forwarded"].as_u64().unwrap();
+    assert!(not_forwarded > 0, "a reader that never reads drops marks");
+    assert_eq!(forwarded.len() as u64 + not_forwarded, marks);
+    // Size and memory.
+    assert!(size < MIB, "vmm.json is {size} bytes");
+    let memory = &account["memory"];
+    let peak_kib = peak_kib.max(memory["max_rss_kib"].as_u64().unwrap());
+    let guest_kib = memory["guest_resident_kib"].as_u64().unwrap();
+    let overhead_kib = peak_kib.saturating_sub(guest_kib);
+    assert!(
+        overhead_kib <= HOSTILE_OVERHEAD_BUDGET_KIB,
+        "VMM peak {peak_kib} KiB, {guest_kib} KiB of it guest memory: \
+         beyond the {HOSTILE_OVERHEAD_BUDGET_KIB} KiB budget"
+    );
+    println!(
+        "hostile guest: {mmio_reads} MMIO reads, {marks} marks, {HOSTILE_PORTS} ports in {took:.1?}; \
+         VMM peak RSS {peak_kib} KiB ({guest_kib} KiB guest memory, {overhead_kib} KiB VMM); \
+         vmm.json {size} bytes; MMIO exits beyond the table {}; unclaimed MMIO beyond {}; \
+         marks not kept {}, forwarded {}, not forwarded {not_forwarded}",
+        other["count"],
+        account["unclaimed_mmio_other"],
+        account["boot_markers_not_kept"],
+        forwarded.len(),
+    );
 }

@@ -322,8 +322,9 @@ fn listen_mode_accepts_the_host_and_echoes_under_qemu() {
 /// `expect_error(serial, "refused port=…")`). vhost-device-vsock does not:
 /// its `enq_rst()` is an empty TODO (0.3.0, and upstream still), so the guest
 /// hears nothing and reports a timeout once its wait, shortened here to
-/// 3×10^9 ticks (about a second), has passed. Either way it must not
-/// connect.
+/// 3×10^9 ticks (about a second), has passed: with the 0.3.0 that
+/// scripts/setup.sh installs, that timeout is the one outcome. (A version
+/// that answers with RST fails this test: it should then expect `refused`.)
 #[test]
 fn connect_to_a_port_nobody_listens_on_fails_under_qemu() {
     let Some(mut guest) = Guest::under_qemu("connect_to_a_port_nobody_listens_on_fails_under_qemu")
@@ -332,14 +333,7 @@ fn connect_to_a_port_nobody_listens_on_fails_under_qemu() {
     };
     guest.boot("vsockguest.connect=5999 vsockguest.wait_ticks=3000000000");
     let serial = guest.finish();
-    if expect_error(&serial, "refused port=5999").is_ok() {
-        return;
-    }
     expect_error(&serial, "timeout waiting=response").unwrap();
-    println!(
-        "NOTE: vhost-device-vsock sent no RST for a refused connection; \
-         the guest timed out waiting for the response instead of reporting `refused`"
-    );
 }
 
 /// The vsock device's counters in vmm.json.

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::exits::ExitStats;
 
 /// Bump when a field changes meaning or is removed; adding one is not a change.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: the tables a guest fills are bounded (`boot_markers`, `unclaimed_*`,
+/// `by_port`, `by_mmio_addr`), each with a count of the rest beside it.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Where the account of the VM in `dir` is.
 pub fn path_in(dir: &Path) -> PathBuf {
@@ -58,22 +60,47 @@ pub struct Account {
     pub vcpus: Vec<VcpuAccount>,
     /// Each virtio device's counters, by `<slot base>:<device type>`.
     pub devices: BTreeMap<String, BTreeMap<String, u64>>,
-    /// Boot-marker codes with their host times.
+    /// Boot-marker codes with their host times: the first
+    /// [`crate::devices::marker::MAX_MARKS`].
     pub boot_markers: Vec<(u8, u64)>,
+    /// Marks written after those, counted only. (`default`: so that a file
+    /// of another version is refused for its version, not a missing field.)
+    #[serde(default)]
+    pub boot_markers_not_kept: u64,
+    /// Marks a reader of `marker.sock` was connected for but did not get:
+    /// the VMM never waits for it, it drops what the socket cannot take.
+    #[serde(default)]
+    pub boot_markers_not_forwarded: u64,
     /// Console lines timestamped at the exit that ended them
     /// (CLOCK_MONOTONIC ns): `first_line`, and `run_init` for the kernel's
     /// `Run … as init process`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub console_marks: BTreeMap<String, u64>,
+    /// Accesses no device answered, by port: the first
+    /// [`crate::devices::bus::MAX_UNCLAIMED_PORTS`] ports; then all others'.
     pub unclaimed_ports: BTreeMap<u16, u64>,
+    #[serde(default)]
+    pub unclaimed_ports_other: u64,
+    /// The same by MMIO address, the first
+    /// [`crate::devices::bus::MAX_UNCLAIMED_MMIO_ADDRS`].
     pub unclaimed_mmio: BTreeMap<u64, u64>,
+    #[serde(default)]
+    pub unclaimed_mmio_other: u64,
     /// Driver accesses the virtio-mmio transports ignored, all slots together.
     pub virtio_bad_accesses: u64,
+    /// Console output beyond serial.log's limit
+    /// ([`crate::devices::serial::LOG_MAX_BYTES`]), not written.
+    #[serde(default)]
+    pub serial_log_bytes_dropped: u64,
     pub memory: MemoryUse,
     /// With the emulated-KVM fallback on (a test aid for hosts whose KVM
     /// emulates guest code): the instructions it completed, by kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emulated_kvm: Option<crate::emulated_kvm::Counts>,
+    /// Whether every VMM thread ran under its seccomp filter (false with
+    /// `--no-seccomp`, and in an account from before the filters).
+    #[serde(default)]
+    pub seccomp: bool,
 }
 
 /// The VMM's memory at the end: its peak resident set, how much of that is
@@ -107,9 +134,11 @@ pub struct VcpuAccount {
 pub fn write(dir: &Path, account: &Account) -> std::io::Result<()> {
     let path = path_in(dir);
     let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    serde_json::to_writer_pretty(&mut file, account)?;
-    file.write_all(b"\n")?;
+    // One write(2) per buffer, not per JSON token.
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    serde_json::to_writer_pretty(&mut out, account)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
     std::fs::rename(&tmp, &path)
 }
 

@@ -60,7 +60,7 @@ impl Ended {
         let said = account
             .guest_said
             .as_ref()
-            .map(|s| format!(" after the kernel said \"{s}\""))
+            .map(|s| format!(" after the kernel said \"{}\"", crate::cli::printable(s)))
             .unwrap_or_default();
         match &account.end {
             End::Reset => (

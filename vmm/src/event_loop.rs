@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::lock;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::seccomp::{self, Gate, ThreadKind};
 
 const STOP: u64 = u64::MAX;
 
@@ -26,7 +27,14 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    pub fn spawn(devices: Vec<Arc<Mutex<MmioTransport>>>) -> io::Result<EventLoop> {
+    /// Starts the device thread: it installs its seccomp filter and waits
+    /// at `gate` before serving anything; `forbidden_call` is the test aid
+    /// `--forbidden-syscall-in devices`.
+    pub fn spawn(
+        devices: Vec<Arc<Mutex<MmioTransport>>>,
+        gate: Arc<Gate>,
+        forbidden_call: bool,
+    ) -> io::Result<EventLoop> {
         let epoll = Epoll::new()?;
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         epoll.ctl(
@@ -45,7 +53,16 @@ impl EventLoop {
         }
         let thread = std::thread::Builder::new()
             .name("vmm-devices".into())
-            .spawn(move || run(&epoll, &devices))?;
+            .spawn(move || {
+                let go = gate.enter(ThreadKind::Devices);
+                drop(gate);
+                if go && forbidden_call {
+                    seccomp::make_forbidden_call();
+                }
+                if go {
+                    run(&epoll, &devices);
+                }
+            })?;
         Ok(EventLoop {
             stop,
             thread: Some(thread),
@@ -111,7 +128,8 @@ mod tests {
             Box::new(device),
             Arc::default(),
         )));
-        let event_loop = EventLoop::spawn(vec![transport]).unwrap();
+        let event_loop =
+            EventLoop::spawn(vec![transport], Arc::new(Gate::open_unfiltered()), false).unwrap();
         for expected in 1..=3 {
             kick.write(1).unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);

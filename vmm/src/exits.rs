@@ -2,10 +2,24 @@
 //! long the VMM took from KVM_RUN's return to the next KVM_RUN (the time the
 //! vCPU stood still for userspace), by exit kind, I/O port and MMIO address —
 //! the userspace half of what `perf kvm stat` reports.
+//!
+//! A guest chooses how many ports and addresses it touches, so the tables
+//! by target are bounded ([`crate::bounded`]): each vCPU keeps its first
+//! [`MAX_PORTS`] ports and [`MAX_MMIO_ADDRS`] MMIO addresses apart, and the
+//! exits to any other go to one `_other` latency beside the table. Counts,
+//! totals, extremes and histograms stay exact; the kinds are few and all kept.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::bounded::entry_or_other;
+
+/// Distinct I/O ports each vCPU's account keeps apart (Linux touches 8).
+pub const MAX_PORTS: usize = 64;
+/// Distinct MMIO addresses each vCPU's account keeps apart (Linux touches
+/// about 20 per virtio device; 17 devices, the most a VM has, stay below).
+pub const MAX_MMIO_ADDRS: usize = 512;
 
 /// Buckets of the log2 histogram: bucket i holds latencies in [2^i, 2^(i+1)) ns
 /// (bucket 0 also holds 0 ns); 2^40 ns is over 18 minutes.
@@ -90,8 +104,14 @@ pub enum Kind {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExitStats {
     pub by_kind: BTreeMap<Kind, Latency>,
+    /// The first [`MAX_PORTS`] ports the vCPU touched.
     pub by_port: BTreeMap<u16, Latency>,
+    /// Exits to every other port.
+    pub by_port_other: Latency,
+    /// The first [`MAX_MMIO_ADDRS`] addresses the vCPU touched.
     pub by_mmio_addr: BTreeMap<u64, Latency>,
+    /// Exits to every other address.
+    pub by_mmio_addr_other: Latency,
 }
 
 /// Where an exit went.
@@ -106,8 +126,17 @@ impl ExitStats {
     pub fn record(&mut self, kind: Kind, target: Target, ns: u64) {
         self.by_kind.entry(kind).or_default().record(ns);
         match target {
-            Target::Port(port) => self.by_port.entry(port).or_default().record(ns),
-            Target::Mmio(addr) => self.by_mmio_addr.entry(addr).or_default().record(ns),
+            Target::Port(port) => {
+                entry_or_other(&mut self.by_port, &mut self.by_port_other, MAX_PORTS, port)
+                    .record(ns)
+            }
+            Target::Mmio(addr) => entry_or_other(
+                &mut self.by_mmio_addr,
+                &mut self.by_mmio_addr_other,
+                MAX_MMIO_ADDRS,
+                addr,
+            )
+            .record(ns),
             Target::None => {}
         }
     }
@@ -123,6 +152,7 @@ impl ExitStats {
             .values_mut()
             .chain(self.by_port.values_mut())
             .chain(self.by_mmio_addr.values_mut())
+            .chain([&mut self.by_port_other, &mut self.by_mmio_addr_other])
         {
             l.seal();
         }
@@ -168,7 +198,40 @@ mod tests {
         assert_eq!(s.count(Kind::IoOut), 2);
         assert_eq!(s.by_port[&0x3f8].max_ns, 700);
         assert_eq!(s.by_mmio_addr[&0xd000_0000].count, 1);
+        assert_eq!(s.by_mmio_addr_other.count, 0);
         let empty = ExitStats::default().sealed();
         assert_eq!(empty.count(Kind::IoIn), 0);
+        assert_eq!(empty.by_port_other.min_ns, 0);
+    }
+
+    #[test]
+    fn targets_beyond_the_limits_go_to_other_with_exact_totals() {
+        let mut s = ExitStats::default();
+        let addrs = MAX_MMIO_ADDRS as u64 + 1000;
+        for addr in 0..addrs {
+            s.record(Kind::MmioRead, Target::Mmio(0xc000_0000 + addr), addr + 1);
+        }
+        // A kept address comes back: still its own.
+        s.record(Kind::MmioWrite, Target::Mmio(0xc000_0000), 7);
+        for port in 0..MAX_PORTS as u16 * 2 {
+            s.record(Kind::IoIn, Target::Port(0x1000 + port), 10);
+        }
+        let s = s.sealed();
+        assert_eq!(s.by_mmio_addr.len(), MAX_MMIO_ADDRS);
+        assert_eq!(s.by_mmio_addr[&0xc000_0000].count, 2);
+        let other = &s.by_mmio_addr_other;
+        assert_eq!(other.count, 1000);
+        assert_eq!(
+            (other.min_ns, other.max_ns),
+            (MAX_MMIO_ADDRS as u64 + 1, addrs)
+        );
+        let kept_ns: u64 = s.by_mmio_addr.values().map(|l| l.total_ns).sum();
+        assert_eq!(kept_ns + other.total_ns, addrs * (addrs + 1) / 2 + 7);
+        let in_histogram: u64 = other.log2_histogram.iter().map(|(_, n)| n).sum();
+        assert_eq!(in_histogram, 1000);
+        assert_eq!(s.count(Kind::MmioRead), addrs, "by kind: every exit");
+        assert_eq!(s.by_port.len(), MAX_PORTS);
+        assert_eq!(s.by_port_other.count, MAX_PORTS as u64);
+        assert_eq!(s.count(Kind::IoIn), 2 * MAX_PORTS as u64);
     }
 }

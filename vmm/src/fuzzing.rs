@@ -63,6 +63,7 @@ use std::sync::OnceLock;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmbench_image::Format;
 
 use crate::devices::virtio::block::disk::{Disk, SECTOR_BYTES};
 use crate::devices::virtio::block::request::{T_FLUSH, T_GET_ID, T_IN, T_OUT};
@@ -323,14 +324,15 @@ pub fn block_device(dir: &Path, data: &[u8]) -> BTreeMap<String, u64> {
     let read_only = kind % 2 == 1;
     let base = dir.join("base.raw");
     std::fs::write(&base, &files.raw).expect("write the raw image");
-    let top = if kind >= 2 {
+    // The VMM states a disk's format (`--disk PATH,format=`), so do we.
+    let (top, format) = if kind >= 2 {
         let overlay = dir.join("overlay.qcow2");
         std::fs::write(&overlay, &files.qcow2).expect("write the qcow2 image");
-        overlay
+        (overlay, Format::Qcow2)
     } else {
-        base.clone()
+        (base.clone(), Format::Raw)
     };
-    let disk = Disk::open(&top, read_only).expect("the disk images are valid");
+    let disk = Disk::open(&top, read_only, Some(format)).expect("the disk images are valid");
     let mem = guest_memory();
     let (interrupt, _irq) = Interrupt::for_tests();
     let mut device = BlockDevice::new(disk, mem.clone(), interrupt).expect("eventfd");
@@ -647,7 +649,7 @@ pub fn mmio_transport(dir: &Path, data: &[u8]) -> BTreeMap<String, u64> {
     let device: Box<dyn VirtioDevice> = if input.u8() % 2 == 0 {
         let path = dir.join("disk.raw");
         std::fs::write(&path, &disk_files(dir).raw).expect("write the raw image");
-        let disk = Disk::open(&path, false).expect("the raw image is valid");
+        let disk = Disk::open(&path, false, Some(Format::Raw)).expect("the raw image is valid");
         Box::new(BlockDevice::new(disk, mem.clone(), interrupt).expect("eventfd"))
     } else {
         let uds_base = dir.join("mmio-vsock.sock");

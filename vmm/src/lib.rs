@@ -18,11 +18,16 @@
 //!    registers, EFER, general registers, FPU, boot MSRs, CPUID and local
 //!    APIC;
 //! 6. the legacy devices (serial port, boot marker);
-//! 7. the run loops ([`machine`]), one thread per vCPU, which account for
+//! 7. each thread confined by its seccomp filter ([`seccomp`]) before the
+//!    first `KVM_RUN`;
+//! 8. the run loops ([`machine`]), one thread per vCPU, which account for
 //!    every userspace exit ([`exits`]) and read KVM's own statistics at the
 //!    end ([`kvm_stats`]), and the device thread ([`event_loop`]);
-//! 8. the account of the VM ([`account`], `vmm.json`, its format in
-//!    `docs/vmm-json.md`), written when it ends.
+//! 9. the account of the VM ([`account`], `vmm.json`, its format in
+//!    `docs/vmm-json.md`), written when it ends. Every table in it that is
+//!    keyed by what the guest did (ports, addresses, marks) keeps its first
+//!    keys and counts the rest together ([`bounded`]), so neither the VMM
+//!    nor its account grows with what a guest does.
 //!
 //! The legacy devices (serial, i8042, the boot-marker port) answer port
 //! I/O; the virtio devices sit behind the virtio-mmio transport
@@ -50,6 +55,7 @@
 
 pub mod account;
 pub mod boot_tables;
+pub mod bounded;
 pub mod cli;
 pub mod clock;
 pub mod command;
@@ -65,4 +71,5 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod probe;
+pub mod seccomp;
 pub mod vm_dir;

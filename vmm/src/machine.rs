@@ -28,6 +28,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmbench_image::Format;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -45,6 +46,7 @@ use crate::devices::virtio::Interrupt;
 use crate::emulated_kvm;
 use crate::event_loop::EventLoop;
 use crate::exits::{ExitStats, Kind, Target};
+use crate::seccomp::{self, Filters, Gate, ThreadKind};
 use crate::vm_dir;
 use crate::{cpu, layout, loader};
 
@@ -71,6 +73,12 @@ pub struct MachineConfig {
     /// ([`crate::emulated_kvm`]): a test aid for hosts whose KVM emulates
     /// guest code, off by default.
     pub emulated_kvm: bool,
+    /// Confine each thread with its seccomp filter ([`crate::seccomp`]):
+    /// on unless `--no-seccomp`.
+    pub seccomp: bool,
+    /// A test aid: a thread of this kind makes a system call no filter
+    /// allows once its filter is on (`--forbidden-syscall-in`).
+    pub forbidden_syscall_in: Option<ThreadKind>,
 }
 
 /// At most this many disks: each device needs an interrupt line of its own,
@@ -78,43 +86,70 @@ pub struct MachineConfig {
 pub const MAX_DISKS: usize = 16;
 
 /// A disk image for the guest: raw or qcow2 (with its backing chain, which
-/// is only ever read). As an argument: `PATH`, `PATH,ro` or `PATH,rw`.
+/// is only ever read). As an argument: `PATH[,format=raw|qcow2][,ro|,rw]`,
+/// the options in any order after the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
     pub path: PathBuf,
     /// The guest sees a read-only disk and the image is opened read-only.
     pub read_only: bool,
+    /// The image's format as stated; `None` probes its first bytes, which
+    /// only a read-only disk may do (see [`Error::FormatNotStated`]).
+    pub format: Option<Format>,
 }
 
 impl std::str::FromStr for DiskConfig {
     type Err = String;
 
+    /// Options are taken from the right, each kind (access, format) once, so
+    /// a path with a comma keeps it: `a,b.img` is the path `a,b.img`, and
+    /// `x,ro,rw` the writable path `x,ro`.
     fn from_str(spec: &str) -> Result<Self, String> {
-        let (path, read_only) = match spec.rsplit_once(',') {
-            Some((path, "ro")) => (path, true),
-            Some((path, "rw")) => (path, false),
-            _ => (spec, false),
-        };
+        let mut path = spec;
+        let (mut read_only, mut format) = (None, None);
+        while let Some((head, last)) = path.rsplit_once(',') {
+            match last {
+                "ro" | "rw" if read_only.is_none() => read_only = Some(last == "ro"),
+                "format=raw" if format.is_none() => format = Some(Format::Raw),
+                "format=qcow2" if format.is_none() => format = Some(Format::Qcow2),
+                _ if last.starts_with("format=") && format.is_none() => {
+                    return Err(format!(
+                        "{spec:?}: unknown {last}: the formats are raw and qcow2"
+                    ))
+                }
+                _ => break,
+            }
+            path = head;
+        }
         if path.is_empty() {
-            return Err(format!("{spec:?}: expected PATH, PATH,ro or PATH,rw"));
+            return Err(format!("{spec:?}: expected PATH[,format=raw|qcow2][,ro]"));
         }
         Ok(DiskConfig {
             path: path.into(),
-            read_only,
+            read_only: read_only.unwrap_or(false),
+            format,
         })
     }
 }
 
 impl DiskConfig {
-    /// The argument that parses back to this disk (a path with a comma gets
-    /// an explicit `,rw` so that its last part is not taken for an option).
+    /// The argument that parses back to this disk: the format when stated,
+    /// and the access when read-only or when the path has a comma (so that
+    /// its last part is not taken for an option). A path with a comma whose
+    /// end reads like `,format=…`, with no format stated, does not round-trip.
     pub fn arg(&self) -> String {
-        let path = self.path.display().to_string();
-        match (self.read_only, path.contains(',')) {
-            (true, _) => format!("{path},ro"),
-            (false, true) => format!("{path},rw"),
-            (false, false) => path,
+        let mut arg = self.path.display().to_string();
+        let comma = arg.contains(',');
+        if let Some(format) = self.format {
+            arg.push_str(",format=");
+            arg.push_str(format.as_str());
         }
+        match (self.read_only, comma) {
+            (true, _) => arg.push_str(",ro"),
+            (false, true) => arg.push_str(",rw"),
+            (false, false) => {}
+        }
+        arg
     }
 }
 
@@ -151,6 +186,8 @@ pub enum Error {
     TooLittleMemory(u32),
     #[error("--disk given {0} times: at most {MAX_DISKS} disks")]
     TooManyDisks(usize),
+    #[error("--disk {0}: a writable disk needs its format stated (format=raw or format=qcow2): probing the bytes the guest writes would let it forge a qcow2 header that makes the next run open any host file")]
+    FormatNotStated(PathBuf),
     #[error(transparent)]
     Disk(#[from] disk::Error),
     #[error("Cannot {what}: {source}")]
@@ -177,6 +214,8 @@ pub enum Error {
     Cpu(#[from] cpu::Error),
     #[error(transparent)]
     MpTable(#[from] mptable::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
 }
 
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
@@ -267,6 +306,8 @@ pub struct Machine {
     shared: Arc<Shared>,
     entry: &'static str,
     dir: PathBuf,
+    /// Each thread kind's seccomp filter; none with `--no-seccomp`.
+    filters: Option<Filters>,
 }
 
 /// What every vCPU thread reaches.
@@ -277,6 +318,8 @@ struct Shared {
     stopping: AtomicBool,
     /// [`MachineConfig::emulated_kvm`].
     emulated_kvm: bool,
+    /// [`MachineConfig::forbidden_syscall_in`].
+    forbidden_syscall_in: Option<ThreadKind>,
 }
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
@@ -324,9 +367,16 @@ impl Machine {
         let disks = config
             .disks
             .iter()
-            .map(|d| Disk::open(&d.path, d.read_only))
+            .map(|d| Disk::open(&d.path, d.read_only, d.format))
             .collect::<Result<Vec<_>, _>>()?;
         install_signal_handlers()?;
+        let filters = match config.seccomp {
+            true => {
+                seccomp::install_sigsys_handler()?;
+                Some(Filters::compile()?)
+            }
+            false => None,
+        };
         let mem = guest_memory(config.mem_mib)?;
         let (kvm, vm) = create_vm(&mem)?;
         let mmio = virtio_devices(config, disks, &vm, &mem)?;
@@ -342,9 +392,11 @@ impl Machine {
                 mmio,
                 stopping: AtomicBool::new(false),
                 emulated_kvm: config.emulated_kvm,
+                forbidden_syscall_in: config.forbidden_syscall_in,
             }),
             entry: entry.name(),
             dir: config.dir.clone(),
+            filters,
         })
     }
 
@@ -358,27 +410,42 @@ impl Machine {
             shared,
             entry,
             dir,
+            filters,
         } = self;
-        let event_loop = EventLoop::spawn(shared.mmio.transports());
+        // Every thread installs its filter before any goes on: the boot
+        // vCPU's first KVM_RUN comes after the last filter.
+        let gate = Arc::new(Gate::new(filters));
+        let filtered = gate.filtered();
+        let event_loop = EventLoop::spawn(
+            shared.mmio.transports(),
+            gate.clone(),
+            shared.forbidden_syscall_in == Some(ThreadKind::Devices),
+        );
         let (ended_tx, ended_rx) = mpsc::channel();
         let (threads, spawn_error) = match &event_loop {
-            Ok(_) => spawn_vcpus(vcpus, &shared, &ended_tx),
+            Ok(_) => spawn_vcpus(vcpus, &shared, &ended_tx, &gate),
             Err(e) => (
                 Vec::new(),
                 Some(format!("cannot start the device thread: {e}")),
             ),
         };
         drop(ended_tx);
-        let (ended_by_vcpu, end) = match spawn_error {
-            Some(detail) => (None, End::Failed { detail }),
-            None => wait_for_end(&ended_rx),
+        let started = threads.len() + usize::from(event_loop.is_ok());
+        let confined = gate.open(started, spawn_error.is_none());
+        if confined.is_ok() && shared.forbidden_syscall_in == Some(ThreadKind::Main) {
+            seccomp::make_forbidden_call();
+        }
+        let (ended_by_vcpu, end) = match (spawn_error, confined) {
+            (Some(detail), _) | (None, Err(detail)) => (None, End::Failed { detail }),
+            (None, Ok(())) => wait_for_end(&ended_rx),
         };
         shared.stopping.store(true, Ordering::SeqCst);
         let vcpus = stop_vcpus(threads);
         if let Ok(event_loop) = event_loop {
             event_loop.stop();
         }
-        let account = account_of(&shared, &mem, entry, (ended_by_vcpu, end), vcpus);
+        let mut account = account_of(&shared, &mem, entry, (ended_by_vcpu, end), vcpus);
+        account.seccomp = filtered;
         // The account is also returned; a VMM that cannot write it says so.
         if let Err(e) = account::write(&dir, &account) {
             eprintln!(
@@ -403,6 +470,13 @@ fn check(config: &MachineConfig) -> Result<(), Error> {
     }
     if config.disks.len() > MAX_DISKS {
         return Err(Error::TooManyDisks(config.disks.len()));
+    }
+    if let Some(disk) = config
+        .disks
+        .iter()
+        .find(|d| !d.read_only && d.format.is_none())
+    {
+        return Err(Error::FormatNotStated(disk.path.clone()));
     }
     Ok(())
 }
@@ -511,7 +585,7 @@ fn legacy_devices(vm: &VmFd, dir: &Path) -> Result<PioBus, Error> {
     let serial = SerialPort::new(serial_irq, Box::new(log));
     // The collector listens here when `vmbench boot` runs this VMM.
     let marker = match UnixStream::connect(dir.join(vm_dir::MARKER_SOCKET)) {
-        Ok(stream) => BootMarker::with_sink(Box::new(stream)),
+        Ok(stream) => BootMarker::with_socket(stream),
         Err(_) => BootMarker::default(),
     };
     Ok(PioBus::new(serial, marker))
@@ -523,14 +597,20 @@ fn spawn_vcpus(
     vcpus: Vec<VcpuFd>,
     shared: &Arc<Shared>,
     ended: &mpsc::Sender<(u32, End)>,
+    gate: &Arc<Gate>,
 ) -> (Vec<JoinHandle<VcpuAccount>>, Option<String>) {
     let mut threads = Vec::new();
     for (index, vcpu) in vcpus.into_iter().enumerate() {
         let shared = shared.clone();
         let ended = ended.clone();
+        let gate = gate.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || run_vcpu(vcpu, index as u32, &shared, &ended));
+            .spawn(move || {
+                let go = gate.enter(ThreadKind::Vcpu);
+                drop(gate);
+                run_vcpu(vcpu, index as u32, &shared, &ended, go)
+            });
         match spawned {
             Ok(thread) => threads.push(thread),
             Err(e) => {
@@ -559,6 +639,7 @@ fn account_of(
     let devices = shared.mmio.device_counters();
     let virtio_bad_accesses = shared.mmio.bad_accesses();
     let pio = lock(&shared.pio);
+    let unclaimed_mmio = shared.mmio.unclaimed();
     Account {
         schema_version: account::SCHEMA_VERSION,
         end,
@@ -570,10 +651,15 @@ fn account_of(
         vcpus,
         devices,
         boot_markers: pio.marker.marks().to_vec(),
+        boot_markers_not_kept: pio.marker.not_kept(),
+        boot_markers_not_forwarded: pio.marker.not_forwarded(),
         console_marks: pio.serial.console_marks(),
-        unclaimed_ports: pio.unclaimed.clone(),
-        unclaimed_mmio: shared.mmio.unclaimed(),
+        unclaimed_ports: pio.unclaimed.by_key.clone(),
+        unclaimed_ports_other: pio.unclaimed.other,
+        unclaimed_mmio: unclaimed_mmio.by_key,
+        unclaimed_mmio_other: unclaimed_mmio.other,
         virtio_bad_accesses,
+        serial_log_bytes_dropped: pio.serial.log_bytes_dropped(),
         memory: memory_use(mem),
         emulated_kvm: shared.emulated_kvm.then(|| {
             let mut all = emulated_kvm::Counts::default();
@@ -582,6 +668,8 @@ fn account_of(
             }
             all
         }),
+        // Set by the caller, which knows whether the filters were on.
+        seccomp: false,
     }
 }
 
@@ -685,24 +773,32 @@ fn virtio_devices(
 const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 
 /// One vCPU's run loop; sends the reason when its exit ends the VM.
+/// `go`: every thread's filter is on (else the thread ends at once).
 fn run_vcpu(
     mut vcpu: VcpuFd,
     index: u32,
     shared: &Shared,
     ended: &mpsc::Sender<(u32, End)>,
+    go: bool,
 ) -> VcpuAccount {
     let mut exits = ExitStats::default();
     let mut first_run_ns = None;
     let mut other_exits = 0u64;
     let mut recovered_counts = emulated_kvm::Counts::default();
+    let mut forbidden_call = shared.forbidden_syscall_in == Some(ThreadKind::Vcpu);
     let end = loop {
-        if shared.stopping.load(Ordering::SeqCst) {
+        if !go || shared.stopping.load(Ordering::SeqCst) {
             break None;
         }
         let now = now_ns();
         first_run_ns.get_or_insert(now);
         let exit = vcpu.run();
         let at = now_ns();
+        // The test aid: the guest's first exit makes the handling of it do
+        // what no vCPU thread does.
+        if std::mem::take(&mut forbidden_call) {
+            seccomp::make_forbidden_call();
+        }
         // A handled exit's latency is taken just before the next KVM_RUN.
         match handle_exit(exit, shared, at, &mut other_exits) {
             Outcome::Handled(kind, target) => exits.record(kind, target, now_ns() - at),
@@ -892,23 +988,69 @@ mod tests {
     #[test]
     fn disk_arguments_parse_and_round_trip() {
         let parse = |s: &str| s.parse::<DiskConfig>();
-        let disk = |path: &str, read_only| DiskConfig {
+        let disk = |path: &str, read_only, format| DiskConfig {
             path: path.into(),
             read_only,
+            format,
         };
-        assert_eq!(parse("a.qcow2"), Ok(disk("a.qcow2", false)));
-        assert_eq!(parse("/x/a.raw,ro"), Ok(disk("/x/a.raw", true)));
-        assert_eq!(parse("a,b.img"), Ok(disk("a,b.img", false)));
-        assert_eq!(parse("a,b.img,rw"), Ok(disk("a,b.img", false)));
+        let (raw, qcow2) = (Some(Format::Raw), Some(Format::Qcow2));
+        assert_eq!(parse("a.qcow2"), Ok(disk("a.qcow2", false, None)));
+        assert_eq!(
+            parse("a.qcow2,format=qcow2"),
+            Ok(disk("a.qcow2", false, qcow2))
+        );
+        assert_eq!(parse("/x/a.raw,ro"), Ok(disk("/x/a.raw", true, None)));
+        assert_eq!(
+            parse("/x/a.raw,ro,format=raw"),
+            Ok(disk("/x/a.raw", true, raw))
+        );
+        assert_eq!(
+            parse("/x/a.raw,format=raw,ro"),
+            Ok(disk("/x/a.raw", true, raw))
+        );
+        assert_eq!(parse("a,b.img"), Ok(disk("a,b.img", false, None)));
+        assert_eq!(parse("a,b.img,rw"), Ok(disk("a,b.img", false, None)));
+        assert_eq!(parse("x,ro,rw"), Ok(disk("x,ro", false, None)));
         assert!(parse(",ro").is_err());
         assert!(parse("").is_err());
+        assert!(parse("a.img,format=vmdk")
+            .unwrap_err()
+            .contains("unknown format=vmdk"));
         for d in [
-            disk("a.img", false),
-            disk("a.img", true),
-            disk("x,ro", false),
+            disk("a.img", false, raw),
+            disk("a.img", true, None),
+            disk("a.img", true, qcow2),
+            disk("x,ro", false, None),
+            disk("x,format=raw", true, qcow2),
+            disk("a,b.img", false, raw),
         ] {
             assert_eq!(parse(&d.arg()), Ok(d.clone()), "{}", d.arg());
         }
+    }
+
+    #[test]
+    fn a_writable_disk_must_state_its_format() {
+        let config = |disk: &str| MachineConfig {
+            kernel: "k".into(),
+            initramfs: None,
+            cmdline: String::new(),
+            mem_mib: 64,
+            vcpus: 1,
+            dir: ".".into(),
+            entry: EntryChoice::Auto,
+            vsock: None,
+            disks: vec![disk.parse().unwrap()],
+            emulated_kvm: false,
+            seccomp: true,
+            forbidden_syscall_in: None,
+        };
+        let err = check(&config("d.raw")).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--disk d.raw: a writable disk needs its format stated"),
+            "{err}"
+        );
+        assert!(check(&config("d.raw,format=raw")).is_ok());
+        assert!(check(&config("d.img,ro")).is_ok(), "read-only: probed");
     }
 
     /// The devices a vCPU thread reaches, with the serial output kept.
@@ -919,6 +1061,7 @@ mod tests {
             mmio: MmioBus::default(),
             stopping: AtomicBool::new(false),
             emulated_kvm: false,
+            forbidden_syscall_in: None,
         };
         (shared, out)
     }
@@ -961,7 +1104,7 @@ mod tests {
         ));
         let pio = lock(&shared.pio);
         assert_eq!(pio.marker.marks(), &[(0x41, 42)], "at the exit's time");
-        assert_eq!(shared.mmio.unclaimed().get(&0xd000_0000), Some(&1));
+        assert_eq!(shared.mmio.unclaimed().by_key.get(&0xd000_0000), Some(&1));
     }
 
     #[test]

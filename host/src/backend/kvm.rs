@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, Instant};
 
 use super::{spawn_logged, Accel, VmSpec, GUEST_CID, VSOCK_UDS_BASE};
 use vmbench_vmm::account;
@@ -27,9 +26,6 @@ pub const EMULATED_KVM_CMDLINE: &str = "noxsave";
 pub fn on_emulated_kvm(accel: Accel) -> bool {
     accel == Accel::Kvm { native: false }
 }
-
-/// How long a VMM told to stop (SIGTERM) may take to write its account.
-const STOP_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct KvmVmm {
@@ -82,10 +78,11 @@ pub fn vmm_args(spec: &VmSpec) -> Vec<String> {
     if on_emulated_kvm(spec.accel) {
         args.push("--emulated-kvm".into());
     }
-    for path in &spec.disks {
+    for disk in &spec.disks {
         let disk = DiskConfig {
-            path: path.clone(),
+            path: disk.path.clone(),
             read_only: false,
+            format: Some(disk.format),
         };
         args.extend(["--disk".into(), disk.arg()]);
     }
@@ -109,22 +106,6 @@ impl KvmVmm {
     }
 }
 
-/// Asks the VMM to stop (SIGTERM: it ends the VM and writes its account),
-/// then kills it if it has not exited within `STOP_GRACE`.
-pub fn stop(vmm: &mut Child) -> std::io::Result<std::process::ExitStatus> {
-    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-    unsafe { libc::kill(vmm.id() as libc::pid_t, libc::SIGTERM) };
-    let start = Instant::now();
-    while start.elapsed() < STOP_GRACE {
-        if let Some(status) = vmm.try_wait()? {
-            return Ok(status);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    vmm.kill()?;
-    vmm.wait()
-}
-
 /// The VMM's account of the VM, if it wrote one.
 pub fn read_account(dir: &Path) -> Result<VmmAccount, String> {
     account::read(dir).map(|a| VmmAccount::from_vmm(&a))
@@ -135,6 +116,21 @@ pub fn vmm_message(spec: &VmSpec) -> String {
     crate::log_tail::last_bytes(&vmm_log(spec), 1600)
 }
 
+/// The line a VMM whose seccomp filter caught a forbidden system call
+/// wrote before it ended (`seccomp: syscall 59 (execve) not allowed in the
+/// vCPU thread`), if `log` (what it printed) holds one.
+pub fn seccomp_violation(log: &str) -> Option<String> {
+    log.lines()
+        .find(|line| line.starts_with(vmbench_vmm::seccomp::REPORT_PREFIX))
+        .map(|line| line.trim_end().to_string())
+}
+
+/// [`seccomp_violation`] in the VM's `vmm.log`.
+pub fn seccomp_violation_of(spec: &VmSpec) -> Option<String> {
+    let log = std::fs::read(vmm_log(spec)).ok()?;
+    seccomp_violation(&String::from_utf8_lossy(&log))
+}
+
 /// Sockets this backend leaves in the VM directory.
 pub fn sockets(spec: &VmSpec) -> Vec<PathBuf> {
     vec![spec.dir.join(VSOCK_UDS_BASE)]
@@ -143,12 +139,36 @@ pub fn sockets(spec: &VmSpec) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::VmDisk;
+    use vmbench_image::Format;
+
+    #[test]
+    fn a_seccomp_report_is_found_in_the_vmms_output() {
+        let log = "vmm: starting\nseccomp: syscall 59 (execve) not allowed in the vCPU thread\n";
+        assert_eq!(
+            seccomp_violation(log).as_deref(),
+            Some("seccomp: syscall 59 (execve) not allowed in the vCPU thread")
+        );
+        assert_eq!(
+            seccomp_violation("vmbench: error: the VM failed: x\n"),
+            None
+        );
+        // Only at the start of a line: the VMM's own words, not a quote of them.
+        assert_eq!(seccomp_violation("said \"seccomp: syscall 1\"\n"), None);
+    }
 
     #[test]
     fn disks_become_disk_arguments_in_order() {
+        let disk = |path: &str, format| VmDisk {
+            path: path.into(),
+            format,
+        };
         let spec = VmSpec {
             accel: Accel::Kvm { native: true },
-            disks: vec!["/vm/root.qcow2".into(), "/data/a,b.raw".into()],
+            disks: vec![
+                disk("/vm/root.qcow2", Format::Qcow2),
+                disk("/data/a,b.raw", Format::Raw),
+            ],
             ..VmSpec::for_test(0, Path::new("/vm"))
         };
         let args = vmm_args(&spec);
@@ -157,10 +177,17 @@ mod tests {
             .filter(|w| w[0] == "--disk")
             .map(|w| w[1].as_str())
             .collect();
-        assert_eq!(disks, ["/vm/root.qcow2", "/data/a,b.raw,rw"]);
-        for (arg, path) in disks.iter().zip(&spec.disks) {
+        // The formats are stated: the VMM never probes an overlay the guest writes.
+        assert_eq!(
+            disks,
+            ["/vm/root.qcow2,format=qcow2", "/data/a,b.raw,format=raw,rw"]
+        );
+        for (arg, disk) in disks.iter().zip(&spec.disks) {
             let parsed: DiskConfig = arg.parse().unwrap();
-            assert_eq!((&parsed.path, parsed.read_only), (path, false));
+            assert_eq!(
+                (&parsed.path, parsed.read_only, parsed.format),
+                (&disk.path, false, Some(disk.format))
+            );
         }
     }
 }

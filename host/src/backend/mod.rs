@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use vmbench_vmm::vm_dir;
 
+use crate::interrupt::Stop;
+
 /// The accelerator a VM runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -52,9 +54,17 @@ pub struct VmSpec {
     pub timeout: Duration,
     /// `kvm` backend: the kernel entry to force (`pvh`, `linux64`); none = the VMM's choice.
     pub entry: Option<String>,
-    /// Disk images (raw or qcow2), opened read-write, in the order the guest
-    /// finds them: the first is its `/dev/vda`.
-    pub disks: Vec<PathBuf>,
+    /// Disk images, opened read-write, in the order the guest finds them:
+    /// the first is its `/dev/vda`.
+    pub disks: Vec<VmDisk>,
+}
+
+/// A disk image a VM writes, with its format stated: both backends tell
+/// the VMM the format, never let it probe the bytes the guest writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDisk {
+    pub path: PathBuf,
+    pub format: vmbench_image::Format,
 }
 
 /// Which backend runs a VM.
@@ -96,10 +106,20 @@ impl Launcher {
     }
 
     /// Ends a VMM that is still running (timeout, protocol error).
-    pub fn stop(&self, vmm: &mut Child) -> std::io::Result<std::process::ExitStatus> {
-        match self {
-            Launcher::Kvm(_) => kvm::stop(vmm),
-            Launcher::Qemu(_) => {
+    /// Asks the VMM to stop — SIGTERM: our VMM ends the VM and writes its
+    /// account, QEMU quits — and kills it if it has not exited within the
+    /// grace period (at once after a second Ctrl-C).
+    pub fn stop(&self, vmm: &mut Child, stop: &Stop) -> std::io::Result<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(vmm.id() as libc::pid_t, libc::SIGTERM) };
+        let mut ended = None;
+        stop.wait_grace(|| {
+            ended = vmm.try_wait().ok().flatten();
+            ended.is_some()
+        });
+        match ended {
+            Some(status) => Ok(status),
+            None => {
                 vmm.kill()?;
                 vmm.wait()
             }
@@ -178,8 +198,12 @@ pub const GUEST_CID: u32 = 3;
 /// sun_path holds 108 bytes including the terminating NUL.
 pub const UNIX_PATH_MAX_BYTES: usize = 107;
 
-/// Children die with the thread that started them: no QEMU outlives vmbench.
+/// Children die with the thread that started them: no QEMU outlives
+/// vmbench. They are in a process group of their own, so a Ctrl-C at the
+/// terminal reaches vmbench alone, which stops them in order
+/// ([`crate::interrupt`]) rather than each dying on its own.
 fn die_with_parent(command: &mut Command) {
+    command.process_group(0);
     // SAFETY: the closure runs in the child between fork and exec and only calls
     // prctl(PR_SET_PDEATHSIG), which is async-signal-safe and touches no memory.
     unsafe {

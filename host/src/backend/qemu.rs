@@ -81,12 +81,15 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     ]);
     for (index, disk) in spec.disks.iter().enumerate() {
         // QEMU's option syntax: a comma in a value is written twice.
-        let file = disk.display().to_string().replace(',', ",,");
+        let file = disk.path.display().to_string().replace(',', ",,");
+        // Stated, never probed: QEMU would refuse to probe a raw image for
+        // writing, and a probe of what a guest wrote is how a forged qcow2
+        // header would reach a host file.
         args.extend([
             "-drive".into(),
             format!(
                 "file={file},format={},if=none,id=disk{index}",
-                disk_format(disk)
+                disk.format.as_str()
             ),
             "-device".into(),
             format!("virtio-blk-device,drive=disk{index}"),
@@ -113,16 +116,6 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         args.extend(["-initrd".into(), initramfs.display().to_string()]);
     }
     args
-}
-
-/// `qcow2` or `raw`, as the image's first bytes say (QEMU must be told: it
-/// refuses to probe a raw image for writing, and guessing would let a guest
-/// write a qcow2 header into a raw disk and have it read back as one).
-fn disk_format(path: &std::path::Path) -> &'static str {
-    match vmbench_image::sniff_file(path) {
-        Ok(vmbench_image::Sniffed::Qcow2) => "qcow2",
-        _ => "raw",
-    }
 }
 
 /// vhost-device-vsock's arguments for one VM.
@@ -186,6 +179,7 @@ pub fn qemu_message(spec: &VmSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::VmDisk;
 
     fn spec() -> VmSpec {
         VmSpec {
@@ -233,11 +227,20 @@ mod tests {
     fn disks_are_virtio_blk_devices_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let qcow2 = dir.path().join("root,1.qcow2");
-        std::fs::write(&qcow2, b"QFI\xfb\0\0\0\x03").unwrap();
+        // A raw image whose guest wrote a qcow2 signature: still raw, as stated.
         let raw = dir.path().join("data.raw");
-        std::fs::write(&raw, [0u8; 512]).unwrap();
+        std::fs::write(&raw, b"QFI\xfb\0\0\0\x03").unwrap();
         let mut s = spec();
-        s.disks = vec![qcow2.clone(), raw.clone()];
+        s.disks = vec![
+            VmDisk {
+                path: qcow2.clone(),
+                format: vmbench_image::Format::Qcow2,
+            },
+            VmDisk {
+                path: raw.clone(),
+                format: vmbench_image::Format::Raw,
+            },
+        ];
         let args = qemu_args(&s);
         assert_eq!(
             after(&args, "-drive"),

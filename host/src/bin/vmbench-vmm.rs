@@ -17,5 +17,5 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    vmbench_vmm::cli::run(Cli::parse().args)
+    vmbench_vmm::cli::run(vmbench_vmm::cli::parse_or_exit::<Cli>().args)
 }

@@ -45,7 +45,17 @@ pub fn self_cpu_ms() -> f64 {
 /// Fills in the aggregates, over the measured rounds' VMs (never a warm-up
 /// round's), and marks the run finished.
 pub fn finish(results: &mut RunResults, backends: &Backends, measured: Measured) {
-    let all_vms = results.vms.len();
+    // vmbench's CPU is shared by the VMs it started: an interrupted run's
+    // VMs that never started cost it nothing.
+    let all_vms = if results.interrupted {
+        results
+            .vms
+            .iter()
+            .filter(|v| v.host_ns.spawn.is_some())
+            .count()
+    } else {
+        results.vms.len()
+    };
     let measured_vms: Vec<VmRecord> = results.vms.iter().filter(|v| !v.warmup).cloned().collect();
     results.aggregate = Some(aggregate(&measured_vms, measured, all_vms));
     if backends.launchers.len() > 1 {
@@ -240,6 +250,8 @@ mod tests {
             schema_version: 0,
             started_at: String::new(),
             finished: false,
+            interrupted: false,
+            interrupted_by: None,
             environment: serde_json::from_value(serde_json::json!({
                 "backend": "qemu", "accel": "tcg", "kvm": "", "kvm_detail": "",
                 "host_cpu": "", "host_cpu_info": {"model_name": "", "vendor": "", "family": "", "model": "", "logical_cpus": 1},

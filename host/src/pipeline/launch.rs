@@ -10,19 +10,26 @@ use super::backends::Backends;
 use super::overlays;
 use super::prepare::PreparedVm;
 use super::progress::Progress;
+use crate::interrupt::Stop;
 use crate::results::{RunResults, VmRecord};
 use crate::watch::{self, Milestone};
 
+/// How often `on_change` hears from a round in which nothing arrived.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One round: its VMs at once, each on its own thread, each watched to its
-/// end; `on_change` sees the results after each record that arrives.
-/// Returns what the round cost vmbench itself.
+/// end (or until `stop` is requested: then each is stopped and recorded as
+/// interrupted); `on_change` sees the results after each record that
+/// arrives (`true`), and every [`TICK`] when none did (`false`). Returns
+/// what the round cost vmbench itself.
 pub fn launch_round(
     vms: &[&PreparedVm],
     backends: &Backends,
     keep_overlays: bool,
+    stop: &Stop,
     progress: &Progress,
     results: &mut RunResults,
-    mut on_change: impl FnMut(&RunResults),
+    mut on_change: impl FnMut(&RunResults, bool),
 ) -> Measured {
     let cpu_before = self_cpu_ms();
     let wall_start = std::time::Instant::now();
@@ -30,13 +37,34 @@ pub fn launch_round(
     let (tx, rx) = mpsc::channel::<(VmRecord, Option<Milestone>)>();
     std::thread::scope(|scope| {
         for vm in vms {
-            let tx = tx.clone();
+            let thread_tx = tx.clone();
             let backend = &backends.launchers[vm.backend];
-            scope.spawn(move || run_one(vm, backend, keep_overlays, &tx));
+            let spawned = std::thread::Builder::new()
+                .name(format!("vm-{}", vm.spec.id))
+                .spawn_scoped(scope, move || {
+                    run_one(vm, backend, keep_overlays, stop, &thread_tx)
+                });
+            if let Err(e) = spawned {
+                // Out of threads (or memory): this VM fails, the others go on.
+                let mut record = VmRecord::new(vm.spec.id, &vm.spec.dir);
+                (record.round, record.warmup) = (vm.round, vm.warmup);
+                record.backend = backend.name().to_string();
+                record.status = crate::results::VmStatus::Failed;
+                record.error = Some(format!("Cannot start a thread to watch the VM: {e}"));
+                let _ = tx.send((record, None));
+            }
         }
         drop(tx);
         let (mut ready, mut done) = (0, 0);
-        for (record, milestone) in rx {
+        loop {
+            let (record, milestone) = match rx.recv_timeout(TICK) {
+                Ok(arrived) => arrived,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    on_change(results, false);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             match milestone {
                 Some(Milestone::Hello) => {}
                 Some(Milestone::Ready) => {
@@ -50,7 +78,7 @@ pub fn launch_round(
             }
             let id = record.id as usize;
             results.vms[id] = record;
-            on_change(results);
+            on_change(results, true);
         }
     });
     Measured {
@@ -66,6 +94,7 @@ fn run_one(
     vm: &PreparedVm,
     backend: &crate::backend::Launcher,
     keep_overlays: bool,
+    stop: &Stop,
     tx: &mpsc::Sender<(VmRecord, Option<Milestone>)>,
 ) {
     let mut overlay = vm.overlay.clone();
@@ -78,7 +107,7 @@ fn run_one(
         record.overlay.clone_from(&overlay);
         drop(tx.send((record, Some(milestone))))
     };
-    let mut record = in_its_round(watch::run(&vm.spec, backend, &mut on_progress));
+    let mut record = in_its_round(watch::run(&vm.spec, backend, stop, &mut on_progress));
     if let Some(overlay) = overlay.as_mut() {
         overlays::settle(overlay, keep_overlays);
     }

@@ -28,7 +28,10 @@ pub mod prepare;
 pub mod progress;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::interrupt::{self, Stop};
 use crate::results::{RunResults, VmStatus};
 use crate::{locate, results};
 use aggregate::Measured;
@@ -75,18 +78,23 @@ pub enum Error {
     Locate(#[from] locate::Error),
     #[error(transparent)]
     Input(#[from] crate::inputs::Error),
-    #[error("--vms must be at least 1")]
-    NoVms,
-    #[error("--runs must be at least 1")]
-    NoRuns,
+    #[error("{option} {value}: must be {range}")]
+    OutOfRange {
+        option: &'static str,
+        value: String,
+        range: String,
+    },
+    #[error("--vms {vms} on {backends} backend(s) for {rounds} round(s) (--runs + --warmup) is {total} VMs in all, more than the {max} a run may have", max = options::MAX_TOTAL_VMS)]
+    TooManyVmsInAll {
+        vms: u32,
+        backends: usize,
+        rounds: u64,
+        total: u64,
+    },
+    #[error("{vms} VMs at once need up to {needed} open files, more than the {limit} this process may open (raise `ulimit -n`, or boot fewer --vms)")]
+    TooFewFiles { vms: u64, needed: u64, limit: u64 },
     #[error("--a and --b must boot the same rounds: one variant changes --runs or --warmup")]
     UnevenVariants,
-    #[error("--mem-mib {0} is too small for a guest (at least 64)")]
-    TooLittleMemory(u32),
-    #[error("--timeout-s must be a positive number of seconds, not {0}")]
-    BadTimeout(f64),
-    #[error("--vcpus must be between 1 and 64, not {0}")]
-    BadVcpus(u32),
     #[error("--accel kvm: KVM cannot run guests here: {0}")]
     NoKvm(String),
     #[error("--backend kvm: KVM cannot run guests here: {0}")]
@@ -111,14 +119,19 @@ pub enum Error {
         id: u32,
         source: vmbench_rootfs::Error,
     },
+    /// Stopped by a signal before any VM started; nothing was kept.
+    #[error("interrupted by {} before any VM started; nothing was kept", interrupt::name(*.0))]
+    Interrupted(i32),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// A finished run.
+/// A finished run (or one a signal stopped, finalised with what it had).
 pub struct Outcome {
     pub results: RunResults,
     pub results_path: PathBuf,
+    /// The signal that stopped the run before all its VMs ended.
+    pub interrupted: Option<i32>,
 }
 
 impl Outcome {
@@ -127,11 +140,15 @@ impl Outcome {
     }
 }
 
-/// Runs `vmbench boot`: the stages in order, every round in turn.
-pub fn run(config: &BootConfig) -> Result<Outcome> {
-    let mut run = set_up(config, None)?;
+/// Runs `vmbench boot`: the stages in order, every round in turn, until
+/// `stop` is requested.
+pub fn run(config: &BootConfig, stop: Arc<Stop>) -> Result<Outcome> {
+    let mut run = set_up(config, None, stop)?;
     let mut measured = Measured::default();
     for round in 0..run.rounds() {
+        if run.stop.requested().is_some() {
+            break;
+        }
         measured.add(run.boot_round(round));
     }
     run.finish(measured)
@@ -144,25 +161,30 @@ pub struct SetUp {
     progress: progress::Progress,
     backends: backends::Backends,
     keep_overlays: bool,
+    /// The run's stop request: Ctrl-C and friends ([`crate::interrupt`]).
+    pub stop: Arc<Stop>,
     /// A variant's name, in progress lines (`vmbench ab`).
     label: Option<String>,
     run: prepare::Prepared,
 }
 
 /// Stages 1 to 4 for `config`; `label` names the run in progress lines.
-pub fn set_up(config: &BootConfig, label: Option<&str>) -> Result<SetUp> {
+/// A stop requested before results.json exists ends it with
+/// [`Error::Interrupted`], leaving nothing behind.
+pub fn set_up(config: &BootConfig, label: Option<&str>, stop: Arc<Stop>) -> Result<SetUp> {
     let progress = progress::Progress::new(config.progress);
     let timeout = options::check(config)?;
     let inputs = inputs::resolve(config, &progress)?;
     let backends = backends::resolve(config)?;
     inputs::check_entry(&inputs, &backends, config)?;
-    let run = prepare::prepare(config, timeout, &inputs, &backends)?;
+    let run = prepare::prepare(config, timeout, &inputs, &backends, &stop)?;
     write(&run.results_path, &run.results)?;
     progress.starting(&run.results.environment, run.results.vms.len(), &run.out);
     Ok(SetUp {
         progress,
         backends,
         keep_overlays: config.keep_overlays,
+        stop,
         label: label.map(str::to_string),
         run,
     })
@@ -194,19 +216,17 @@ impl SetUp {
         }
         let (results_path, progress) = (&self.run.results_path, &self.progress);
         let ids: Vec<usize> = these.iter().map(|vm| vm.spec.id as usize).collect();
+        let mut writes = CoalescedWrites::default();
         let measured = launch::launch_round(
             &these,
             &self.backends,
             self.keep_overlays,
+            &self.stop,
             progress,
             &mut self.run.results,
-            |results| {
-                // Written as reports arrive, so an interrupted run keeps what it has.
-                if let Err(e) = write(results_path, results) {
-                    progress.warning(&e.to_string());
-                }
-            },
+            |results, changed| writes.changed(results_path, results, changed, progress),
         );
+        writes.flush(results_path, &self.run.results, progress);
         // vmbench's CPU is the round's, not one VM's: each gets its share.
         let share = measured.cpu_ms_while_vms_ran / ids.len().max(1) as f64;
         for id in ids {
@@ -215,14 +235,92 @@ impl SetUp {
         measured
     }
 
-    /// The aggregates, and results.json written a last time.
+    /// Undoes a set-up whose run will not happen (the other variant of
+    /// `vmbench ab` could not be set up): its overlays (unless kept) and its
+    /// results.json are removed, so nothing looks like a run.
+    pub fn abandon(mut self) {
+        for vm in &mut self.run.results.vms {
+            if let Some(overlay) = vm.overlay.as_mut().filter(|o| o.kept) {
+                overlays::settle(overlay, self.keep_overlays);
+            }
+        }
+        let _ = std::fs::remove_file(&self.run.results_path);
+    }
+
+    /// The aggregates, and results.json written a last time. After a stop,
+    /// the VMs that never started are recorded as interrupted too, and
+    /// their overlays removed (unless kept): the run is final either way.
     pub fn finish(mut self, mut measured: Measured) -> Result<Outcome> {
+        let interrupted = self.stop.requested();
+        if let Some(signal) = interrupted {
+            self.run.results.interrupted = true;
+            self.run.results.interrupted_by = Some(interrupt::name(signal));
+            for vm in &mut self.run.results.vms {
+                if vm.status == VmStatus::Running {
+                    vm.status = VmStatus::Interrupted;
+                    vm.error = Some(format!(
+                        "Not started: the run was interrupted by {} before its round",
+                        interrupt::name(signal)
+                    ));
+                }
+                if let Some(overlay) = vm.overlay.as_mut().filter(|o| o.kept) {
+                    overlays::settle(overlay, self.keep_overlays);
+                }
+            }
+        }
         measured.cpu_ms_total = aggregate::self_cpu_ms();
         aggregate::finish(&mut self.run.results, &self.backends, measured);
         write(&self.run.results_path, &self.run.results)?;
         Ok(Outcome {
             results: self.run.results,
             results_path: self.run.results_path,
+            interrupted,
         })
+    }
+}
+
+/// results.json rewritten as records arrive, but at most every
+/// [`CoalescedWrites::EVERY`]: however many records a round's VMs send at
+/// once, the file is not rewritten (and synced) more often than that; a
+/// change waits at most that long (the round ticks), and the last one is
+/// always written by [`CoalescedWrites::flush`].
+#[derive(Default)]
+struct CoalescedWrites {
+    last: Option<Instant>,
+    pending: bool,
+}
+
+impl CoalescedWrites {
+    const EVERY: Duration = Duration::from_millis(250);
+
+    /// A record arrived (`changed`), or time passed.
+    fn changed(
+        &mut self,
+        path: &std::path::Path,
+        results: &RunResults,
+        changed: bool,
+        progress: &progress::Progress,
+    ) {
+        self.pending |= changed;
+        if self.last.is_none_or(|at| at.elapsed() >= Self::EVERY) {
+            self.flush(path, results, progress);
+        }
+    }
+
+    fn flush(
+        &mut self,
+        path: &std::path::Path,
+        results: &RunResults,
+        progress: &progress::Progress,
+    ) {
+        if !self.pending {
+            return;
+        }
+        // Written as reports arrive, so a run killed outright keeps what it has.
+        if let Err(e) = write(path, results) {
+            progress.warning(&e.to_string());
+        }
+        self.pending = false;
+        self.last = Some(Instant::now());
     }
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 use super::backends::Backends;
 use super::inputs::Inputs;
 use super::{overlays, BootConfig, Error, Result};
-use crate::backend::{kvm, VmSpec};
+use crate::backend::{kvm, VmDisk, VmSpec};
 use crate::environment;
 use crate::inputs::KernelFormat;
+use crate::interrupt::Stop;
 use crate::results::{self, EmulatedKvmSetup, Environment, OverlayUse, RunResults, VmRecord};
 
 /// The root disk, as the guest's first virtio-blk device: the agent in the
@@ -101,6 +102,7 @@ pub fn prepare(
     timeout: Duration,
     inputs: &Inputs,
     backends: &Backends,
+    stop: &Stop,
 ) -> Result<Prepared> {
     let out = out_dir(config)?;
     let per_round = config.vms * backends.launchers.len() as u32;
@@ -129,10 +131,12 @@ pub fn prepare(
             .collect(),
         aggregate: None,
         aggregate_by_backend: None,
+        interrupted: false,
+        interrupted_by: None,
     };
     // Before results.json exists: a failure here (a full disk) leaves
     // nothing that looks like a run.
-    let overlays = overlays_for(inputs, &out, total_vms)?;
+    let overlays = overlays_for(inputs, &out, total_vms, stop)?;
     let vms = overlays
         .into_iter()
         .enumerate()
@@ -153,7 +157,14 @@ pub fn prepare(
                     port: config.port,
                     timeout,
                     entry: config.entry.clone(),
-                    disks: overlay.iter().map(|o| PathBuf::from(&o.path)).collect(),
+                    // vmbench made the overlay: a qcow2 image.
+                    disks: overlay
+                        .iter()
+                        .map(|o| VmDisk {
+                            path: PathBuf::from(&o.path),
+                            format: vmbench_image::Format::Qcow2,
+                        })
+                        .collect(),
                 },
                 backend,
                 overlay,
@@ -171,11 +182,16 @@ pub fn prepare(
 }
 
 /// Each VM's overlay of the root disk (`--rootfs`), or none.
-fn overlays_for(inputs: &Inputs, out: &Path, total_vms: u32) -> Result<Vec<Option<OverlayUse>>> {
+fn overlays_for(
+    inputs: &Inputs,
+    out: &Path,
+    total_vms: u32,
+    stop: &Stop,
+) -> Result<Vec<Option<OverlayUse>>> {
     Ok(match &inputs.rootfs {
         Some(rootfs) => {
             let dirs: Vec<PathBuf> = (0..total_vms).map(|id| vm_dir(out, id)).collect();
-            overlays::create(&rootfs.image, &dirs)?
+            overlays::create(&rootfs.image, &dirs, stop)?
                 .into_iter()
                 .map(Some)
                 .collect()

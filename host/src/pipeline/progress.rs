@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use crate::error_line::printable;
 use crate::results::{Environment, VmRecord};
 
 pub struct Progress {
@@ -65,7 +66,7 @@ impl Progress {
         let detail = record
             .error
             .as_deref()
-            .map(|e| format!(": {e}"))
+            .map(|e| format!(": {}", printable(e)))
             .unwrap_or_default();
         self.line(&format!(
             "  vm-{} ({}) {}{detail} [{done}/{total_vms} done]",

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::{grid, ms};
+use crate::error_line::printable;
 use crate::results::{Aggregate, RunResults, VmRecord};
 use crate::stats::Summary;
 
@@ -70,8 +71,8 @@ fn systemd_section(vms: &[VmRecord]) -> String {
             },
             match (sd.system_state.as_str(), sd.failed_units.len()) {
                 ("", _) => "-".into(),
-                (state, 0) => state.to_string(),
-                (state, n) => format!("{state} ({n} failed)"),
+                (state, 0) => printable(state).into_owned(),
+                (state, n) => format!("{} ({n} failed)", printable(state)),
             },
         ]);
     }
@@ -83,8 +84,8 @@ fn systemd_section(vms: &[VmRecord]) -> String {
     let _ = writeln!(
         out,
         "(systemd {}: kernel = until systemd started, which includes vmbench's initramfs; target = {} reached after userspace began)",
-        first.systemd.as_ref().map_or("", |s| s.version.as_str()),
-        first.systemd.as_ref().map_or("", |s| s.default_target.as_str()),
+        printable(first.systemd.as_ref().map_or("", |s| s.version.as_str())),
+        printable(first.systemd.as_ref().map_or("", |s| s.default_target.as_str())),
     );
     if let Some(sd) = &first.systemd {
         let blame = sd.blame();
@@ -95,7 +96,7 @@ fn systemd_section(vms: &[VmRecord]) -> String {
                 first.id
             );
             for (unit, took) in blame.iter().take(BLAME_UNITS) {
-                let _ = writeln!(out, "  {took:>9.1} ms  {unit}");
+                let _ = writeln!(out, "  {took:>9.1} ms  {}", printable(unit));
             }
         }
     }
@@ -190,12 +191,12 @@ fn errors_and_warnings(vms: &[VmRecord]) -> String {
             "vm-{} {}: {}",
             vm.id,
             vm.status.as_str(),
-            vm.error.as_deref().unwrap_or("")
+            printable(vm.error.as_deref().unwrap_or(""))
         );
     }
     for vm in vms {
         for warning in &vm.warnings {
-            let _ = writeln!(out, "vm-{} warning: {warning}", vm.id);
+            let _ = writeln!(out, "vm-{} warning: {}", vm.id, printable(warning));
         }
     }
     out
@@ -381,5 +382,48 @@ mod tests {
             systemd_section(&[VmRecord::new(0, std::path::Path::new("/x"))]),
             ""
         );
+    }
+
+    #[test]
+    fn guest_text_is_escaped_in_every_table() {
+        use vmbench_proto::{SystemdReport, SystemdTimestamps, UnitTimes};
+        const HOSTILE: &str = "\u{1b}[2J\u{1b}]0;owned\u{7}\nvm-9 ok\u{202e}";
+        let mut vm = VmRecord::new(0, std::path::Path::new("/x"));
+        vm.error = Some(format!("The guest agent failed: {HOSTILE}"));
+        vm.warnings = vec![format!("serial log ends: {HOSTILE}")];
+        vm.systemd = Some(crate::systemd::SystemdRecord::from_report(SystemdReport {
+            version: HOSTILE.into(),
+            timestamps: SystemdTimestamps {
+                userspace_us: 900_000,
+                finish_us: 4_900_000,
+                ..SystemdTimestamps::default()
+            },
+            units: vec![UnitTimes {
+                id: format!("{HOSTILE}.service"),
+                activating_us: 1_000_000,
+                active_us: 2_500_000,
+                ..UnitTimes::default()
+            }],
+            default_target: HOSTILE.into(),
+            analyze_time: String::new(),
+            system_state: HOSTILE.into(),
+            failed_units: vec![HOSTILE.into()],
+            problems: vec![],
+        }));
+        let text = [
+            errors_and_warnings(std::slice::from_ref(&vm)),
+            systemd_section(&[vm]),
+        ]
+        .concat();
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|&c| c != '\n' && (c.is_control() || c == '\u{202e}'))
+            .collect();
+        assert!(bad.is_empty(), "{bad:?} in {text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("vm-9")),
+            "a guest made a line: {text}"
+        );
+        assert!(text.contains("\\x1b[2J"), "{text}");
     }
 }

@@ -1,6 +1,8 @@
 //! `vmbench boot --exits`: for each VM of the kvm backend, its userspace
 //! exits by I/O port and MMIO address sorted by time spent (as `perf kvm
-//! stat report` prints them), and KVM's own exit counters.
+//! stat report` prints them), and KVM's own exit counters. The VMM keeps
+//! each vCPU's first ports and addresses apart and the rest together: those
+//! are the rows `io port (others)` and `mmio (others)`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -32,6 +34,14 @@ fn exit_rows(account: &VmmAccount) -> Vec<ExitRow> {
                 .or_default()
                 .merge(l);
         }
+        for (other, event) in [
+            (&vcpu.exits.by_port_other, "io port (others)"),
+            (&vcpu.exits.by_mmio_addr_other, "mmio (others)"),
+        ] {
+            if other.count > 0 {
+                by_event.entry(event.into()).or_default().merge(other);
+            }
+        }
         for (kind, event) in [("other", "other"), ("emulation", "emulated instruction")] {
             if let Some(l) = vcpu.exits.by_kind.get(kind) {
                 by_event.entry(event.into()).or_default().merge(l);
@@ -56,7 +66,8 @@ fn kvm_counters(account: &VmmAccount) -> Option<BTreeMap<String, u64>> {
     let mut sum: BTreeMap<String, u64> = BTreeMap::new();
     for vcpu in &account.vcpus {
         for (name, value) in vcpu.kvm_stats.as_ref().ok()? {
-            *sum.entry(name.clone()).or_default() += value;
+            let total = sum.entry(name.clone()).or_default();
+            *total = total.saturating_add(*value);
         }
     }
     Some(sum)
@@ -81,8 +92,15 @@ pub fn exits_table(results: &RunResults) -> String {
 fn vm_exits(vm: &VmRecord, account: &VmmAccount) -> String {
     let mut out = String::new();
     let rows = exit_rows(account);
-    let samples: u64 = rows.iter().map(|r| r.latency.count).sum();
-    let time: u64 = rows.iter().map(|r| r.latency.total_ns).sum();
+    // The VMM's numbers, which a guest drives: saturate, never wrap or panic.
+    let samples = rows
+        .iter()
+        .map(|r| r.latency.count)
+        .fold(0, u64::saturating_add);
+    let time = rows
+        .iter()
+        .map(|r| r.latency.total_ns)
+        .fold(0, u64::saturating_add);
     let pct = |part: u64, all: u64| {
         if all == 0 {
             0.0
@@ -128,6 +146,7 @@ fn vm_exits(vm: &VmRecord, account: &VmmAccount) -> String {
         time as f64 / 1e6
     );
     out.push_str(&kvm_counters_line(account));
+    out.push_str(&beyond_limits_line(account));
     if let Some(emulated) = &account.emulated_kvm {
         let counts: Vec<String> = emulated
             .recovered
@@ -141,6 +160,39 @@ fn vm_exits(vm: &VmRecord, account: &VmmAccount) -> String {
         );
     }
     out
+}
+
+/// What the VMM counted without keeping (a guest beyond the account's
+/// limits) or did not pass on: one line, or nothing when all was kept.
+fn beyond_limits_line(account: &VmmAccount) -> String {
+    let counts = [
+        (account.boot_markers_not_kept, "boot marks not kept"),
+        (
+            account.boot_markers_not_forwarded,
+            "boot marks not forwarded to vmbench",
+        ),
+        (
+            account.unclaimed_ports_other,
+            "unclaimed port accesses counted together",
+        ),
+        (
+            account.unclaimed_mmio_other,
+            "unclaimed mmio accesses counted together",
+        ),
+        (
+            account.serial_log_bytes_dropped,
+            "bytes of console output not written to serial.log",
+        ),
+    ];
+    let said: Vec<String> = counts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+    if said.is_empty() {
+        return String::new();
+    }
+    format!("beyond the VMM's account limits: {}\n", said.join(", "))
 }
 
 /// KVM's own exit counters, all vCPUs together, on one line.
@@ -166,4 +218,62 @@ fn kvm_counters_line(account: &VmmAccount) -> String {
         "KVM's counters (all exits, in-kernel too): {}\n",
         shown.join(" ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn latency(count: u64, total_ns: u64) -> serde_json::Value {
+        json!({"count": count, "total_ns": total_ns, "min_ns": 10, "max_ns": 200, "log2_histogram": []})
+    }
+
+    #[test]
+    fn exits_beyond_the_vmms_tables_show_as_others() {
+        let account: VmmAccount = serde_json::from_value(json!({
+            "end": {"kind": "reset"}, "ended_by_vcpu": 0, "entry": "pvh",
+            "first_run_ns": 1, "end_ns": 2, "devices": {}, "virtio_bad_accesses": 0,
+            "vcpus": [{"index": 0, "first_run_ns": 1, "kvm_stats": {"Err": "none"}, "exits": {
+                "by_kind": {"mmio_read": latency(5, 500)},
+                "by_port": {}, "by_port_other": latency(0, 0),
+                "by_mmio_addr": {"3221225472": latency(1, 100)},
+                "by_mmio_addr_other": latency(4, 400),
+            }}],
+            "boot_markers": [], "boot_markers_not_kept": 7, "boot_markers_not_forwarded": 0,
+            "unclaimed_ports": {}, "unclaimed_ports_other": 0,
+            "unclaimed_mmio": {}, "unclaimed_mmio_other": 3,
+            "memory": {"max_rss_kib": 0, "guest_resident_kib": 0, "vmm_overhead_kib": 0},
+        }))
+        .unwrap();
+        let rows: Vec<(String, u64)> = exit_rows(&account)
+            .into_iter()
+            .map(|r| (r.event, r.latency.count))
+            .collect();
+        assert_eq!(
+            rows,
+            [("mmio (others)".into(), 4), ("mmio 0xc0000000".into(), 1)]
+        );
+        assert_eq!(
+            beyond_limits_line(&account),
+            "beyond the VMM's account limits: 7 boot marks not kept, 3 unclaimed mmio accesses counted together\n"
+        );
+    }
+
+    #[test]
+    fn an_account_from_before_the_limits_still_reads() {
+        let account: VmmAccount = serde_json::from_value(json!({
+            "end": {"kind": "reset"}, "ended_by_vcpu": 0, "entry": "pvh",
+            "first_run_ns": 1, "end_ns": 2, "devices": {}, "virtio_bad_accesses": 0,
+            "vcpus": [{"index": 0, "first_run_ns": 1, "kvm_stats": {"Err": "none"}, "exits": {
+                "by_kind": {}, "by_port": {"1016": latency(3, 30)}, "by_mmio_addr": {},
+            }}],
+            "boot_markers": [], "unclaimed_ports": {}, "unclaimed_mmio": {},
+            "memory": {"max_rss_kib": 0, "guest_resident_kib": 0, "vmm_overhead_kib": 0},
+        }))
+        .unwrap();
+        assert_eq!(exit_rows(&account).len(), 1);
+        assert_eq!(beyond_limits_line(&account), "");
+    }
 }

@@ -3,8 +3,8 @@
 //! [`Session`] is one vsock connection's protocol state, with no I/O: bytes in,
 //! messages out, or the protocol error that makes the VM `protocol_error`. The
 //! guest is untrusted, so every way it can misbehave (garbage, an oversized or
-//! truncated frame, a wrong version, a message before `Hello`, a second `Hello`)
-//! is an error for that VM only.
+//! truncated frame, a wrong version, a message before `Hello`, a second `Hello`
+//! or `Ready`) is an error for that VM only.
 
 use vmbench_proto::{decode_body, decode_hello, FrameDecoder, GuestMessage};
 
@@ -16,6 +16,8 @@ pub enum Error {
     BeforeHello { what: &'static str },
     #[error("Guest sent a second Hello")]
     SecondHello,
+    #[error("Guest sent a second Ready")]
+    SecondReady,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -25,6 +27,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct Session {
     decoder: FrameDecoder,
     said_hello: bool,
+    said_ready: bool,
 }
 
 fn name(message: &GuestMessage) -> &'static str {
@@ -48,8 +51,11 @@ impl Session {
         while let Some(body) = self.decoder.next_body()? {
             let message = if self.said_hello {
                 let message: GuestMessage = decode_body(&body)?;
-                if let GuestMessage::Hello(_) = message {
-                    return Err(Error::SecondHello);
+                match message {
+                    GuestMessage::Hello(_) => return Err(Error::SecondHello),
+                    GuestMessage::Ready(_) if self.said_ready => return Err(Error::SecondReady),
+                    GuestMessage::Ready(_) => self.said_ready = true,
+                    _ => {}
                 }
                 message
             } else {
@@ -168,6 +174,18 @@ mod tests {
             .feed(&encode_frame(&hello(PROTO_VERSION)).unwrap())
             .unwrap_err();
         assert_eq!(err, Error::SecondHello);
+    }
+
+    #[test]
+    fn second_ready_is_refused() {
+        let mut session = Session::new();
+        let stream: Vec<u8> = [hello(PROTO_VERSION), ready()]
+            .iter()
+            .flat_map(|m| encode_frame(m).unwrap())
+            .collect();
+        assert_eq!(session.feed(&stream).unwrap().len(), 2);
+        let err = session.feed(&encode_frame(&ready()).unwrap()).unwrap_err();
+        assert_eq!(err, Error::SecondReady);
     }
 
     proptest::proptest! {

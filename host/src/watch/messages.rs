@@ -14,7 +14,11 @@ use vmbench_vmm::devices::marker::is_mark;
 
 use super::collector::Session;
 use super::{Connection, Milestone, Watch, MAX_CONNECTIONS};
-use crate::results::{BootMarker, GuestInfo};
+
+/// Bytes read from one socket per wake of the watch, at most: a guest that
+/// writes without pause cannot keep the watch from its poll.
+pub(super) const READ_BUDGET_BYTES: usize = 1 << 20;
+use crate::results::{BootMarker, GuestInfo, MAX_BOOT_MARKERS};
 use crate::systemd::SystemdRecord;
 
 impl Watch<'_> {
@@ -36,31 +40,25 @@ impl Watch<'_> {
     }
 
     pub(super) fn read_markers(&mut self, ts: u64) {
-        let Some(stream) = self.marker.as_mut() else {
-            return;
-        };
-        let mut buf = [0u8; 64];
-        loop {
+        let mut buf = [0u8; 4096];
+        // A flooding guest keeps the socket readable: past this much, the
+        // watch goes back to its poll (its deadline, its VMM, a stop).
+        let mut budget = self.read_budget_bytes;
+        while budget > 0 {
+            let Some(stream) = self.marker.as_mut() else {
+                return;
+            };
             match stream.read(&mut buf) {
                 Ok(0) => {
                     self.marker = None;
                     return;
                 }
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     // Only Cloud Hypervisor's boot-marker ranges count: other
                     // port-0x80 writes (a kernel's io_delay) are not marks.
                     for &code in buf[..n].iter().filter(|c| is_mark(**c)) {
-                        self.record
-                            .boot_markers
-                            .push(BootMarker { code, host_ns: ts });
-                        if code == MARKER_USERSPACE_START
-                            && self.record.host_ns.init_start.is_none()
-                        {
-                            self.record.host_ns.init_start = Some(ts);
-                        }
-                        if code == MARKER_SWITCH_ROOT && self.record.host_ns.switch_root.is_none() {
-                            self.record.host_ns.switch_root = Some(ts);
-                        }
+                        self.on_mark(code, ts);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -69,9 +67,26 @@ impl Watch<'_> {
         }
     }
 
+    fn on_mark(&mut self, code: u8, ts: u64) {
+        if code == MARKER_USERSPACE_START && self.record.host_ns.init_start.is_none() {
+            self.record.host_ns.init_start = Some(ts);
+        }
+        if code == MARKER_SWITCH_ROOT && self.record.host_ns.switch_root.is_none() {
+            self.record.host_ns.switch_root = Some(ts);
+        }
+        if self.record.boot_markers.len() < MAX_BOOT_MARKERS {
+            self.record
+                .boot_markers
+                .push(BootMarker { code, host_ns: ts });
+        } else {
+            self.record.boot_markers_dropped += 1;
+        }
+    }
+
     pub(super) fn read_connection(&mut self, index: usize, ts: u64) {
         let mut buf = [0u8; 4096];
-        loop {
+        let mut budget = self.read_budget_bytes;
+        while budget > 0 {
             let conn = &mut self.connections[index];
             if !conn.open {
                 return;
@@ -81,7 +96,10 @@ impl Watch<'_> {
                     conn.open = false;
                     conn.session.end().map(|()| Vec::new())
                 }
-                Ok(n) => conn.session.feed(&buf[..n]),
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    conn.session.feed(&buf[..n])
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(_) => {
@@ -107,6 +125,8 @@ impl Watch<'_> {
     fn on_message(&mut self, index: usize, message: GuestMessage, ts: u64) {
         match message {
             GuestMessage::Hello(hello) => {
+                // Each connection says Hello; the VM's first one counts.
+                let first = self.record.host_ns.hello.is_none();
                 self.record.host_ns.hello.get_or_insert(ts);
                 self.guest_init_ns = Some(hello.boottime_at_init_ns);
                 self.record.guest = Some(GuestInfo {
@@ -117,9 +137,12 @@ impl Watch<'_> {
                     mem_total_kib: hello.mem_total_kib,
                 });
                 self.update_phases();
-                (self.on_progress)(self.record, Milestone::Hello);
+                if first {
+                    (self.on_progress)(self.record, Milestone::Hello);
+                }
             }
             GuestMessage::Ready(marks) => {
+                let first = self.record.host_ns.ready.is_none();
                 self.record.host_ns.ready.get_or_insert(ts);
                 let systemd_follows = marks.systemd_follows;
                 self.record.guest_ns = Some(marks);
@@ -131,7 +154,9 @@ impl Watch<'_> {
                     self.acknowledge(index);
                 }
                 self.update_phases();
-                (self.on_progress)(self.record, Milestone::Ready);
+                if first {
+                    (self.on_progress)(self.record, Milestone::Ready);
+                }
             }
             GuestMessage::Systemd(report) => self.on_systemd(index, report, ts),
             GuestMessage::Failed { what } => {

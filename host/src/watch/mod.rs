@@ -24,6 +24,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::backend::{Launcher, VmSpec};
 use crate::clock::now_ns;
 use crate::error_line::one_line;
+use crate::interrupt::Stop;
 use crate::results::{VmRecord, VmStatus};
 use collector::Session;
 use sockets::{listen, pidfd_open};
@@ -38,10 +39,12 @@ pub enum Milestone {
     Ready,
 }
 
-/// Runs one VM to its end and returns its record; never panics on guest input.
+/// Runs one VM to its end (or until `stop` is requested) and returns its
+/// record; never panics on guest input.
 pub fn run(
     spec: &VmSpec,
     backend: &Launcher,
+    stop: &Stop,
     on_progress: &mut dyn FnMut(&VmRecord, Milestone),
 ) -> VmRecord {
     let mut record = VmRecord::new(spec.id, &spec.dir);
@@ -54,7 +57,7 @@ pub fn run(
         .to_string(),
         Launcher::Qemu(_) => spec.accel.label().to_string(),
     };
-    if let Err(error) = run_inner(spec, backend, &mut record, on_progress) {
+    if let Err(error) = run_inner(spec, backend, stop, &mut record, on_progress) {
         record.status = VmStatus::Failed;
         record.error = Some(error);
     }
@@ -64,6 +67,7 @@ pub fn run(
 fn run_inner(
     spec: &VmSpec,
     backend: &Launcher,
+    stop: &Stop,
     record: &mut VmRecord,
     on_progress: &mut dyn FnMut(&VmRecord, Milestone),
 ) -> Result<(), String> {
@@ -78,7 +82,7 @@ fn run_inner(
     let started = backend.start_vmm(spec).map_err(|e| one_line(&e));
     let result = match started {
         Ok(mut vmm) => {
-            let mut watch = Watch::new(spec, backend, record, on_progress);
+            let mut watch = Watch::new(spec, backend, stop, record, on_progress);
             watch.run(
                 &mut vmm,
                 &vsock_listener,
@@ -112,6 +116,7 @@ struct Connection {
 struct Watch<'a> {
     spec: &'a VmSpec,
     backend: &'a Launcher,
+    stop: &'a Stop,
     record: &'a mut VmRecord,
     on_progress: &'a mut dyn FnMut(&VmRecord, Milestone),
     connections: Vec<Connection>,
@@ -123,18 +128,24 @@ struct Watch<'a> {
     systemd_pending: Option<usize>,
     exit: Option<ExitStatus>,
     timed_out: bool,
+    /// The signal that stopped the run before this VM ended.
+    interrupted: Option<i32>,
+    /// Bytes read from one socket per wake, at most ([`messages::READ_BUDGET_BYTES`]).
+    read_budget_bytes: usize,
 }
 
 impl<'a> Watch<'a> {
     fn new(
         spec: &'a VmSpec,
         backend: &'a Launcher,
+        stop: &'a Stop,
         record: &'a mut VmRecord,
         on_progress: &'a mut dyn FnMut(&VmRecord, Milestone),
     ) -> Self {
         Watch {
             spec,
             backend,
+            stop,
             record,
             on_progress,
             connections: Vec::new(),
@@ -145,6 +156,8 @@ impl<'a> Watch<'a> {
             systemd_pending: None,
             exit: None,
             timed_out: false,
+            interrupted: None,
+            read_budget_bytes: messages::READ_BUDGET_BYTES,
         }
     }
 
@@ -157,6 +170,10 @@ impl<'a> Watch<'a> {
     ) {
         let pidfd = pidfd_open(vmm.id());
         while self.exit.is_none() && self.protocol_error.is_none() {
+            if let Some(signal) = self.stop.requested() {
+                self.interrupted = Some(signal);
+                break;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 self.timed_out = true;
@@ -204,11 +221,15 @@ impl<'a> Watch<'a> {
         }
         self.read_markers(now_ns());
         if self.exit.is_none() {
+            let why = match self.interrupted {
+                Some(signal) => format!(" on {}", crate::interrupt::name(signal)),
+                None => String::new(),
+            };
             self.record.vmm_exit = self
                 .backend
-                .stop(vmm)
+                .stop(vmm, self.stop)
                 .ok()
-                .map(|s| format!("stopped by vmbench ({s})"));
+                .map(|s| format!("stopped by vmbench{why} ({s})"));
         } else {
             self.record.vmm_exit = self.exit.map(|s| s.to_string());
         }
@@ -228,6 +249,8 @@ impl<'a> Watch<'a> {
         let mut fds = vec![
             PollFd::new(vsock.as_fd(), PollFlags::POLLIN),
             PollFd::new(marker.as_fd(), PollFlags::POLLIN),
+            // Readable once the run is asked to stop; the loop then leaves.
+            PollFd::new(self.stop.wake_fd(), PollFlags::POLLIN),
         ];
         let marker_at = self.marker.as_ref().map(|m| {
             fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
@@ -321,6 +344,17 @@ mod tests {
         timeout: Duration,
         guest: impl FnOnce(PathBuf) -> T + Send + 'static,
     ) -> (VmRecord, T) {
+        watch_until(&Stop::new().unwrap(), launcher, vmm, timeout, guest)
+    }
+
+    /// [`watch_with`], with the run's stop request.
+    fn watch_until<T: Send + 'static>(
+        stop: &Stop,
+        launcher: &Launcher,
+        vmm: &mut Command,
+        timeout: Duration,
+        guest: impl FnOnce(PathBuf) -> T + Send + 'static,
+    ) -> (VmRecord, T) {
         let dir = tempfile::tempdir().unwrap();
         let spec = spec(dir.path(), timeout);
         std::fs::write(
@@ -337,17 +371,48 @@ mod tests {
         record.host_ns.spawn = Some(now_ns());
         let mut on_progress = |_: &VmRecord, _| {};
         let deadline = Instant::now() + timeout;
-        Watch::new(&spec, launcher, &mut record, &mut on_progress)
+        Watch::new(&spec, launcher, stop, &mut record, &mut on_progress)
             .run(&mut child, &vsock, &marker, deadline);
         (record, guest.join().unwrap())
     }
 
+    #[test]
+    fn a_stop_request_stops_the_vm_and_records_it_interrupted() {
+        let stop = std::sync::Arc::new(Stop::new().unwrap());
+        let asker = std::sync::Arc::clone(&stop);
+        let (record, ()) = watch_until(
+            &stop,
+            &fake_launcher(),
+            Command::new("sleep").arg("30"),
+            Duration::from_secs(20),
+            move |uds| {
+                let mut s = UnixStream::connect(uds).unwrap();
+                s.write_all(&frame(&hello())).unwrap();
+                asker.request(libc::SIGINT);
+            },
+        );
+        assert_eq!(record.status, VmStatus::Interrupted);
+        let error = record.error.unwrap();
+        assert!(error.contains("interrupted by SIGINT"), "{error}");
+        assert!(error.contains("said Hello, not Ready"), "{error}");
+        assert!(
+            record.host_ns.hello.is_some(),
+            "what it had reported is kept"
+        );
+        let vmm_exit = record.vmm_exit.unwrap();
+        assert!(
+            vmm_exit.contains("stopped by vmbench on SIGINT"),
+            "{vmm_exit}"
+        );
+    }
+
     /// The watch of a VMM that would run for 30 s, whose guest connects
-    /// and sends `bytes`.
+    /// and sends `bytes`. Its timeout is longer than that: a VMM that
+    /// vmbench stopped was stopped for what the guest sent.
     fn guest_sends(bytes: Vec<u8>) -> VmRecord {
         let (record, ()) = watch(
             Command::new("sleep").arg("30"),
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             move |uds| {
                 let mut s = UnixStream::connect(uds).unwrap();
                 s.write_all(&bytes).unwrap();
@@ -439,10 +504,16 @@ mod tests {
                     devices: Default::default(),
                     console_marks: Default::default(),
                     boot_markers: vec![(MARKER_USERSPACE_START, marked), (0x61, marked + 10)],
+                    boot_markers_not_kept: 0,
+                    boot_markers_not_forwarded: 0,
                     unclaimed_ports: Default::default(),
+                    unclaimed_ports_other: 0,
                     unclaimed_mmio: Default::default(),
+                    unclaimed_mmio_other: 0,
                     virtio_bad_accesses: 0,
+                    serial_log_bytes_dropped: 0,
                     memory: MemoryUse::default(),
+                    seccomp: true,
                     emulated_kvm: None,
                 };
                 account::write(&dir, &account_written).unwrap();
@@ -519,7 +590,7 @@ mod tests {
 
     #[test]
     fn a_systemd_report_completes_the_report_before_the_ack() {
-        let (record, (early, ack)) = watch(
+        let (record, (early, ack, sent_ns)) = watch(
             Command::new("sleep").arg("2"),
             Duration::from_secs(10),
             |uds| {
@@ -534,9 +605,10 @@ mod tests {
                 };
                 s.write_all(&frame(&GuestMessage::Ready(marks))).unwrap();
                 let early = host_reply(&mut s, Duration::from_millis(300));
+                let sent_ns = now_ns();
                 s.write_all(&frame(&GuestMessage::Systemd(systemd_report())))
                     .unwrap();
-                (early, host_reply(&mut s, Duration::from_secs(5)))
+                (early, host_reply(&mut s, Duration::from_secs(5)), sent_ns)
             },
         );
         assert_eq!(early, None, "no Ack before the announced systemd report");
@@ -548,9 +620,11 @@ mod tests {
         assert_eq!(systemd.agrees_with_analyze, Some(true));
         assert_eq!(record.phases_ms.guest_initrd, Some(20.0));
         let h = record.host_ns;
+        // `reported` is when the systemd report came: it cannot be stamped
+        // before the report was sent (Ready's stamp normally is).
         assert!(
-            h.ready.unwrap() + 250_000_000 <= h.reported.unwrap(),
-            "reported when the systemd report came, 300 ms after Ready: {h:?}"
+            h.ready <= h.reported && h.reported >= Some(sent_ns),
+            "reported before the systemd report was sent at {sent_ns}: {h:?}"
         );
         assert!(h.reported < h.exit);
         assert!(record.warnings.is_empty(), "{:?}", record.warnings);
@@ -598,13 +672,14 @@ mod tests {
 
     #[test]
     fn garbage_from_the_guest_is_a_protocol_error_and_ends_the_vm() {
-        let started = Instant::now();
         let record = guest_sends(b"\x03\x00\x00\x00\xff\xff\xff".to_vec());
         assert_eq!(record.status, VmStatus::ProtocolError, "{record:?}");
         assert!(
             record.error.as_deref().unwrap().contains("invalid frame"),
             "{record:?}"
         );
+        // Stopped, before both its own end (30 s) and its timeout (60 s):
+        // for the garbage.
         assert!(
             record
                 .vmm_exit
@@ -612,10 +687,6 @@ mod tests {
                 .unwrap()
                 .starts_with("stopped by vmbench"),
             "{record:?}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the VM was not ended at once"
         );
     }
 
@@ -651,6 +722,31 @@ mod tests {
     }
 
     #[test]
+    fn a_vmm_its_seccomp_filter_stopped_is_failed_with_the_filters_line() {
+        let launcher = Launcher::Kvm(kvm::KvmVmm::for_vmbench(PathBuf::from("/unused")));
+        let line = "seccomp: syscall 59 (execve) not allowed in the vCPU thread";
+        // The guest was ready: the VM still failed, its VMM having done what it never does.
+        let (record, ()) = watch_with(
+            &launcher,
+            Command::new("sh").args(["-c", "sleep 0.5; exit 159"]),
+            Duration::from_secs(10),
+            move |uds| {
+                let dir = uds.parent().unwrap();
+                std::fs::write(dir.join("vmm.log"), format!("{line}\n")).unwrap();
+                let mut s = UnixStream::connect(&uds).unwrap();
+                say_hello_and_ready(&mut s);
+            },
+        );
+        assert_eq!(record.status, VmStatus::Failed);
+        let error = record.error.unwrap();
+        assert!(error.contains(line), "{error}");
+        assert!(
+            error.contains("stopped by its seccomp filter (exit status: 159)"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn vmm_that_exits_before_ready_is_failed() {
         let (record, ()) = watch(
             Command::new("false").arg("x"),
@@ -663,6 +759,88 @@ mod tests {
             .unwrap()
             .contains("before the guest reported ready"));
         assert!(record.host_ns.exit.is_some());
+    }
+
+    /// Runs `flood` as the guest of a VM whose VMM would run for 30 s and
+    /// whose deadline is 1 s away: the guest writes without pause until the
+    /// watch lets go of its socket. The watch must still reach its deadline
+    /// (a hang is reported after a minute, long past it).
+    fn flooded(flood: impl FnOnce(PathBuf) -> u64 + Send + 'static) -> (VmRecord, u64) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(watch(
+                Command::new("sleep").arg("30"),
+                Duration::from_secs(1),
+                flood,
+            ));
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the flood kept the watch from its deadline")
+    }
+
+    /// Writes `chunk` to `stream` until the reader goes; the bytes written.
+    fn write_until_closed(mut stream: UnixStream, chunk: &[u8]) -> u64 {
+        let mut written = 0;
+        while stream.write_all(chunk).is_ok() {
+            written += chunk.len() as u64;
+        }
+        written
+    }
+
+    #[test]
+    fn a_boot_marker_flood_is_bounded_and_cannot_hold_the_watch() {
+        let (record, written) = flooded(|uds| {
+            let marker = uds.with_file_name(vmbench_vmm::vm_dir::MARKER_SOCKET);
+            write_until_closed(UnixStream::connect(marker).unwrap(), &[0x41; 4096])
+        });
+        assert_eq!(record.status, VmStatus::Timeout);
+        assert_eq!(record.boot_markers.len(), crate::results::MAX_BOOT_MARKERS);
+        assert!(record.boot_markers_dropped > 0);
+        let seen = record.boot_markers.len() as u64 + record.boot_markers_dropped;
+        assert!(seen <= written, "{seen} marks of {written} written");
+    }
+
+    #[test]
+    fn a_message_flood_cannot_hold_the_watch() {
+        let (record, written) = flooded(|uds| {
+            let mut s = UnixStream::connect(uds).unwrap();
+            s.write_all(&frame(&hello())).unwrap();
+            let failed = frame(&GuestMessage::Failed {
+                what: "again".into(),
+            });
+            write_until_closed(s, &failed.repeat(100))
+        });
+        assert!(written > 0);
+        // The first Failed counts; the rest change nothing.
+        assert_eq!(record.status, VmStatus::Failed);
+        assert_eq!(
+            record.error.as_deref(),
+            Some("The guest agent failed: again")
+        );
+    }
+
+    #[test]
+    fn one_wake_reads_no_more_than_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), Duration::from_secs(10));
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        guest.write_all(&[0x41; 64 * 1024]).unwrap();
+        let mut record = VmRecord::new(0, dir.path());
+        let mut on_progress = |_: &VmRecord, _| {};
+        let stop = Stop::new().unwrap();
+        let launcher = fake_launcher();
+        let mut watch = Watch::new(&spec, &launcher, &stop, &mut record, &mut on_progress);
+        watch.marker = Some(host);
+        watch.read_budget_bytes = 8 * 1024;
+        watch.read_markers(1);
+        let first_wake = watch.record.boot_markers.len() as u64 + watch.record.boot_markers_dropped;
+        assert_eq!(first_wake, 8 * 1024, "one wake read its budget, no more");
+        watch.read_markers(2);
+        watch.read_markers(3);
+        let kept = watch.record.boot_markers.len() as u64;
+        assert_eq!(kept + watch.record.boot_markers_dropped, 24 * 1024);
+        assert_eq!(kept, crate::results::MAX_BOOT_MARKERS as u64);
     }
 
     #[test]
@@ -681,8 +859,15 @@ mod tests {
         let mut record = VmRecord::new(0, dir.path());
         let mut on_progress = |_: &VmRecord, _| {};
         let deadline = Instant::now() + spec.timeout;
-        Watch::new(&spec, &fake_launcher(), &mut record, &mut on_progress)
-            .run(&mut child, &vsock, &marker, deadline);
+        let stop = Stop::new().unwrap();
+        Watch::new(
+            &spec,
+            &fake_launcher(),
+            &stop,
+            &mut record,
+            &mut on_progress,
+        )
+        .run(&mut child, &vsock, &marker, deadline);
         writer.join().unwrap();
         let codes: Vec<u8> = record.boot_markers.iter().map(|m| m.code).collect();
         assert_eq!(codes, [MARKER_USERSPACE_START, 0x61]);

@@ -26,6 +26,7 @@ impl Watch<'_> {
                         .iter()
                         .map(|&(code, host_ns)| BootMarker { code, host_ns })
                         .collect();
+                    self.record.boot_markers_dropped = account.boot_markers_not_kept;
                     let first = |wanted: u8| {
                         account
                             .boot_markers
@@ -77,17 +78,54 @@ impl Watch<'_> {
         ))
     }
 
+    /// Why the kvm backend's VMM ended when its seccomp filter caught a
+    /// system call its thread never makes: the VMM's own line, with its exit
+    /// status. `None` for any other end, and for QEMU.
+    fn seccomp_stopped_the_vmm(&self) -> Option<String> {
+        if !matches!(self.backend, Launcher::Kvm(_)) {
+            return None;
+        }
+        let line = kvm::seccomp_violation_of(self.spec)?;
+        let status = self.record.vmm_exit.clone().unwrap_or_default();
+        Some(format!(
+            "{} was stopped by its seccomp filter ({status}): {line}",
+            self.backend.vmm_name()
+        ))
+    }
+
     /// The VM's verdict, from everything seen.
     pub(super) fn conclude(&mut self) {
         self.update_phases();
         let ready = self.record.host_ns.ready.is_some();
         let timeout_s = self.spec.timeout.as_secs_f64();
-        let (status, error) = if let Some(e) = self.protocol_error.take() {
+        // A VMM stopped by its filter did what it never does: whatever the
+        // guest reported before, the VM failed.
+        let (status, error) = if let Some(why) = self.seccomp_stopped_the_vmm() {
+            (VmStatus::Failed, Some(why))
+        } else if let Some(e) = self.protocol_error.take() {
             (VmStatus::ProtocolError, Some(e))
         } else if let Some(what) = self.guest_failure.take() {
             (
                 VmStatus::Failed,
                 Some(format!("The guest agent failed: {what}")),
+            )
+        } else if let Some(signal) = self.interrupted {
+            let had = if ready {
+                "the guest had reported ready".to_string()
+            } else if self.record.host_ns.hello.is_some() {
+                "the guest had said Hello, not Ready".to_string()
+            } else {
+                format!(
+                    "no report from the guest yet; serial log ends: {}",
+                    serial_tail(self.spec)
+                )
+            };
+            (
+                VmStatus::Interrupted,
+                Some(format!(
+                    "The run was interrupted by {} before the VM ended ({had})",
+                    crate::interrupt::name(signal)
+                )),
             )
         } else if self.timed_out {
             let what = if ready {

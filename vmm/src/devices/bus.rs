@@ -1,10 +1,14 @@
 //! The port-I/O and MMIO buses: which device answers which port or address,
 //! and what happens to one no device claims (reads return all ones, as on
 //! real hardware; writes are dropped; both are counted, so a guest poking at
-//! absent hardware shows).
+//! absent hardware shows). The counts by port and address are bounded
+//! ([`crate::bounded`]): the first [`MAX_UNCLAIMED_PORTS`] ports and
+//! [`MAX_UNCLAIMED_MMIO_ADDRS`] addresses are counted apart, the rest together.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+use crate::bounded::entry_or_other;
 
 use super::virtio::mmio::MmioTransport;
 use crate::layout;
@@ -14,6 +18,24 @@ use super::marker::BootMarker;
 use super::serial::SerialPort;
 
 use layout::{BOOT_MARKER_PORT, I8042_COMMAND, SERIAL_BASE, SERIAL_LAST};
+
+/// Unclaimed ports counted apart (Linux's boot touches one).
+pub const MAX_UNCLAIMED_PORTS: usize = 64;
+/// Unclaimed MMIO addresses counted apart (Linux's boot touches none).
+pub const MAX_UNCLAIMED_MMIO_ADDRS: usize = 512;
+
+/// Accesses no device answers: the first keys apart, the rest together.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unclaimed<K> {
+    pub by_key: BTreeMap<K, u64>,
+    pub other: u64,
+}
+
+impl<K: Ord> Unclaimed<K> {
+    fn count(&mut self, key: K, limit: usize) {
+        *entry_or_other(&mut self.by_key, &mut self.other, limit, key) += 1;
+    }
+}
 
 /// What a port write asks of the VMM beyond the device's own state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +50,8 @@ pub struct PioBus {
     pub serial: SerialPort,
     pub marker: BootMarker,
     pub i8042: I8042,
-    /// Accesses to ports no device claims, by port.
-    pub unclaimed: BTreeMap<u16, u64>,
+    /// Accesses to ports no device claims.
+    pub unclaimed: Unclaimed<u16>,
 }
 
 impl PioBus {
@@ -38,7 +60,7 @@ impl PioBus {
             serial,
             marker,
             i8042: I8042::default(),
-            unclaimed: BTreeMap::new(),
+            unclaimed: Unclaimed::default(),
         }
     }
 
@@ -49,7 +71,7 @@ impl PioBus {
             }
             I8042_COMMAND if data.len() == 1 => data[0] = self.i8042.read_status(),
             _ => {
-                *self.unclaimed.entry(port).or_default() += 1;
+                self.unclaimed.count(port, MAX_UNCLAIMED_PORTS);
                 data.fill(0xff);
             }
         }
@@ -67,7 +89,7 @@ impl PioBus {
                     return Request::Reset;
                 }
             }
-            _ => *self.unclaimed.entry(port).or_default() += 1,
+            _ => self.unclaimed.count(port, MAX_UNCLAIMED_PORTS),
         }
         Request::None
     }
@@ -84,7 +106,7 @@ pub struct MmioSlot {
 #[derive(Default)]
 pub struct MmioBus {
     pub slots: Vec<MmioSlot>,
-    unclaimed: Mutex<BTreeMap<u64, u64>>,
+    unclaimed: Mutex<Unclaimed<u64>>,
 }
 
 impl MmioBus {
@@ -107,7 +129,7 @@ impl MmioBus {
         match self.find(addr) {
             Some((slot, offset)) => lock(&slot.transport).read(offset, data),
             None => {
-                *lock(&self.unclaimed).entry(addr).or_default() += 1;
+                lock(&self.unclaimed).count(addr, MAX_UNCLAIMED_MMIO_ADDRS);
                 data.fill(0xff);
             }
         }
@@ -118,7 +140,7 @@ impl MmioBus {
             Some((slot, offset)) => {
                 lock(&slot.transport).write(offset, data);
             }
-            None => *lock(&self.unclaimed).entry(addr).or_default() += 1,
+            None => lock(&self.unclaimed).count(addr, MAX_UNCLAIMED_MMIO_ADDRS),
         }
     }
 
@@ -138,8 +160,8 @@ impl MmioBus {
             .join(" ")
     }
 
-    /// Accesses to addresses no device claims, by address.
-    pub fn unclaimed(&self) -> BTreeMap<u64, u64> {
+    /// Accesses to addresses no device claims.
+    pub fn unclaimed(&self) -> Unclaimed<u64> {
         lock(&self.unclaimed).clone()
     }
 
@@ -201,7 +223,7 @@ mod tests {
         bus.write(0x80, &[0x60], 42);
         assert_eq!(bus.marker.marks(), &[(0x60, 42)]);
         assert_eq!(bus.write(I8042_COMMAND, &[0xfe], 2), Request::Reset);
-        assert!(bus.unclaimed.is_empty());
+        assert_eq!(bus.unclaimed, Unclaimed::default());
     }
 
     #[test]
@@ -238,7 +260,14 @@ mod tests {
         bus.read(0xd000_2000, &mut data);
         assert_eq!(data, [0xff; 4]);
         bus.write(0xd000_2000, &[1]);
-        assert_eq!(bus.unclaimed().get(&0xd000_2000), Some(&2));
+        assert_eq!(bus.unclaimed().by_key.get(&0xd000_2000), Some(&2));
+        for i in 0..MAX_UNCLAIMED_MMIO_ADDRS as u64 + 10 {
+            bus.read(0xc000_0000 + 4 * i, &mut data);
+        }
+        let unclaimed = bus.unclaimed();
+        assert_eq!(unclaimed.by_key.len(), MAX_UNCLAIMED_MMIO_ADDRS);
+        assert_eq!(unclaimed.other, 11, "the last 11 addresses");
+        assert_eq!(unclaimed.by_key.get(&0xd000_2000), Some(&2));
     }
 
     #[test]
@@ -250,7 +279,14 @@ mod tests {
         bus.write(0x1234, &[1], 0);
         // A two-byte write to the serial port is not a UART access either.
         bus.write(0x3f8, &[1, 2], 0);
-        assert_eq!(bus.unclaimed.get(&0x1234), Some(&2));
-        assert_eq!(bus.unclaimed.get(&0x3f8), Some(&1));
+        assert_eq!(bus.unclaimed.by_key.get(&0x1234), Some(&2));
+        assert_eq!(bus.unclaimed.by_key.get(&0x3f8), Some(&1));
+        for port in 0..MAX_UNCLAIMED_PORTS as u16 {
+            bus.write(0x2000 + port, &[0], 0);
+        }
+        assert_eq!(bus.unclaimed.by_key.len(), MAX_UNCLAIMED_PORTS);
+        assert_eq!(bus.unclaimed.other, 2, "the last two ports");
+        bus.write(0x1234, &[1], 0);
+        assert_eq!(bus.unclaimed.by_key.get(&0x1234), Some(&3), "still its own");
     }
 }

@@ -7,6 +7,10 @@
 //! (the console is up) and the kernel's `Run … as init process` (the last
 //! thing the kernel says before init; the marks a guest that cannot run
 //! userspace still gives the kernel phase).
+//!
+//! A guest decides how much it prints, so serial.log stops at
+//! [`LOG_MAX_BYTES`]: what comes after is counted, not written (the tail
+//! and the timestamped lines are still taken from it).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
@@ -27,6 +31,10 @@ impl Trigger for EventFdTrigger {
     }
 }
 
+/// What serial.log holds at most: a Linux boot prints tens of KiB, a
+/// kernel at its most verbose (`ignore_loglevel initcall_debug`) a few MiB.
+pub const LOG_MAX_BYTES: u64 = 16 << 20;
+
 /// Lines kept, and the bytes kept of each.
 const TAIL_LINES: usize = 8;
 const TAIL_LINE_BYTES: usize = 256;
@@ -40,6 +48,9 @@ struct TailState {
     now_ns: u64,
     /// [`CONSOLE_MARKS`] seen so far, with the host time their line ended.
     marks: BTreeMap<String, u64>,
+    /// Bytes passed to the output, and those beyond its limit, dropped.
+    out_bytes: u64,
+    out_dropped: u64,
 }
 
 /// Whether a console line (its timestamp included) is the one a mark names.
@@ -54,16 +65,26 @@ const CONSOLE_MARKS: [(&str, IsLine); 2] = [
     }),
 ];
 
-/// Passes the output on and keeps its tail.
+/// Passes the output on, up to its limit, and keeps its tail.
 struct Tee {
     out: Box<dyn Write + Send>,
+    out_limit: u64,
     tail: Arc<Mutex<TailState>>,
 }
 
 impl Write for Tee {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.out.write(buf)?;
         let mut tail = super::bus::lock(&self.tail);
+        let room = self.out_limit.saturating_sub(tail.out_bytes);
+        let n = if room == 0 {
+            tail.out_dropped += buf.len() as u64;
+            buf.len()
+        } else {
+            let fits = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+            let n = self.out.write(&buf[..fits])?;
+            tail.out_bytes += n as u64;
+            n
+        };
         for &byte in &buf[..n] {
             match byte {
                 b'\n' => {
@@ -102,10 +123,16 @@ pub struct SerialPort {
 }
 
 impl SerialPort {
+    /// A port whose output goes to `out`, up to [`LOG_MAX_BYTES`].
     pub fn new(interrupt: EventFd, out: Box<dyn Write + Send>) -> Self {
+        Self::with_limit(interrupt, out, LOG_MAX_BYTES)
+    }
+
+    fn with_limit(interrupt: EventFd, out: Box<dyn Write + Send>, out_limit: u64) -> Self {
         let tail = Arc::new(Mutex::new(TailState::default()));
         let tee = Tee {
             out,
+            out_limit,
             tail: tail.clone(),
         };
         SerialPort {
@@ -133,8 +160,18 @@ impl SerialPort {
             })
     }
 
+    /// Output bytes beyond [`LOG_MAX_BYTES`], not written.
+    pub fn log_bytes_dropped(&self) -> u64 {
+        super::bus::lock(&self.tail).out_dropped
+    }
+
     /// A port whose output is kept in memory (for tests).
     pub fn in_memory() -> (Self, Arc<Mutex<Vec<u8>>>) {
+        Self::in_memory_up_to(LOG_MAX_BYTES)
+    }
+
+    /// The same, its output stopping at `out_limit` bytes.
+    fn in_memory_up_to(out_limit: u64) -> (Self, Arc<Mutex<Vec<u8>>>) {
         struct Shared(Arc<Mutex<Vec<u8>>>);
         impl Write for Shared {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -150,7 +187,8 @@ impl SerialPort {
         }
         let out = Arc::new(Mutex::new(Vec::new()));
         let event = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
-        (SerialPort::new(event, Box::new(Shared(out.clone()))), out)
+        let port = SerialPort::with_limit(event, Box::new(Shared(out.clone())), out_limit);
+        (port, out)
     }
 
     pub fn read(&mut self, offset: u16) -> u8 {
@@ -188,6 +226,20 @@ mod tests {
         }
         assert_eq!(out.lock().unwrap().as_slice(), b"Linux version");
         assert_eq!(port.errors, 0);
+        assert_eq!(port.log_bytes_dropped(), 0);
+    }
+
+    #[test]
+    fn the_log_stops_at_its_limit_and_the_rest_is_counted() {
+        let (mut port, out) = SerialPort::in_memory_up_to(10);
+        say(&mut port, "[ 0.1] Run /init as init process\n");
+        say_at(&mut port, "reboot: Power down\n", 7);
+        assert_eq!(out.lock().unwrap().as_slice(), b"[ 0.1] Run");
+        assert_eq!(port.log_bytes_dropped(), 33 + 19 - 10);
+        assert_eq!(port.errors, 0, "the guest sees a UART that works");
+        // The console is still read past the limit.
+        assert_eq!(port.last_word().as_deref(), Some("reboot: Power down"));
+        assert!(port.console_marks().contains_key("run_init"));
     }
 
     fn say(port: &mut SerialPort, text: &str) {

@@ -14,6 +14,10 @@
 //!   is writable; every backing file is opened `O_RDONLY` and given to imago
 //!   as read-only, so a write reaching a base image would be refused by the
 //!   kernel, not just by imago's bookkeeping;
+//! - the top image's format is stated by the caller (`--disk
+//!   PATH,format=raw|qcow2`), never probed for a writable disk: its first
+//!   bytes are the guest's, and a guest that wrote a qcow2 header there
+//!   would make the next run open any host file as its backing file;
 //! - each file is `flock(2)`ed, the writable one exclusively and the rest
 //!   shared, so two VMMs cannot write one image and nobody can open a base
 //!   for writing while a VM reads it;
@@ -95,11 +99,14 @@ impl std::fmt::Debug for Disk {
 }
 
 impl Disk {
-    /// Opens the image at `path` (writable unless `read_only`) and its backing chain.
-    pub fn open(path: &Path, read_only: bool) -> Result<Disk> {
+    /// Opens the image at `path` (writable unless `read_only`) and its
+    /// backing chain. `format` states the image's format; only a read-only
+    /// image may leave it to be probed from its first bytes.
+    pub fn open(path: &Path, read_only: bool, format: Option<Format>) -> Result<Disk> {
         let options = OpenOptions {
             writable: !read_only,
             lock: true,
+            format,
         };
         let chain = Chain::open(path, options)?;
         let top = chain.top();
@@ -262,11 +269,19 @@ pub(crate) mod tests {
         Sha256::digest(std::fs::read(path).unwrap()).to_vec()
     }
 
+    /// Whether qemu-img runs here; without it, a test that needs it skips,
+    /// except under CI, where scripts/setup.sh has installed qemu-utils.
     pub(crate) fn qemu_img() -> bool {
-        Command::new("qemu-img")
+        let here = Command::new("qemu-img")
             .arg("--version")
             .output()
-            .is_ok_and(|o| o.status.success())
+            .is_ok_and(|o| o.status.success());
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            here || !ci,
+            "qemu-img is not installed, which scripts/setup.sh installs under CI"
+        );
+        here
     }
 
     fn qemu_img_create(args: &[&str]) {
@@ -333,6 +348,18 @@ pub(crate) mod tests {
         found
     }
 
+    /// Opens `path` as the VMM does for `--disk`: a writable image with its
+    /// format stated (by its name: `.qcow2` or else raw), a read-only one
+    /// probed.
+    pub(crate) fn open_stated(path: &Path, read_only: bool) -> Result<Disk> {
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            _ if read_only => None,
+            Some("qcow2") => Some(Format::Qcow2),
+            _ => Some(Format::Raw),
+        };
+        Disk::open(path, read_only, format)
+    }
+
     /// Opens an image this test had open a moment ago. Another test of
     /// this binary may be spawning `qemu-img` just then, and a child
     /// between fork and exec holds a copy of every descriptor, the flock'ed
@@ -341,7 +368,7 @@ pub(crate) mod tests {
     fn reopen(path: &Path, read_only: bool) -> Disk {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
-            match Disk::open(path, read_only) {
+            match open_stated(path, read_only) {
                 Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(5))
                 }
@@ -355,7 +382,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.raw");
         write_raw(&path, 64 << 10);
-        let mut disk = Disk::open(&path, false).unwrap();
+        let mut disk = open_stated(&path, false).unwrap();
         assert_eq!(disk.capacity_sectors(), 128);
         assert_eq!(read(&mut disk, 4096, 1024), expected_base(4096, 1024));
         write(&mut disk, 512, &[0xab; 512]).unwrap();
@@ -375,7 +402,7 @@ pub(crate) mod tests {
         // A partial last sector is not part of the disk.
         write_raw(&path, 4096 + 100);
         let before = sha256(&path);
-        let mut disk = Disk::open(&path, true).unwrap();
+        let mut disk = open_stated(&path, true).unwrap();
         assert_eq!(disk.capacity_sectors(), 8);
         assert!(write(&mut disk, 0, &[1; 512]).is_err());
         let mem = mem();
@@ -392,7 +419,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.raw");
         write_raw(&path, 8192);
-        let mut disk = Disk::open(&path, true).unwrap();
+        let mut disk = open_stated(&path, true).unwrap();
         let mem = mem();
         let a = mem.get_slice(GuestAddress(0x1000), 1024).unwrap();
         let b = mem.get_slice(GuestAddress(0x1200), 512).unwrap();
@@ -411,7 +438,7 @@ pub(crate) mod tests {
         let (base, overlay) = overlay_over_raw(dir.path());
         let base_sha = sha256(&base);
 
-        let mut disk = Disk::open(&overlay, false).unwrap();
+        let mut disk = open_stated(&overlay, false).unwrap();
         assert_eq!(disk.chain(), &[overlay.clone(), base.clone()]);
         assert_eq!(
             open_read_only_here(&base),
@@ -456,7 +483,7 @@ pub(crate) mod tests {
         let top = dir.path().join("top.qcow2");
         write_raw(&base, 1 << 20);
         create_qcow2(&mid, 1 << 20, Some((base.to_str().unwrap(), "raw")));
-        let mut disk = Disk::open(&mid, false).unwrap();
+        let mut disk = open_stated(&mid, false).unwrap();
         write(&mut disk, 128 << 10, &[0x11; 4096]).unwrap();
         drop(disk);
         // No backing format: probed (qcow2).
@@ -506,7 +533,7 @@ pub(crate) mod tests {
             overlay.to_str().unwrap(),
         ]);
         let base_sha = sha256(&base);
-        let mut disk = Disk::open(&overlay, false).unwrap();
+        let mut disk = open_stated(&overlay, false).unwrap();
         assert_eq!(disk.capacity_sectors(), 2048);
         write(&mut disk, 4096, &[0x77; 8192]).unwrap();
         assert_eq!(read(&mut disk, 0, 4096), expected_base(0, 4096));
@@ -527,7 +554,7 @@ pub(crate) mod tests {
     }
 
     fn open_err(path: &Path, read_only: bool) -> String {
-        Disk::open(path, read_only).unwrap_err().to_string()
+        open_stated(path, read_only).unwrap_err().to_string()
     }
 
     #[test]
@@ -596,11 +623,11 @@ pub(crate) mod tests {
     fn a_writable_image_is_locked_against_a_second_writer() {
         let dir = tempfile::tempdir().unwrap();
         let (base, overlay) = overlay_over_raw(dir.path());
-        let _vm = Disk::open(&overlay, false).unwrap();
+        let _vm = open_stated(&overlay, false).unwrap();
         assert!(open_err(&overlay, false).contains("is in use"));
         assert!(open_err(&overlay, true).contains("is in use"));
         // The base is shared: readers are welcome, a writer is not.
-        let _reader = Disk::open(&base, true).unwrap();
+        let _reader = open_stated(&base, true).unwrap();
         assert!(open_err(&base, false).contains("is in use"));
     }
 }

@@ -426,7 +426,7 @@ mod tests {
     use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
 
-    use super::disk::tests::{base_byte, create_qcow2, sha256, write_raw};
+    use super::disk::tests::{base_byte, create_qcow2, open_stated, sha256, write_raw};
     use super::request::{T_FLUSH, T_GET_ID, T_IN, T_OUT};
     use super::*;
     use crate::devices::virtio::test_ring::{Layout, TestRing, F_NEXT, F_WRITE};
@@ -583,7 +583,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.raw");
         write_raw(&path, DISK_BYTES);
-        let disk = Disk::open(&path, read_only).unwrap();
+        let disk = open_stated(&path, read_only).unwrap();
         (Rig::with_disk(disk, None), path, dir)
     }
 
@@ -1002,7 +1002,7 @@ mod tests {
         write_raw(&base, DISK_BYTES);
         create_qcow2(&overlay, DISK_BYTES, Some(("base.raw", "raw")));
         (
-            Rig::with_disk(Disk::open(&overlay, false).unwrap(), None),
+            Rig::with_disk(open_stated(&overlay, false).unwrap(), None),
             base,
         )
     }
@@ -1028,7 +1028,7 @@ mod tests {
         drop(rig);
         assert_eq!(sha256(&base), base_sha, "after drop");
         // The overlay kept the write.
-        let mut disk = Disk::open(&dir.path().join("overlay.qcow2"), true).unwrap();
+        let mut disk = open_stated(&dir.path().join("overlay.qcow2"), true).unwrap();
         let mem: GuestMemoryMmap =
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4096)]).unwrap();
         disk.read(127 * 512, &[mem.get_slice(GuestAddress(0), 1024).unwrap()])
@@ -1059,7 +1059,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("disk.raw");
             write_raw(&path, 64 << 10);
-            let mut rig = Rig::with_disk(Disk::open(&path, false).unwrap(), Some(dir));
+            let mut rig = Rig::with_disk(open_stated(&path, false).unwrap(), Some(dir));
             let mut h = [0u8; 16];
             h[0..4].copy_from_slice(&request_type.to_le_bytes());
             h[8..16].copy_from_slice(&sector.to_le_bytes());
