@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (scripts/setup.sh), checks
 # formatting and lints, runs every crate's unit tests and the end-to-end
-# tests that boot real guests, then every benchmark once in a quick mode.
+# tests that boot real guests, then every benchmark once in a quick mode and
+# each fuzz target for a short time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
@@ -17,6 +18,7 @@ for g in "${guests[@]}"; do
   CARGO_TARGET_DIR="target/$(basename "$g")-host" \
     cargo clippy --manifest-path "$g/Cargo.toml" --all-targets --quiet -- -D warnings
 done
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo build --workspace --bins --quiet
 status=0
 (
@@ -57,6 +59,8 @@ run_bench() {
   cargo test --quiet -p vmbench-stats --release --test simulation -- --nocapture 2>&1 || rc=1
   exit $rc
 ) | tee target/bench.log || status=1
+# Each fuzz target for 20 s (README "Fuzzing"): a crash fails the suite.
+FUZZ_PROFILE=dev scripts/fuzz.sh all 20 2>&1 | tee -a target/test.log || status=1
 # Each skipped test printed why; list them so a reader of the CI log sees them together.
 if grep -q "SKIPPED:" target/test.log target/bench.log; then
   echo "--- skipped tests:"
