@@ -113,9 +113,6 @@ pub fn run(config: &Config, machine: &Machine) {
         };
         let ended = run_one(index, window, machine, &sampling, inject);
         benches::restore(cr0, cr4);
-        if matches!(index, 9 | 10) && machine.features.tsc_deadline {
-            benches::disarm_timer();
-        }
         let outcome = match &ended {
             Ended::Ok(m) => Outcome::Ok(Timing {
                 iterations: m.calibration.iterations,
@@ -156,6 +153,20 @@ fn run_one(
         Ok(body) => body,
         Err(why) => return Ended::Unavailable(why),
     };
+    let ended = measure_body(&mut body, window, machine, sampling, inject);
+    if body.uses_timer() {
+        benches::disarm_timer();
+    }
+    ended
+}
+
+fn measure_body(
+    body: &mut Body,
+    window: u16,
+    machine: &Machine,
+    sampling: &Sampling,
+    inject: Option<Inject>,
+) -> Ended {
     let ticks_per_ms = machine.ticks_per_ms();
     let watched = !body.uses_timer();
     if watched {
@@ -168,7 +179,7 @@ fn run_one(
         sti();
         body.probe()?;
         let mut timed = Timed {
-            body: &body,
+            body,
             window,
             inject: None,
         };
@@ -205,7 +216,7 @@ fn run_one(
     let measured = traps::catching(|| {
         sti();
         let mut timed = Timed {
-            body: &body,
+            body,
             window,
             inject,
         };
