@@ -2,7 +2,8 @@
 # Installs and builds everything vmbench needs, skipping what is already there:
 # apt packages (QEMU, kernel source and build tools, PostgreSQL for the results
 # store's tests), vhost-device-vsock, the guest kernel (cached in
-# ~/.cache/vmbench), the static guest agent and vmbench.
+# ~/.cache/vmbench), the static guest agent, the freestanding guests (the vsock
+# test guest, the vmexit suite's guest) and vmbench.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -39,12 +40,20 @@ if ! command -v vhost-device-vsock >/dev/null; then
   say "installing vhost-device-vsock (cargo install; a few minutes)"
   cargo install --locked --quiet vhost-device-vsock --version 0.3.0
 fi
+# cargo-fuzz runs the fuzz targets (scripts/fuzz.sh, which the tests run). It
+# needs a nightly toolchain, so it is installed only where there is one.
+if cargo +nightly --version >/dev/null 2>&1 && ! cargo fuzz --version >/dev/null 2>&1; then
+  say "installing cargo-fuzz (cargo install; a minute)"
+  cargo install --locked --quiet cargo-fuzz --version 0.13.2
+fi
 
 kernel-config/build.sh
 say "building the static guest agent"
 scripts/build-agent.sh
 say "building the vsock test guest"
 scripts/build-test-guest.sh
+say "building the vmexit guest"
+scripts/build-vmexit-guest.sh
 say "building vmbench"
 cargo build --release --quiet -p vmbench
 say "ready: target/release/vmbench (and the VMM alone, target/release/vmbench-vmm)"

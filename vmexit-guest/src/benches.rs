@@ -10,7 +10,7 @@ use core::sync::atomic::Ordering;
 
 use freestanding::clock::{tsc_ticks, Deadline};
 use vmexit_guest::cpuid::Hypercall;
-use vmexit_guest::{BENCH_PORT, ELCR_PORT, VIRTIO_MMIO_MAGIC};
+use vmexit_guest::{BENCHMARKS, BENCH_PORT, ELCR_PORT, VIRTIO_MMIO_MAGIC};
 
 use crate::apic::{self, MSR_TSC_DEADLINE};
 use crate::traps::{self, Fault, BENCH_IRQS, BENCH_VECTOR};
@@ -64,12 +64,13 @@ pub fn prepare(index: usize, machine: &Machine) -> Result<Body, String> {
         }
         apic_needed(body)
     };
-    match index {
-        0 => Ok(Body::Cpuid),
-        1 => Ok(Body::Hypercall(machine.hypercall)),
-        2 => Ok(Body::InlFromVmm),
-        3 => Ok(Body::InlFromKernel),
-        4 => match machine.mmio_base {
+    let name = BENCHMARKS.get(index).map_or("", |b| b.name);
+    match name {
+        "cpuid" => Ok(Body::Cpuid),
+        "vmcall" => Ok(Body::Hypercall(machine.hypercall)),
+        "inl_from_vmm" => Ok(Body::InlFromVmm),
+        "inl_from_kernel" => Ok(Body::InlFromKernel),
+        "mmio_read" => match machine.mmio_base {
             Some(base) if base % 4 == 0 && base < freestanding::boot::MAPPED_BYTES - 4 => {
                 Ok(Body::MmioRead(base))
             }
@@ -80,34 +81,34 @@ pub fn prepare(index: usize, machine: &Machine) -> Result<Body, String> {
                 "no virtio_mmio.device= on the command line: the VM has no virtio-mmio device",
             )),
         },
-        5 => Ok(Body::MovToCr8),
-        6 => Ok(Body::MovDr),
-        7 => Ok(Body::Rdmsr),
-        8 => Ok(Body::Wrmsr(0)),
-        9 => deadline_needed(Body::TscDeadlineImmediate),
-        10 => deadline_needed(Body::TscDeadline),
-        11 => apic_needed(Body::SelfIpi),
-        12 => match (apic::mode(), machine.cpus) {
+        "mov_to_cr8" => Ok(Body::MovToCr8),
+        "mov_dr" => Ok(Body::MovDr),
+        "rdmsr" => Ok(Body::Rdmsr),
+        "wrmsr" => Ok(Body::Wrmsr(0)),
+        "tscdeadline_immed" => deadline_needed(Body::TscDeadlineImmediate),
+        "tscdeadline" => deadline_needed(Body::TscDeadline),
+        "self_ipi" => apic_needed(Body::SelfIpi),
+        "ipi_cross" => match (apic::mode(), machine.cpus) {
             (apic::Mode::None, _) => apic_needed(Body::IpiCross),
             (_, 2) => Ok(Body::IpiCross),
             _ => Err(String::from(
                 "vCPU 1 (APIC ID 1) did not answer INIT-SIPI-SIPI: the VM has one vCPU",
             )),
         },
-        13 => Ok(Body::Wbinvd),
-        14 => Ok(Body::ToggleCr0Wp),
-        15 if !machine.pge => Err(String::from(
+        "wbinvd" => Ok(Body::Wbinvd),
+        "toggle_cr0_wp" => Ok(Body::ToggleCr0Wp),
+        "toggle_cr4_pge" if !machine.pge => Err(String::from(
             "this CPU has no global pages (CPUID 1 EDX bit 13 clear)",
         )),
-        15 => Ok(Body::ToggleCr4Pge),
+        "toggle_cr4_pge" => Ok(Body::ToggleCr4Pge),
         _ => Err(format!("no benchmark {index}")),
     }
 }
 
 impl Body {
-    /// Before the first run (caught): checks the operation once, and gets
-    /// what the loop needs. `Err(Some(why))`: unavailable; a fault here
-    /// goes to [`Body::unavailable_on`].
+    /// Before the first run (caught): checks what the operation needs and
+    /// gets what the loop needs (the suite then runs the operation once).
+    /// `Err(why)`: unavailable; a fault here goes to [`Body::unavailable_on`].
     pub fn probe(&mut self) -> Result<(), String> {
         match self {
             Body::MmioRead(base) => {
@@ -126,7 +127,6 @@ impl Body {
             }
             _ => {}
         }
-        self.run(1);
         Ok(())
     }
 
@@ -353,7 +353,8 @@ pub fn restore(cr0: u64, cr4: u64) {
     }
 }
 
-/// Disarms the TSC-deadline timer (after the two timer benchmarks).
+/// Disarms the TSC-deadline timer and masks the timer (after a benchmark
+/// that [uses it](Body::uses_timer)).
 pub fn disarm_timer() {
     // SAFETY: a deadline of 0 disarms the timer.
     unsafe { wrmsr(MSR_TSC_DEADLINE, 0) };

@@ -10,6 +10,8 @@
 //! | `vmexit.max_samples=N` | 1000 | at most N samples per benchmark (10 to 2000) |
 //! | `virtio_mmio.device=<size>@<base>:<irq>` | none | the first one is where `mmio_read` reads |
 //! | `tsc_early_khz=N` | none | the TSC's rate, as Linux takes it, where CPUID does not state it |
+//! | `vmexit.test_fault=NAME` | none | test aid: benchmark NAME touches unmapped memory (#PF) once its window is open |
+//! | `vmexit.test_hang=NAME` | none | test aid: benchmark NAME spins for ever once its window is open (the watchdog ends it) |
 //!
 //! A bad value, or an unknown name in `vmexit.bench`, is an error: the guest
 //! says which and runs nothing. Numbers are decimal or `0x` hex.
@@ -47,6 +49,10 @@ pub struct Config {
     pub mmio_base: Option<u64>,
     /// `tsc_early_khz=`.
     pub tsc_khz: Option<u64>,
+    /// Test aids: the benchmark (index) that faults, or hangs, in its
+    /// measured runs.
+    pub test_fault: Option<usize>,
+    pub test_hang: Option<usize>,
 }
 
 /// Every benchmark selected.
@@ -62,6 +68,8 @@ impl Default for Config {
             max_samples: DEFAULT_MAX_SAMPLES,
             mmio_base: None,
             tsc_khz: None,
+            test_fault: None,
+            test_hang: None,
         }
     }
 }
@@ -134,6 +142,8 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, Error<'_>> {
                 })?;
                 config.mmio_base.get_or_insert(device.base);
             }
+            b"vmexit.test_fault" => config.test_fault = Some(one_benchmark(value)?),
+            b"vmexit.test_hang" => config.test_hang = Some(one_benchmark(value)?),
             b"tsc_early_khz" => {
                 config.tsc_khz = Some(in_range(value, "tsc_early_khz", 1, MAX_TSC_KHZ)?);
             }
@@ -147,6 +157,10 @@ fn in_range<'a>(value: &'a [u8], key: &'static str, min: u64, max: u64) -> Resul
     parse_number(value)
         .filter(|n| (min..=max).contains(n))
         .ok_or(Error::BadValue { key, value })
+}
+
+fn one_benchmark(name: &[u8]) -> Result<usize, Error<'_>> {
+    benchmark_index(name).ok_or(Error::UnknownBenchmark { name })
 }
 
 fn parse_selection(value: &[u8]) -> Result<u32, Error<'_>> {
@@ -187,6 +201,9 @@ mod tests {
         assert_eq!(config.max_samples, 50);
         assert_eq!(config.mmio_base, Some(0xd000_0000), "the first device");
         assert_eq!(config.tsc_khz, Some(2_593_906));
+        assert_eq!((config.test_fault, config.test_hang), (None, None));
+        let config = parse(b"vmexit.test_fault=wbinvd vmexit.test_hang=cpuid").unwrap();
+        assert_eq!((config.test_fault, config.test_hang), (Some(13), Some(0)));
     }
 
     #[test]
@@ -228,6 +245,10 @@ mod tests {
         let err = parse(b"vmexit.bench=cpuid,cpuid2").unwrap_err();
         assert_eq!(err, Error::UnknownBenchmark { name: b"cpuid2" });
         assert_eq!(err.to_string(), "vmexit.bench names no benchmark cpuid2");
+        assert_eq!(
+            parse(b"vmexit.test_hang=all").unwrap_err(),
+            Error::UnknownBenchmark { name: b"all" }
+        );
         let err = parse(b"vmexit.bench=cpuid,,wbinvd").unwrap_err();
         assert_eq!(err, Error::UnknownBenchmark { name: b"" });
         assert_eq!(

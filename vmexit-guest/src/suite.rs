@@ -19,6 +19,8 @@ use crate::traps::{self, Fault};
 use crate::x86::{fenced_rdtsc, read_cr0, read_cr4, sti};
 use crate::{say, watchdog, Machine};
 
+/// Runs of 2 operations before calibration.
+const WARM_UP_RUNS: u32 = 3;
 /// How long a benchmark's first operation may take before the watchdog
 /// ends it.
 const PROBE_WATCHDOG_MS: u64 = 2000;
@@ -35,10 +37,21 @@ const MAX_ITERATIONS: u64 = 1 << 32;
 /// be put off.
 static WINDOW_OPEN: AtomicBool = AtomicBool::new(false);
 
+/// A test aid's way of going wrong once the window is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inject {
+    Fault,
+    Hang,
+}
+
+/// Canonical and far past the identity-mapped 4 GiB: reading it faults.
+const UNMAPPED_ADDR: u64 = 0x20_0000_0000;
+
 /// A benchmark as the sampler sees it: runs timed with the serialised TSC.
 struct Timed<'a> {
     body: &'a Body,
     window: u16,
+    inject: Option<Inject>,
 }
 
 impl Sampled for Timed<'_> {
@@ -59,6 +72,17 @@ impl Sampled for Timed<'_> {
         mark(WINDOW_START, self.window);
         WINDOW_OPEN.store(true, Ordering::SeqCst);
         compiler_fence(Ordering::SeqCst);
+        match self.inject {
+            // SAFETY: deliberately faulting (a page fault, caught by the
+            // suite): the address is mapped by nothing.
+            Some(Inject::Fault) => unsafe {
+                (UNMAPPED_ADDR as *const u64).read_volatile();
+            },
+            Some(Inject::Hang) => loop {
+                core::hint::spin_loop();
+            },
+            None => {}
+        }
     }
 
     fn window_end(&mut self) {
@@ -82,11 +106,13 @@ pub fn run(config: &Config, machine: &Machine) {
             continue;
         }
         let window = index as u16;
-        let ended = run_one(index, window, machine, &sampling);
+        let inject = match (config.test_fault, config.test_hang) {
+            (Some(i), _) if i == index => Some(Inject::Fault),
+            (_, Some(i)) if i == index => Some(Inject::Hang),
+            _ => None,
+        };
+        let ended = run_one(index, window, machine, &sampling, inject);
         benches::restore(cr0, cr4);
-        if matches!(index, 9 | 10) && machine.features.tsc_deadline {
-            benches::disarm_timer();
-        }
         let outcome = match &ended {
             Ended::Ok(m) => Outcome::Ok(Timing {
                 iterations: m.calibration.iterations,
@@ -116,19 +142,51 @@ enum Ended {
     Failed(String),
 }
 
-fn run_one(index: usize, window: u16, machine: &Machine, sampling: &Sampling) -> Ended {
+fn run_one(
+    index: usize,
+    window: u16,
+    machine: &Machine,
+    sampling: &Sampling,
+    inject: Option<Inject>,
+) -> Ended {
     let mut body = match benches::prepare(index, machine) {
         Ok(body) => body,
         Err(why) => return Ended::Unavailable(why),
     };
+    let ended = measure_body(&mut body, window, machine, sampling, inject);
+    if body.uses_timer() {
+        benches::disarm_timer();
+    }
+    ended
+}
+
+fn measure_body(
+    body: &mut Body,
+    window: u16,
+    machine: &Machine,
+    sampling: &Sampling,
+    inject: Option<Inject>,
+) -> Ended {
     let ticks_per_ms = machine.ticks_per_ms();
     let watched = !body.uses_timer();
     if watched {
         watchdog::arm(PROBE_WATCHDOG_MS, ticks_per_ms);
     }
+    // The first operations also warm up, through the very code the samples
+    // run: QEMU's TCG translates code on its first run, and a calibration
+    // run slowed by that would end calibration early.
     let probed = traps::catching(|| {
         sti();
-        body.probe()
+        body.probe()?;
+        let mut timed = Timed {
+            body,
+            window,
+            inject: None,
+        };
+        for _ in 0..WARM_UP_RUNS {
+            let Ok(_) = timed.run(2);
+        }
+        Ok(())
     });
     watchdog::disarm();
     match probed {
@@ -158,8 +216,9 @@ fn run_one(index: usize, window: u16, machine: &Machine, sampling: &Sampling) ->
     let measured = traps::catching(|| {
         sti();
         let mut timed = Timed {
-            body: &body,
+            body,
             window,
+            inject,
         };
         let Ok(measurement) = measure(&mut timed, sampling);
         measurement

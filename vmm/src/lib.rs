@@ -69,6 +69,8 @@ pub mod devices;
 pub mod emulated_kvm;
 pub mod event_loop;
 pub mod exits;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kvm_stats;
 pub mod layout;
 pub mod loader;

@@ -1134,8 +1134,22 @@ mod tests {
             handle(Err(kvm_ioctls::Error::new(libc::EFAULT))),
             Outcome::Fails(what) if what.starts_with("KVM_RUN failed")
         ));
+        // A window mark's bytes: port writes, never within a window.
+        for byte in [0xb0, 0x01, 0x00] {
+            assert_eq!(
+                handle(Ok(VcpuExit::IoOut(0x80, &[byte]))),
+                Outcome::WindowMark(Target::Port(0x80))
+            );
+        }
+        let mut data = [0u8; 4];
+        assert_eq!(
+            handle(Ok(VcpuExit::IoIn(layout::BENCH_PORT, &mut data))),
+            Outcome::Handled(Kind::IoIn, Target::Port(layout::BENCH_PORT))
+        );
+        assert_eq!(&data, b"nebv");
         let pio = lock(&shared.pio);
         assert_eq!(pio.marker.marks(), &[(0x41, 42)], "at the exit's time");
+        assert!(pio.unclaimed.by_key.is_empty(), "{:?}", pio.unclaimed);
         assert_eq!(shared.mmio.unclaimed().by_key.get(&0xd000_0000), Some(&1));
     }
 
