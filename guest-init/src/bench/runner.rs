@@ -6,7 +6,7 @@
 //! pipe, then `_exit`s. The agent reads the pipe while it reaps: the
 //! runner's exit tells a result from a crash (a signal) or an exit without
 //! one, and whatever the runner forked is reaped too (PID 1 inherits every
-//! orphan). A runner still alive after its budget plus `HANG_GRACE_MS` is
+//! orphan). A runner still alive after its budget plus [`GRACE_MS`] is
 //! killed with its group: the benchmark hung. Either way the group is killed
 //! at the end, so no benchmark leaves a process behind.
 
@@ -28,6 +28,10 @@ use vmbench_proto::{
 
 use super::{setup_of, timing, Env};
 
+/// How long past its budget a benchmark may run (its set-up, calibration
+/// and last sample) before it counts as hung: the protocol's.
+pub const GRACE_MS: u64 = HANG_GRACE_MS as u64;
+
 /// Runs the benchmark `request` names, in a runner process; whatever
 /// happens to the runner, the outcome says it.
 pub fn run(request: &BenchRequest, env: &Env) -> BenchOutcome {
@@ -45,7 +49,7 @@ pub fn run(request: &BenchRequest, env: &Env) -> BenchOutcome {
         0 => u64::from(DEFAULT_BUDGET_MS),
         n => u64::from(n),
     };
-    let limit = Duration::from_millis(budget_ms + u64::from(HANG_GRACE_MS));
+    let limit = Duration::from_millis(budget_ms + GRACE_MS);
     match isolated(limit, || measure(request, env)) {
         Ok(outcome) => outcome,
         Err(why) => BenchOutcome::Failed { why },
