@@ -39,6 +39,12 @@ if ! command -v vhost-device-vsock >/dev/null; then
   say "installing vhost-device-vsock (cargo install; a few minutes)"
   cargo install --locked --quiet vhost-device-vsock --version 0.3.0
 fi
+# cargo-fuzz runs the fuzz targets (scripts/fuzz.sh, which the tests run). It
+# needs a nightly toolchain, so it is installed only where there is one.
+if cargo +nightly --version >/dev/null 2>&1 && ! cargo fuzz --version >/dev/null 2>&1; then
+  say "installing cargo-fuzz (cargo install; a minute)"
+  cargo install --locked --quiet cargo-fuzz --version 0.13.2
+fi
 
 kernel-config/build.sh
 say "building the static guest agent"

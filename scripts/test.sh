@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (scripts/setup.sh), checks
 # formatting and lints, runs every crate's unit tests and the end-to-end
-# tests that boot real guests, then every benchmark once in a quick mode.
+# tests that boot real guests, then every benchmark once in a quick mode and
+# each fuzz target for a short time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
@@ -12,6 +13,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # logic is unit-tested on the host.
 guest=(--manifest-path tests/vsock-guest/Cargo.toml)
 cargo fmt "${guest[@]}" -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 CARGO_TARGET_DIR=target/vsock-guest-host cargo clippy "${guest[@]}" --all-targets --quiet -- -D warnings
 cargo build --workspace --bins --quiet
 status=0
@@ -51,6 +53,8 @@ run_bench() {
   cargo test --quiet -p vmbench-stats --release --test simulation -- --nocapture 2>&1 || rc=1
   exit $rc
 ) | tee target/bench.log || status=1
+# Each fuzz target for 20 s (README "Fuzzing"): a crash fails the suite.
+FUZZ_PROFILE=dev scripts/fuzz.sh all 20 2>&1 | tee -a target/test.log || status=1
 # Each skipped test printed why; list them so a reader of the CI log sees them together.
 if grep -q "SKIPPED:" target/test.log target/bench.log; then
   echo "--- skipped tests:"

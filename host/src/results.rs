@@ -15,8 +15,10 @@ use crate::timeline::{HostMarks, Phases};
 /// `initrd_ms` and `userspace_ms` are the host clock's only (they took the
 /// guest's where the host had none), beside `guest_initrd_ms` and
 /// `guest_userspace_ms`; `aggregate_by_backend`'s `vmbench_cpu_ms_per_vm`
-/// divides the run's CPU by all its VMs.
-pub const SCHEMA_VERSION: u32 = 3;
+/// divides the run's CPU by all its VMs. 3: what a guest fills is bounded
+/// (`boot_markers`, and `exits` follows vmm.json 2). 4: `exits` follows
+/// vmm.json 3, with benchmark windows.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Boot marks kept per VM: a real boot writes a handful (Cloud Hypervisor's
 /// ranges hold 64 codes); a guest flooding the port cannot grow results.json.

@@ -338,6 +338,30 @@ mod tests {
         assert!(check_against_analyze(&p, "Bootup is not yet finished").is_err());
     }
 
+    /// Found by the systemd_record fuzz target: a firmware time and a
+    /// finish time that add up past u64 panicked the orchestrator.
+    #[test]
+    fn timestamps_that_overflow_give_no_total() {
+        let t = SystemdTimestamps {
+            firmware_us: u64::MAX,
+            loader_us: 1,
+            userspace_us: u64::MAX - 1,
+            finish_us: 2,
+            ..SystemdTimestamps::default()
+        };
+        let p = phases(&t, &[], "multi-user.target");
+        assert_eq!(p.total, None);
+        assert_eq!(p.userspace, None, "finish before userspace");
+        assert_eq!(p.firmware, Some((u64::MAX - 1) as f64 / 1e3));
+        let record = SystemdRecord::from_report(SystemdReport {
+            timestamps: t,
+            analyze_time: "Startup finished in 1.234s (kernel) + 36.540s (userspace) = 37.775s"
+                .into(),
+            ..SystemdReport::default()
+        });
+        assert_eq!(record.agrees_with_analyze, Some(false));
+    }
+
     #[test]
     fn timestamps_past_u64_give_no_total() {
         let t = SystemdTimestamps {

@@ -159,6 +159,92 @@ pub struct VmmAccount {
     /// `vmbench vmm --no-seccomp`).
     #[serde(default)]
     pub seccomp: bool,
+    /// Benchmark windows the guest marked: the first 256, in the order they
+    /// started. (The window fields are `default`: results.json files from
+    /// before vmm.json version 3 lack them.)
+    #[serde(default)]
+    pub windows: Vec<VmmWindow>,
+    /// Windows after those, counted only.
+    #[serde(default)]
+    pub windows_not_kept: u64,
+    /// Starts while a window was open (the open one kept as never ended).
+    #[serde(default)]
+    pub windows_restarted: u64,
+    /// Ends that matched no open window, ignored.
+    #[serde(default)]
+    pub window_ends_unmatched: u64,
+}
+
+/// Userspace exits of one kind within a window: how many, and the time
+/// the VMM took for them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowExits {
+    pub count: u64,
+    pub total_ns: u64,
+}
+
+impl WindowExits {
+    pub fn mean_ns(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.total_ns as f64 / self.count as f64
+        }
+    }
+}
+
+/// One benchmark window: what every vCPU did between the guest's start
+/// and end marks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmWindow {
+    pub id: u16,
+    /// CLOCK_MONOTONIC ns of the start mark's last byte, and its vCPU.
+    pub start_ns: u64,
+    pub start_vcpu: u32,
+    /// CLOCK_MONOTONIC ns of the end mark's first byte, and its vCPU; null
+    /// when the window never ended.
+    pub end_ns: Option<u64>,
+    pub end_vcpu: Option<u32>,
+    /// Userspace exits by kind (`io_in`, …; the marks' own left out); null
+    /// when the window never ended.
+    pub exits: Option<BTreeMap<String, WindowExits>>,
+    /// The increase of KVM's counting statistics, every vCPU's summed
+    /// (`{"Ok": {…}}`), or why they could not be read (`{"Err": "…"}`);
+    /// null when the window never ended.
+    pub kvm_stats: Option<Result<BTreeMap<String, u64>, String>>,
+}
+
+impl VmmWindow {
+    /// Userspace exits of `kind` in the window (0 if none, or never ended).
+    pub fn count(&self, kind: &str) -> u64 {
+        self.exits
+            .as_ref()
+            .and_then(|e| e.get(kind))
+            .map_or(0, |e| e.count)
+    }
+}
+
+fn window(w: &vmbench_vmm::windows::Window) -> VmmWindow {
+    VmmWindow {
+        id: w.id,
+        start_ns: w.start_ns,
+        start_vcpu: w.start_vcpu,
+        end_ns: w.end_ns,
+        end_vcpu: w.end_vcpu,
+        exits: w.exits.as_ref().map(|exits| {
+            exits
+                .iter()
+                .map(|(kind, t)| {
+                    let total = WindowExits {
+                        count: t.count,
+                        total_ns: t.total_ns,
+                    };
+                    (kind_name(*kind).to_string(), total)
+                })
+                .collect()
+        }),
+        kvm_stats: w.kvm_stats.clone(),
+    }
 }
 
 /// What the emulated-KVM fallback did: a test aid on hosts whose KVM
@@ -260,6 +346,10 @@ impl VmmAccount {
                     .collect(),
             }),
             seccomp: account.seccomp,
+            windows: account.windows.iter().map(window).collect(),
+            windows_not_kept: account.windows_not_kept,
+            windows_restarted: account.windows_restarted,
+            window_ends_unmatched: account.window_ends_unmatched,
         }
     }
 
@@ -276,6 +366,8 @@ impl VmmAccount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use vmbench_vmm::windows::{ExitTotal, Window};
 
     #[test]
     fn the_vmms_account_keeps_its_json_shape() {
@@ -323,6 +415,35 @@ mod tests {
             memory: vmm::MemoryUse::default(),
             emulated_kvm: Some(vmbench_vmm::emulated_kvm::Counts::default()),
             seccomp: true,
+            windows: vec![
+                Window {
+                    id: 7,
+                    start_ns: 10,
+                    start_vcpu: 0,
+                    end_ns: Some(20),
+                    end_vcpu: Some(1),
+                    exits: Some(BTreeMap::from([(
+                        vmm_exits::Kind::IoIn,
+                        ExitTotal {
+                            count: 3,
+                            total_ns: 900,
+                        },
+                    )])),
+                    kvm_stats: Some(Ok(BTreeMap::from([("io_exits".to_string(), 3)]))),
+                },
+                Window {
+                    id: 8,
+                    start_ns: 30,
+                    start_vcpu: 0,
+                    end_ns: None,
+                    end_vcpu: None,
+                    exits: None,
+                    kvm_stats: None,
+                },
+            ],
+            windows_not_kept: 44,
+            windows_restarted: 1,
+            window_ends_unmatched: 2,
         };
         let ours = serde_json::to_value(VmmAccount::from_vmm(&account)).unwrap();
         let mut theirs = serde_json::to_value(&account).unwrap();
@@ -334,5 +455,11 @@ mod tests {
             copy.vcpus[0].exits.by_mmio_addr_other.count, 4,
             "0xd0000000 and 511 more kept"
         );
+        assert_eq!(copy.windows[0].count("io_in"), 3);
+        assert_eq!(
+            copy.windows[0].exits.as_ref().unwrap()["io_in"].mean_ns(),
+            300.0
+        );
+        assert_eq!(copy.windows[1].count("io_in"), 0);
     }
 }

@@ -377,6 +377,37 @@ mod tests {
         ));
     }
 
+    /// Found writing the qcow2_chain fuzz target: a backing file that is a
+    /// FIFO hung the open (and the pre-boot check, and the VMM) for ever.
+    #[test]
+    fn a_fifo_is_refused_at_once_as_image_or_backing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("base.fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) reads a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let overlay = dir.path().join("overlay.qcow2");
+        create_qcow2(&overlay, 1 << 20, Some(("base.fifo", "raw")));
+        // Nobody ever opens the FIFO for writing: a blocking open would not
+        // return, so the opens run on a thread and a hang fails the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let paths = [overlay, fifo.clone()];
+        std::thread::spawn(move || {
+            for path in paths {
+                let _ = tx.send(open_err(&path));
+            }
+        });
+        for _ in 0..2 {
+            let err = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("opening a chain with a FIFO in it hung");
+            assert!(
+                matches!(&err, Error::NotAFile { path } if *path == fifo),
+                "{err}"
+            );
+        }
+    }
+
     /// A raw disk whose guest wrote a qcow2 header naming `backing` into
     /// its first bytes: what the next run finds there.
     fn forged_raw(path: &Path, backing: &Path) {

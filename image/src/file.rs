@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::{Error, Result};
@@ -12,10 +12,16 @@ use crate::{Error, Result};
 /// Opens `path` for reading, and for writing too if `writable`.
 /// `backing_of` is the image that names it as its backing file, if it is
 /// one: a missing file is then [`Error::BackingMissing`], naming both.
+///
+/// `O_NONBLOCK`: an image can name any path as its backing file, and opening
+/// a FIFO for reading would otherwise wait for a writer forever; this way it
+/// opens at once and the chain refuses it as not a file. The flag has no
+/// effect on the regular files and block devices that are accepted.
 pub fn open(path: &Path, writable: bool, backing_of: Option<&Path>) -> Result<File> {
     let opened = std::fs::OpenOptions::new()
         .read(true)
         .write(writable)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path);
     opened.map_err(|source| match (source.kind(), backing_of) {
         // Only an open for writing fails on a directory.

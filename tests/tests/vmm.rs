@@ -682,8 +682,9 @@ fn vmbench_vmm_becomes_the_vmms_own_program() {
 /// 0xc0000000 on, 4 bytes apart (the MMIO gap below the virtio slots: no
 /// RAM and no device there), writes `marks` boot marks (0x40–0x7f, in
 /// turn) to port 0x80, reads `ports` distinct unclaimed ports from 0x1000
-/// on, then resets.
-fn hostile_guest(mmio_reads: u32, marks: u32, ports: u32) -> Vec<u8> {
+/// on, marks `windows` benchmark windows (ids `windows` down to 1, each
+/// started and ended at once), then resets.
+fn hostile_guest(mmio_reads: u32, marks: u32, ports: u32, windows: u32) -> Vec<u8> {
     let mut code = vec![0xb8]; // mov eax, 0xc0000000
     code.extend(0xc000_0000u32.to_le_bytes());
     code.push(0xb9); // mov ecx, mmio_reads
@@ -715,6 +716,19 @@ fn hostile_guest(mmio_reads: u32, marks: u32, ports: u32) -> Vec<u8> {
         0xff, 0xc9, // dec ecx
         0x75, 0xf9, // jnz 3b
     ]);
+    code.push(0xb9); // mov ecx, windows
+    code.extend(windows.to_le_bytes());
+    code.extend([
+        0x66, 0xba, 0x80, 0x00, // 4: mov dx, 0x80
+        0xb0, 0xb0, 0xee, // mov al, 0xb0; out dx, al
+        0x88, 0xc8, 0xee, // mov al, cl; out dx, al
+        0x88, 0xe8, 0xee, // mov al, ch; out dx, al
+        0xb0, 0xb1, 0xee, // mov al, 0xb1; out dx, al
+        0x88, 0xc8, 0xee, // mov al, cl; out dx, al
+        0x88, 0xe8, 0xee, // mov al, ch; out dx, al
+        0xff, 0xc9, // dec ecx
+        0x75, 0xe6, // jnz 4b
+    ]);
     code.extend([0xb0, 0xfe, 0xe6, 0x64, 0xf4]); // i8042 reset; hlt
     code
 }
@@ -725,6 +739,8 @@ const HOSTILE_MMIO_READS: u32 = 1_000_000;
 /// Marks: far more than the socket to a reader that never reads can hold.
 const HOSTILE_MARKS: u32 = 100_000;
 const HOSTILE_PORTS: u32 = 1000;
+/// Windows: far more than the 256 the account keeps.
+const HOSTILE_WINDOWS: u32 = 1000;
 /// The VMM's peak resident set beyond the guest memory the guest touched:
 /// the 32-VM test's budget. (Unbounded tables took 90 MiB for 100,000
 /// addresses.)
@@ -748,8 +764,9 @@ fn counts(table: &serde_json::Value) -> (usize, u64) {
 }
 
 /// Issue 12: a guest that touches a million distinct MMIO addresses, floods
-/// the boot-marker port while the reader of marker.sock never reads, and
-/// probes a thousand absent ports cannot make the VMM grow or stall: the VM
+/// the boot-marker port while the reader of marker.sock never reads,
+/// probes a thousand absent ports and marks a thousand benchmark windows
+/// cannot make the VMM grow or stall: the VM
 /// ends on its own with its account written, every table is bounded with
 /// exact totals beside it, the marks the reader did not take are dropped
 /// and counted, vmm.json stays under 1 MiB and the VMM's own memory within
@@ -761,7 +778,12 @@ fn a_hostile_guest_cannot_make_the_vmm_grow_or_stall() {
     }
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("guest.elf");
-    let code = hostile_guest(HOSTILE_MMIO_READS, HOSTILE_MARKS, HOSTILE_PORTS);
+    let code = hostile_guest(
+        HOSTILE_MMIO_READS,
+        HOSTILE_MARKS,
+        HOSTILE_PORTS,
+        HOSTILE_WINDOWS,
+    );
     std::fs::write(&kernel, tiny_elf(&code)).unwrap();
     // The reader takes the connection and never reads from it.
     let listener = std::os::unix::net::UnixListener::bind(dir.path().join("marker.sock")).unwrap();
@@ -822,7 +844,10 @@ fn a_hostile_guest_cannot_make_the_vmm_grow_or_stall() {
     // Ports: 0x80 and the absent ones, 64 apart, the rest together.
     let io = exits["by_kind"]["io_out"]["count"].as_u64().unwrap()
         + exits["by_kind"]["io_in"]["count"].as_u64().unwrap();
-    assert_eq!(io, u64::from(HOSTILE_MARKS + HOSTILE_PORTS));
+    assert_eq!(
+        io,
+        u64::from(HOSTILE_MARKS + HOSTILE_PORTS + 6 * HOSTILE_WINDOWS)
+    );
     let (kept, in_kept) = counts(&exits["by_port"]);
     assert_eq!(kept, 64);
     assert_eq!(
@@ -842,6 +867,12 @@ fn a_hostile_guest_cannot_make_the_vmm_grow_or_stall() {
     let not_forwarded = account["boot_markers_not_forwarded"].as_u64().unwrap();
     assert!(not_forwarded > 0, "a reader that never reads drops marks");
     assert_eq!(forwarded.len() as u64 + not_forwarded, marks);
+    // Windows: the first 256 kept, each complete; their id bytes no marks.
+    let windows = account["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 256);
+    assert!(windows.iter().all(|w| w["end_ns"].is_u64()));
+    assert_eq!(windows[0]["id"], HOSTILE_WINDOWS);
+    assert_eq!(account["windows_not_kept"], HOSTILE_WINDOWS - 256);
     // Size and memory.
     assert!(size < MIB, "vmm.json is {size} bytes");
     let memory = &account["memory"];
@@ -854,7 +885,8 @@ fn a_hostile_guest_cannot_make_the_vmm_grow_or_stall() {
          beyond the {HOSTILE_OVERHEAD_BUDGET_KIB} KiB budget"
     );
     println!(
-        "hostile guest: {mmio_reads} MMIO reads, {marks} marks, {HOSTILE_PORTS} ports in {took:.1?}; \
+        "hostile guest: {mmio_reads} MMIO reads, {marks} marks, {HOSTILE_PORTS} ports, \
+         {HOSTILE_WINDOWS} windows in {took:.1?}; \
          VMM peak RSS {peak_kib} KiB ({guest_kib} KiB guest memory, {overhead_kib} KiB VMM); \
          vmm.json {size} bytes; MMIO exits beyond the table {}; unclaimed MMIO beyond {}; \
          marks not kept {}, forwarded {}, not forwarded {not_forwarded}",
@@ -863,4 +895,296 @@ fn a_hostile_guest_cannot_make_the_vmm_grow_or_stall() {
         account["boot_markers_not_kept"],
         forwarded.len(),
     );
+}
+
+/// `mov dx, 0x80`, then a benchmark window's mark: `code` (0xB0 start,
+/// 0xB1 end) and the window id's two bytes, low first. Clobbers AL and DX.
+fn window_mark(code: u8, id: u16) -> Vec<u8> {
+    let [low, high] = id.to_le_bytes();
+    let mut mark = vec![0x66, 0xba, 0x80, 0x00]; // mov dx, 0x80
+    for byte in [code, low, high] {
+        mark.extend([0xb0, byte, 0xee]); // mov al, byte; out dx, al
+    }
+    mark
+}
+
+/// `body` `n` times (n ≥ 1), counted in ESI: `body` must keep ESI.
+fn repeat(n: u32, body: &[u8]) -> Vec<u8> {
+    let mut code = vec![0xbe]; // mov esi, n
+    code.extend(n.to_le_bytes());
+    code.extend(body);
+    code.extend([0xff, 0xce]); // dec esi
+    let back = body.len() + 4;
+    assert!(back <= 128, "a short jump back");
+    code.extend([0x75, (back as u8).wrapping_neg()]); // jnz body
+    code
+}
+
+/// `mov dx, port`.
+fn set_dx(port: u16) -> Vec<u8> {
+    let mut code = vec![0x66, 0xba];
+    code.extend(port.to_le_bytes());
+    code
+}
+
+const IN_EAX_DX: &[u8] = &[0xed];
+const IN_AL_DX: &[u8] = &[0xec];
+/// `xor eax, eax; cpuid` (leaf 0).
+const CPUID: &[u8] = &[0x31, 0xc0, 0x0f, 0xa2];
+/// `mov al, 0xfe; out 0x64, al` (an i8042 reset), `hlt`.
+const RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4];
+
+/// Window `id` around `code`.
+fn window(id: u16, code: &[u8]) -> Vec<u8> {
+    [window_mark(0xb0, id), code.to_vec(), window_mark(0xb1, id)].concat()
+}
+
+/// The one window of a guest's account, with its KVM statistics (on a
+/// host whose KVM has binary statistics: Linux 5.14 and later, CI's).
+fn only_window(account: &serde_json::Value) -> &serde_json::Value {
+    let windows = account["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 1, "{account}");
+    let window = &windows[0];
+    assert!(
+        window["kvm_stats"]["Ok"].is_object(),
+        "KVM's statistics in the window: {window}"
+    );
+    window
+}
+
+fn kvm_delta(window: &serde_json::Value, stat: &str) -> u64 {
+    window["kvm_stats"]["Ok"][stat]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {stat} in {window}"))
+}
+
+const WINDOW_OPS: u32 = 1000;
+
+/// A window around N 4-byte reads of the benchmark port (0x0EE0), which the
+/// VMM answers in userspace: exactly N userspace exits in the window, all
+/// `io_in` (the marks' own left out), and N of them in the whole account
+/// under port 0x0EE0, a claimed port; KVM's statistics over the window
+/// count them too (native KVM: exactly N `io_exits`; KVM that emulates
+/// guest code counts port I/O as instruction emulation, but every one is
+/// still an exit). The last value read, printed on COM1, is the port's.
+/// Two vCPUs: the window's snapshot reads the idle one's counters and
+/// statistics from the marking vCPU's thread, under the seccomp filters.
+#[test]
+fn a_window_around_bench_port_reads_holds_exactly_their_exits() {
+    let test = "a_window_around_bench_port_reads_holds_exactly_their_exits";
+    if !have_kvm(test) {
+        return;
+    }
+    let body = [
+        set_dx(0x0ee0),
+        repeat(WINDOW_OPS, IN_EAX_DX),
+        vec![0x89, 0xc3],
+    ]
+    .concat(); // mov ebx, eax
+    let mut code = window(0x0160, &body);
+    code.extend([0x89, 0xd8]); // mov eax, ebx
+    code.extend(set_dx(0x3f8));
+    code.extend([
+        0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee,
+    ]);
+    code.extend([0xb0, b'\n', 0xee]);
+    code.extend(RESET);
+    let (out, dir) = run_guest_with(&code, &["--vcpus", "2"]);
+    assert!(out.status.success(), "{}", dump(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("serial.log")).unwrap(),
+        "nebv\n",
+        "0x7662656e, little-endian"
+    );
+    let account = vmm_json(dir.path());
+    assert_eq!(account["seccomp"], true);
+    assert_follows_its_document(&account, "vmm-json.md");
+    let window = only_window(&account);
+    assert_eq!(window["id"], 0x0160, "{window}");
+    assert_eq!(
+        (&window["start_vcpu"], &window["end_vcpu"]),
+        (&0.into(), &0.into())
+    );
+    assert!(
+        window["start_ns"].as_u64() < window["end_ns"].as_u64(),
+        "{window}"
+    );
+    let ops = u64::from(WINDOW_OPS);
+    let exits = window["exits"].as_object().unwrap();
+    assert_eq!(exits.keys().collect::<Vec<_>>(), ["io_in"], "{window}");
+    assert_eq!(exits["io_in"]["count"], ops, "{window}");
+    assert!(exits["io_in"]["total_ns"].as_u64().unwrap() > 0);
+    let vcpu0 = &account["vcpus"][0]["exits"];
+    assert_eq!(vcpu0["by_port"]["3808"]["count"], ops, "{account}");
+    assert!(
+        account["unclaimed_ports"].get("3808").is_none(),
+        "{account}"
+    );
+    // The marks: six port writes to 0x80 in the account, none in the window.
+    assert_eq!(vcpu0["by_port"]["128"]["count"], 6, "{account}");
+    assert!(account["boot_markers"].as_array().unwrap().is_empty());
+    assert!(kvm_delta(window, "exits") >= ops, "{window}");
+    let (native, verdict) = kvm_verdict();
+    if native {
+        assert_eq!(kvm_delta(window, "io_exits"), ops, "{window}");
+    } else {
+        println!("{verdict}: KVM counts these reads as instruction emulation");
+        assert!(kvm_delta(window, "insn_emulation") >= ops, "{window}");
+    }
+}
+
+/// A window around N `cpuid`: KVM answers them all, no userspace exit.
+/// Native KVM exits for each (≥ N `exits`); KVM that emulates guest code
+/// emulates each (≥ N `insn_emulation`) and may not exit at all.
+#[test]
+fn a_window_around_cpuid_has_no_userspace_exit() {
+    if !have_kvm("a_window_around_cpuid_has_no_userspace_exit") {
+        return;
+    }
+    let code = [window(1, &repeat(WINDOW_OPS, CPUID)), RESET.to_vec()].concat();
+    let (out, dir) = run_guest(&code);
+    assert!(out.status.success(), "{}", dump(&out));
+    let account = vmm_json(dir.path());
+    let window = only_window(&account);
+    assert_eq!(window["exits"], serde_json::json!({}), "{window}");
+    let ops = u64::from(WINDOW_OPS);
+    let (native, _) = kvm_verdict();
+    let stat = if native { "exits" } else { "insn_emulation" };
+    assert!(kvm_delta(window, stat) >= ops, "{window}");
+}
+
+/// Port 0x4d0, the PICs' ELCR, is KVM's in-kernel irqchip's: N byte reads
+/// in a window make no userspace exit, and the port never reaches the
+/// VMM. KVM's device there is two bytes wide: a 4-byte read of 0x4d0 is
+/// not its, and goes to userspace (an unclaimed port) — so a benchmark of
+/// the in-kernel round trip reads one byte, as kvm-unit-tests'
+/// `inl_from_kernel` does (`inb`).
+#[test]
+fn the_elcr_port_is_answered_in_the_kernel() {
+    if !have_kvm("the_elcr_port_is_answered_in_the_kernel") {
+        return;
+    }
+    let byte_reads = [set_dx(0x4d0), repeat(WINDOW_OPS, IN_AL_DX)].concat();
+    let dword_reads = [set_dx(0x4d0), repeat(WINDOW_OPS, IN_EAX_DX)].concat();
+    let code = [
+        window(1, &byte_reads),
+        window(2, &dword_reads),
+        RESET.to_vec(),
+    ]
+    .concat();
+    let (out, dir) = run_guest(&code);
+    assert!(out.status.success(), "{}", dump(&out));
+    let account = vmm_json(dir.path());
+    let windows = account["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 2, "{account}");
+    assert_eq!(windows[0]["exits"], serde_json::json!({}), "{account}");
+    let ops = u64::from(WINDOW_OPS);
+    assert_eq!(windows[1]["exits"]["io_in"]["count"], ops, "{account}");
+    // All the userspace reads of 0x4d0 are the 4-byte ones.
+    assert_eq!(
+        account["vcpus"][0]["exits"]["by_port"]["1232"]["count"],
+        ops
+    );
+    assert_eq!(account["unclaimed_ports"]["1232"], ops, "{account}");
+}
+
+/// 300 windows, each around a few reads of the benchmark port: the first
+/// 256 are kept, in order, each with its own reads; the other 44 are
+/// counted. `--nocapture` prints what a window mark costs the VMM: the
+/// mean handling time of a mark's exits (port 0x80; two of a window's six
+/// take a snapshot) beside that of a plain port read (0x0EE0).
+#[test]
+fn of_300_windows_256_are_kept_and_44_counted() {
+    if !have_kvm("of_300_windows_256_are_kept_and_44_counted") {
+        return;
+    }
+    let reads = [set_dx(0x0ee0), repeat(3, IN_EAX_DX)].concat();
+    let mut code: Vec<u8> = (0..300u16).flat_map(|id| window(id, &reads)).collect();
+    code.extend(RESET);
+    let (out, dir) = run_guest(&code);
+    assert!(out.status.success(), "{}", dump(&out));
+    let account = vmm_json(dir.path());
+    assert_follows_its_document(&account, "vmm-json.md");
+    let windows = account["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 256);
+    assert_eq!(account["windows_not_kept"], 44);
+    assert_eq!(account["windows_restarted"], 0);
+    assert_eq!(account["window_ends_unmatched"], 0);
+    for (i, w) in windows.iter().enumerate() {
+        assert_eq!(w["id"], i, "{w}");
+        assert_eq!(w["exits"]["io_in"]["count"], 3, "{w}");
+        assert!(w["end_ns"].is_u64(), "{w}");
+    }
+    let by_port = &account["vcpus"][0]["exits"]["by_port"];
+    let mean = |port: &str| {
+        let l = &by_port[port];
+        l["total_ns"].as_f64().unwrap() / l["count"].as_f64().unwrap()
+    };
+    assert_eq!(by_port["128"]["count"], 300 * 6);
+    let histogram: Vec<String> = by_port["128"]["log2_histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{} from {} ns", b[1], 1u64 << b[0].as_u64().unwrap()))
+        .collect();
+    println!("window mark exits by time taken: {}", histogram.join(", "));
+    println!(
+        "window marks: {} exits to port 0x80, mean {:.0} ns (max {} ns); reads of port 0x0EE0: {}, mean {:.0} ns",
+        by_port["128"]["count"],
+        mean("128"),
+        by_port["128"]["max_ns"],
+        by_port["3808"]["count"],
+        mean("3808"),
+    );
+}
+
+/// Window marks out of order: a start while a window is open keeps the
+/// open one as never ended; an end with another id is ignored; a window
+/// never ended is kept with null end and counts. Boot marks between them
+/// are still marks, and a window's id bytes never are.
+#[test]
+fn window_marks_out_of_order_are_counted_not_trusted() {
+    if !have_kvm("window_marks_out_of_order_are_counted_not_trusted") {
+        return;
+    }
+    let boot_mark = |code: u8| [set_dx(0x80), vec![0xb0, code, 0xee]].concat();
+    let code = [
+        window_mark(0xb0, 0x6001), // window 0x6001 starts (an id byte 0x60)
+        window_mark(0xb0, 2),      // window 2 starts: 0x6001 never ends
+        boot_mark(0x61),
+        window_mark(0xb1, 3), // no window 3 is open
+        window_mark(0xb1, 2),
+        window_mark(0xb0, 4), // never ends
+        RESET.to_vec(),
+    ]
+    .concat();
+    let (out, dir) = run_guest(&code);
+    assert!(out.status.success(), "{}", dump(&out));
+    let account = vmm_json(dir.path());
+    assert_follows_its_document(&account, "vmm-json.md");
+    let windows = account["windows"].as_array().unwrap();
+    let summary: Vec<(u64, bool)> = windows
+        .iter()
+        .map(|w| (w["id"].as_u64().unwrap(), w["end_ns"].is_u64()))
+        .collect();
+    assert_eq!(
+        summary,
+        [(0x6001, false), (2, true), (4, false)],
+        "{account}"
+    );
+    for never_ended in [&windows[0], &windows[2]] {
+        for field in ["end_vcpu", "exits", "kvm_stats"] {
+            assert!(never_ended[field].is_null(), "{never_ended}");
+        }
+    }
+    assert_eq!(account["windows_restarted"], 1);
+    assert_eq!(account["window_ends_unmatched"], 1);
+    assert_eq!(account["windows_not_kept"], 0);
+    let marks: Vec<u64> = account["boot_markers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(marks, [0x61], "{account}");
 }

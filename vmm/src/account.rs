@@ -15,11 +15,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::exits::ExitStats;
+use crate::windows::Window;
 
 /// Bump when a field changes meaning or is removed; adding one is not a change.
 /// 2: the tables a guest fills are bounded (`boot_markers`, `unclaimed_*`,
 /// `by_port`, `by_mmio_addr`), each with a count of the rest beside it.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: benchmark windows (`windows`, `windows_not_kept`, …); port 0x80's
+/// window marks are no longer noise, port 0x0EE0 no longer unclaimed.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Where the account of the VM in `dir` is.
 pub fn path_in(dir: &Path) -> PathBuf {
@@ -101,6 +104,19 @@ pub struct Account {
     /// `--no-seccomp`, and in an account from before the filters).
     #[serde(default)]
     pub seccomp: bool,
+    /// Benchmark windows the guest marked ([`crate::windows`]): the first
+    /// [`crate::windows::MAX_WINDOWS`], in the order they started.
+    #[serde(default)]
+    pub windows: Vec<Window>,
+    /// Windows after those, counted only.
+    #[serde(default)]
+    pub windows_not_kept: u64,
+    /// Window starts while a window was open: the open one is kept as never ended.
+    #[serde(default)]
+    pub windows_restarted: u64,
+    /// Window ends that matched no open window, ignored.
+    #[serde(default)]
+    pub window_ends_unmatched: u64,
 }
 
 /// The VMM's memory at the end: its peak resident set, how much of that is

@@ -101,6 +101,23 @@ pub enum Kind {
     Other,
 }
 
+impl Kind {
+    /// Every kind, in the order of [`Kind::index`].
+    pub const ALL: [Kind; 6] = [
+        Kind::IoIn,
+        Kind::IoOut,
+        Kind::MmioRead,
+        Kind::MmioWrite,
+        Kind::Emulation,
+        Kind::Other,
+    ];
+
+    /// Its place in [`Kind::ALL`], for tables indexed by kind.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExitStats {
     pub by_kind: BTreeMap<Kind, Latency>,
@@ -163,6 +180,13 @@ impl ExitStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_index_their_table() {
+        for (i, kind) in Kind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
+    }
 
     #[test]
     fn latency_summary_and_log2_buckets() {

@@ -1,14 +1,17 @@
 //! KVM's own per-vCPU statistics (`KVM_GET_STATS_FD`, Linux 5.14+): the
 //! kernel's count of every exit, including those it handled without coming
 //! to userspace (`exits`, `io_exits`, `mmio_exits`, `halt_exits`,
-//! `irq_exits`, …), read once when the VM ends.
+//! `irq_exits`, …), read when the VM ends, and at each benchmark window's
+//! marks ([`crate::windows`]).
 //!
 //! # The binary format
 //! The fd reads as: a header (flags, name_size, num_desc, id_offset,
 //! desc_offset, data_offset: six u32), then at desc_offset num_desc
 //! descriptors (flags u32, exponent i16, size u16, offset u32, bucket_size u32,
 //! then a NUL-padded name of name_size bytes), and at data_offset the values:
-//! descriptor d's `size` u64s start at data_offset + d.offset.
+//! descriptor d's `size` u64s start at data_offset + d.offset. The low four
+//! bits of a descriptor's flags are its type: cumulative (0), instant (1),
+//! peak (2), linear (3) or log2 (4) histogram.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -35,25 +38,150 @@ pub enum Error {
 
 /// The statistics of one vCPU: single-valued ones by name (histograms summed).
 pub fn read_vcpu(vcpu: &impl AsRawFd) -> Result<BTreeMap<String, u64>, Error> {
-    // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
-    let fd = unsafe { ioctl(vcpu, KVM_GET_STATS_FD()) };
-    if fd < 0 {
-        return Err(Error::Ioctl(std::io::Error::last_os_error().to_string()));
+    StatsFd::open(vcpu)?.read()
+}
+
+/// How KVM says a statistic behaves (the type bits of a descriptor's flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatKind {
+    /// A count that only grows (`exits`, `io_exits`, …).
+    Cumulative,
+    /// A value now (`blocking`, `guest_mode`): may go down.
+    Instant,
+    /// The highest value so far.
+    Peak,
+    /// A histogram (linear or log2): each bucket a count that only grows.
+    Histogram,
+}
+
+impl StatKind {
+    fn from_flags(flags: u32) -> StatKind {
+        match flags & 0xf {
+            1 => StatKind::Instant,
+            2 => StatKind::Peak,
+            3 | 4 => StatKind::Histogram,
+            _ => StatKind::Cumulative,
+        }
     }
-    // SAFETY: `fd` is a descriptor KVM just created for us; nothing else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    let read_at = |offset: u64, len: usize| {
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)
-            .map(|()| buf)
-            .map_err(|e| Error::Read(e.to_string()))
-    };
-    let header = read_at(0, HEADER_BYTES)?;
-    let h = Header::parse(&header)?;
-    let descs = read_at(u64::from(h.desc_offset), h.desc_block_bytes()?)?;
-    let data_bytes = data_block_bytes(&h, &descs)?;
-    let data = read_at(u64::from(h.data_offset), data_bytes)?;
-    parse(&h, &descs, &data)
+
+    /// Whether a difference of two readings is a count of what happened
+    /// in between.
+    pub fn counts(self) -> bool {
+        matches!(self, StatKind::Cumulative | StatKind::Histogram)
+    }
+}
+
+/// One statistic as its descriptor gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub name: String,
+    pub kind: StatKind,
+    /// Where its values start in the data block, and how many u64 it has.
+    offset: u32,
+    size: u16,
+}
+
+/// What a statistics fd holds: the descriptors, read once, and where the
+/// values are; the values themselves are read as often as needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub stats: Vec<Stat>,
+    data_offset: u32,
+    data_bytes: usize,
+}
+
+impl Layout {
+    pub fn parse(h: &Header, descs: &[u8]) -> Result<Layout, Error> {
+        let stats = descriptors(h, descs).collect::<Result<Vec<_>, _>>()?;
+        let data_bytes = stats
+            .iter()
+            .map(|s| s.offset as usize + s.size as usize * 8)
+            .max()
+            .unwrap_or(0);
+        Ok(Layout {
+            stats,
+            data_offset: h.data_offset,
+            data_bytes,
+        })
+    }
+
+    /// Each statistic's value from the data block, in descriptor order; a
+    /// statistic of several values (a histogram) is summed.
+    pub fn values(&self, data: &[u8]) -> Result<Vec<u64>, Error> {
+        self.stats
+            .iter()
+            .map(|s| {
+                let start = s.offset as usize;
+                let values = data
+                    .get(start..start + s.size as usize * 8)
+                    .ok_or(Error::Malformed("value outside the data block"))?;
+                Ok(values
+                    .chunks(8)
+                    .map(|v| u64::from_le_bytes(v.try_into().expect("8 bytes")))
+                    .fold(0u64, u64::saturating_add))
+            })
+            .collect()
+    }
+}
+
+/// A vCPU's statistics fd with its layout: [`StatsFd::values`] is one
+/// `pread` of the data block, from any thread (a benchmark window reads
+/// every vCPU's from the vCPU thread that marks it).
+#[derive(Debug)]
+pub struct StatsFd {
+    file: File,
+    layout: Layout,
+}
+
+impl StatsFd {
+    /// Asks KVM for the vCPU's statistics fd and reads its descriptors.
+    pub fn open(vcpu: &impl AsRawFd) -> Result<StatsFd, Error> {
+        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
+        let fd = unsafe { ioctl(vcpu, KVM_GET_STATS_FD()) };
+        if fd < 0 {
+            return Err(Error::Ioctl(std::io::Error::last_os_error().to_string()));
+        }
+        // SAFETY: `fd` is a descriptor KVM just created for us; nothing else owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let header = read_at(&file, 0, HEADER_BYTES)?;
+        let h = Header::parse(&header)?;
+        let descs = read_at(&file, u64::from(h.desc_offset), h.desc_block_bytes()?)?;
+        let layout = Layout::parse(&h, &descs)?;
+        Ok(StatsFd { file, layout })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Every statistic's value now, in the layout's order.
+    pub fn values(&self) -> Result<Vec<u64>, Error> {
+        let data = read_at(
+            &self.file,
+            u64::from(self.layout.data_offset),
+            self.layout.data_bytes,
+        )?;
+        self.layout.values(&data)
+    }
+
+    /// Every statistic's value now, by name.
+    pub fn read(&self) -> Result<BTreeMap<String, u64>, Error> {
+        let values = self.values()?;
+        Ok(self
+            .layout
+            .stats
+            .iter()
+            .map(|s| s.name.clone())
+            .zip(values)
+            .collect())
+    }
+}
+
+fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, offset)
+        .map(|()| buf)
+        .map_err(|e| Error::Read(e.to_string()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,11 +228,12 @@ impl Header {
 fn descriptors<'a>(
     h: &'a Header,
     descs: &'a [u8],
-) -> impl Iterator<Item = Result<(String, u32, u16), Error>> + 'a {
+) -> impl Iterator<Item = Result<Stat, Error>> + 'a {
     descs
         .chunks(h.desc_bytes())
         .take(h.num_desc as usize)
         .map(move |d| {
+            let flags = u32_at(d, 0)?;
             let size = u16::from_le_bytes(
                 d.get(6..8)
                     .ok_or(Error::Malformed("short descriptor"))?
@@ -116,39 +245,25 @@ fn descriptors<'a>(
                 .get(DESC_FIXED_BYTES..)
                 .ok_or(Error::Malformed("short descriptor"))?;
             let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-            Ok((
-                String::from_utf8_lossy(&name[..end]).into_owned(),
+            Ok(Stat {
+                name: String::from_utf8_lossy(&name[..end]).into_owned(),
+                kind: StatKind::from_flags(flags),
                 offset,
                 size,
-            ))
+            })
         })
-}
-
-fn data_block_bytes(h: &Header, descs: &[u8]) -> Result<usize, Error> {
-    let mut end = 0usize;
-    for d in descriptors(h, descs) {
-        let (_, offset, size) = d?;
-        end = end.max(offset as usize + size as usize * 8);
-    }
-    Ok(end)
 }
 
 /// Values by name; a statistic of several values (a histogram) is summed.
 pub fn parse(h: &Header, descs: &[u8], data: &[u8]) -> Result<BTreeMap<String, u64>, Error> {
-    let mut stats = BTreeMap::new();
-    for d in descriptors(h, descs) {
-        let (name, offset, size) = d?;
-        let start = offset as usize;
-        let values = data
-            .get(start..start + size as usize * 8)
-            .ok_or(Error::Malformed("value outside the data block"))?;
-        let sum = values
-            .chunks(8)
-            .map(|v| u64::from_le_bytes(v.try_into().expect("8 bytes")))
-            .fold(0u64, u64::saturating_add);
-        stats.insert(name, sum);
-    }
-    Ok(stats)
+    let layout = Layout::parse(h, descs)?;
+    let values = layout.values(data)?;
+    Ok(layout
+        .stats
+        .into_iter()
+        .map(|s| s.name)
+        .zip(values)
+        .collect())
 }
 
 #[cfg(test)]
@@ -156,8 +271,18 @@ mod tests {
     use super::*;
 
     fn desc(name: &str, offset: u32, size: u16, name_size: usize) -> Vec<u8> {
+        desc_with_flags(0, name, offset, size, name_size)
+    }
+
+    fn desc_with_flags(
+        flags: u32,
+        name: &str,
+        offset: u32,
+        size: u16,
+        name_size: usize,
+    ) -> Vec<u8> {
         let mut d = Vec::new();
-        d.extend_from_slice(&0u32.to_le_bytes());
+        d.extend_from_slice(&flags.to_le_bytes());
         d.extend_from_slice(&0i16.to_le_bytes());
         d.extend_from_slice(&size.to_le_bytes());
         d.extend_from_slice(&offset.to_le_bytes());
@@ -177,7 +302,7 @@ mod tests {
             data_offset: 100,
         };
         let descs = [desc("exits", 0, 1, 16), desc("halt_wait_hist", 8, 3, 16)].concat();
-        assert_eq!(data_block_bytes(&h, &descs).unwrap(), 32);
+        assert_eq!(Layout::parse(&h, &descs).unwrap().data_bytes, 32);
         let data: Vec<u8> = [42u64, 1, 2, 3]
             .iter()
             .flat_map(|v| v.to_le_bytes())
@@ -185,6 +310,46 @@ mod tests {
         let stats = parse(&h, &descs, &data).unwrap();
         assert_eq!(stats["exits"], 42);
         assert_eq!(stats["halt_wait_hist"], 6);
+    }
+
+    /// The type bits of the flags say which statistics count events (a
+    /// difference of two readings means something) and which are levels.
+    #[test]
+    fn each_statistic_has_its_kind() {
+        let h = Header {
+            name_size: 16,
+            num_desc: 5,
+            desc_offset: 24,
+            data_offset: 200,
+        };
+        let descs = [
+            // Type bits 0 (cumulative) with unit and base bits above (ns, pow10).
+            desc_with_flags(0x20 | 0x100, "halt_poll_ns", 0, 1, 16),
+            desc_with_flags(0x1, "blocking", 8, 1, 16),
+            desc_with_flags(0x2, "peak", 16, 1, 16),
+            desc_with_flags(0x3, "linear_hist", 24, 2, 16),
+            desc_with_flags(0x4, "log_hist", 40, 2, 16),
+        ]
+        .concat();
+        let layout = Layout::parse(&h, &descs).unwrap();
+        let kinds: Vec<(&str, StatKind, bool)> = layout
+            .stats
+            .iter()
+            .map(|s| (s.name.as_str(), s.kind, s.kind.counts()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("halt_poll_ns", StatKind::Cumulative, true),
+                ("blocking", StatKind::Instant, false),
+                ("peak", StatKind::Peak, false),
+                ("linear_hist", StatKind::Histogram, true),
+                ("log_hist", StatKind::Histogram, true),
+            ]
+        );
+        assert_eq!(layout.data_bytes, 56);
+        let data: Vec<u8> = (1u64..=7).flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(layout.values(&data).unwrap(), [1, 2, 3, 4 + 5, 6 + 7]);
     }
 
     #[test]

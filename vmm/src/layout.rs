@@ -36,11 +36,15 @@ pub const VIRTIO_MMIO_SLOT_BYTES: u64 = 0x1000;
 pub const VIRTIO_FIRST_IRQ: u32 = 5;
 
 /// Port I/O: COM1 (8 ports), the i8042 controller's command/status port,
-/// and the boot-marker port (Cloud Hypervisor's debug port).
+/// the boot-marker port (Cloud Hypervisor's debug port), and the benchmark
+/// port, a 4-byte register the VMM answers in userspace
+/// ([`crate::devices::bench_port`]; kvm-unit-tests reads 0xe0 or 0x1234
+/// for the same purpose; 0x0EE0 is free on a PC and in QEMU's microvm).
 pub const SERIAL_BASE: u16 = 0x3f8;
 pub const SERIAL_LAST: u16 = 0x3ff;
 pub const I8042_COMMAND: u16 = 0x64;
 pub const BOOT_MARKER_PORT: u16 = 0x80;
+pub const BENCH_PORT: u16 = 0x0ee0;
 
 /// 32-bit MMIO devices live in [`MMIO_GAP_START`, 4 GiB): no RAM there.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;

@@ -17,7 +17,8 @@
 //! 5. the vCPUs at the kernel's entry ([`cpu`]): segments, control
 //!    registers, EFER, general registers, FPU, boot MSRs, CPUID and local
 //!    APIC;
-//! 6. the legacy devices (serial port, boot marker);
+//! 6. the legacy devices (serial port, boot marker, benchmark port), and
+//!    each vCPU's KVM statistics fd for benchmark windows ([`windows`]);
 //! 7. each thread confined by its seccomp filter ([`seccomp`]) before the
 //!    first `KVM_RUN`;
 //! 8. the run loops ([`machine`]), one thread per vCPU, which account for
@@ -50,8 +51,12 @@
 //! [`command`], [`machine::MachineConfig`], the files of the VM's directory
 //! ([`vm_dir`], the account among them) and two helpers for a program
 //! that runs it: [`loader::pvh_entry`] (does a kernel have the PVH entry?)
-//! and [`devices::marker::is_mark`] (is a byte from the boot-marker stream
-//! a mark?).
+//! and [`devices::marker::MarkStream`] (is a byte from the boot-marker
+//! stream a mark, noise, or part of a benchmark window's mark?).
+//!
+//! [`windows`] attributes exits to benchmark windows the guest marks on
+//! the boot-marker port: every vCPU's userspace exits and KVM statistics
+//! between a window's start and end marks.
 
 pub mod account;
 pub mod boot_tables;
@@ -64,6 +69,8 @@ pub mod devices;
 pub mod emulated_kvm;
 pub mod event_loop;
 pub mod exits;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kvm_stats;
 pub mod layout;
 pub mod loader;
@@ -71,3 +78,4 @@ pub mod machine;
 pub mod probe;
 pub mod seccomp;
 pub mod vm_dir;
+pub mod windows;

@@ -48,6 +48,7 @@ use crate::event_loop::EventLoop;
 use crate::exits::{ExitStats, Kind, Target};
 use crate::seccomp::{self, Filters, Gate, ThreadKind};
 use crate::vm_dir;
+use crate::windows::Attribution;
 use crate::{cpu, layout, loader};
 
 /// The serial port's interrupt line.
@@ -320,6 +321,9 @@ struct Shared {
     emulated_kvm: bool,
     /// [`MachineConfig::forbidden_syscall_in`].
     forbidden_syscall_in: Option<ThreadKind>,
+    /// Benchmark windows: every vCPU's exit counters and statistics fds,
+    /// and the windows' recorder. Taken after `pio` when both are.
+    windows: Attribution,
 }
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
@@ -382,6 +386,7 @@ impl Machine {
         let mmio = virtio_devices(config, disks, &vm, &mem)?;
         let entry = load_guest(config, &mem, &mmio.cmdline())?;
         let vcpus = create_vcpus(&kvm, &vm, config.vcpus, entry)?;
+        let windows = Attribution::new(&vcpus);
         let pio = legacy_devices(&vm, &config.dir)?;
         Ok(Machine {
             vcpus,
@@ -393,6 +398,7 @@ impl Machine {
                 stopping: AtomicBool::new(false),
                 emulated_kvm: config.emulated_kvm,
                 forbidden_syscall_in: config.forbidden_syscall_in,
+                windows,
             }),
             entry: entry.name(),
             dir: config.dir.clone(),
@@ -640,6 +646,7 @@ fn account_of(
     let virtio_bad_accesses = shared.mmio.bad_accesses();
     let pio = lock(&shared.pio);
     let unclaimed_mmio = shared.mmio.unclaimed();
+    let windows = shared.windows.finish();
     Account {
         schema_version: account::SCHEMA_VERSION,
         end,
@@ -668,6 +675,10 @@ fn account_of(
             }
             all
         }),
+        windows: windows.kept,
+        windows_not_kept: windows.not_kept,
+        windows_restarted: windows.restarted,
+        window_ends_unmatched: windows.ends_unmatched,
         // Set by the caller, which knows whether the filters were on.
         seccomp: false,
     }
@@ -786,6 +797,14 @@ fn run_vcpu(
     let mut other_exits = 0u64;
     let mut recovered_counts = emulated_kvm::Counts::default();
     let mut forbidden_call = shared.forbidden_syscall_in == Some(ThreadKind::Vcpu);
+    // What windows see of this vCPU's exits (the marks' own left out).
+    let window_counters = shared.windows.counters(index);
+    let record = |exits: &mut ExitStats, kind, target, ns| {
+        exits.record(kind, target, ns);
+        if let Some(counters) = window_counters {
+            counters.record(kind, ns);
+        }
+    };
     let end = loop {
         if !go || shared.stopping.load(Ordering::SeqCst) {
             break None;
@@ -800,8 +819,9 @@ fn run_vcpu(
             seccomp::make_forbidden_call();
         }
         // A handled exit's latency is taken just before the next KVM_RUN.
-        match handle_exit(exit, shared, at, &mut other_exits) {
-            Outcome::Handled(kind, target) => exits.record(kind, target, now_ns() - at),
+        match handle_exit(exit, shared, index, at, &mut other_exits) {
+            Outcome::Handled(kind, target) => record(&mut exits, kind, target, now_ns() - at),
+            Outcome::WindowMark(target) => exits.record(Kind::IoOut, target, now_ns() - at),
             Outcome::Retry => {}
             Outcome::Ends(end) => break Some(end),
             Outcome::Fails(what) => {
@@ -813,7 +833,7 @@ fn run_vcpu(
                 if shared.emulated_kvm {
                     if let Some(recovered) = complete_refused(&mut vcpu) {
                         recovered_counts.count(recovered);
-                        exits.record(Kind::Emulation, Target::None, now_ns() - at);
+                        record(&mut exits, Kind::Emulation, Target::None, now_ns() - at);
                         continue;
                     }
                 }
@@ -841,6 +861,9 @@ fn run_vcpu(
 enum Outcome {
     /// A device handled the exit: account for it as this kind, at this target.
     Handled(Kind, Target),
+    /// A port write of a byte of a benchmark window's mark: accounted as
+    /// any port write, but never within a window.
+    WindowMark(Target),
     /// `KVM_RUN` returned without an exit (a kick's EINTR, or EAGAIN).
     Retry,
     /// The guest ended the VM.
@@ -851,21 +874,29 @@ enum Outcome {
     InternalError,
 }
 
-/// Hands one `KVM_RUN` result to the devices. `at`: the host time of the
-/// exit, for the boot marker; `other_exits`: exits no device handles, so
-/// far (a guest that makes nothing but those fails after a million).
+/// Hands one `KVM_RUN` result of vCPU `vcpu` to the devices. `at`: the
+/// host time of the exit, for the boot marker and windows; `other_exits`:
+/// exits no device handles, so far (a guest that makes nothing but those
+/// fails after a million).
 fn handle_exit(
     exit: Result<VcpuExit<'_>, kvm_ioctls::Error>,
     shared: &Shared,
+    vcpu: u32,
     at: u64,
     other_exits: &mut u64,
 ) -> Outcome {
     match exit {
         Ok(VcpuExit::IoOut(port, data)) => {
-            if lock(&shared.pio).write(port, data, at) == Request::Reset {
-                return Outcome::Ends(End::Reset);
+            // Held through a window's snapshot: marks are taken in one order.
+            let mut pio = lock(&shared.pio);
+            match pio.write(port, data, at) {
+                Request::Reset => Outcome::Ends(End::Reset),
+                Request::Window(step) => {
+                    shared.windows.on_step(step, vcpu, at);
+                    Outcome::WindowMark(Target::Port(port))
+                }
+                Request::None => Outcome::Handled(Kind::IoOut, Target::Port(port)),
             }
-            Outcome::Handled(Kind::IoOut, Target::Port(port))
         }
         Ok(VcpuExit::IoIn(port, data)) => {
             lock(&shared.pio).read(port, data);
@@ -1062,6 +1093,7 @@ mod tests {
             stopping: AtomicBool::new(false),
             emulated_kvm: false,
             forbidden_syscall_in: None,
+            windows: Attribution::new(&[] as &[File]),
         };
         (shared, out)
     }
@@ -1069,7 +1101,7 @@ mod tests {
     #[test]
     fn exits_reach_the_devices_and_say_what_the_loop_does() {
         let (shared, out) = shared();
-        let handle = |exit: Result<VcpuExit<'_>, _>| handle_exit(exit, &shared, 42, &mut 0);
+        let handle = |exit: Result<VcpuExit<'_>, _>| handle_exit(exit, &shared, 0, 42, &mut 0);
         assert_eq!(
             handle(Ok(VcpuExit::IoOut(0x3f8, b"K"))),
             Outcome::Handled(Kind::IoOut, Target::Port(0x3f8))
@@ -1102,8 +1134,22 @@ mod tests {
             handle(Err(kvm_ioctls::Error::new(libc::EFAULT))),
             Outcome::Fails(what) if what.starts_with("KVM_RUN failed")
         ));
+        // A window mark's bytes: port writes, never within a window.
+        for byte in [0xb0, 0x01, 0x00] {
+            assert_eq!(
+                handle(Ok(VcpuExit::IoOut(0x80, &[byte]))),
+                Outcome::WindowMark(Target::Port(0x80))
+            );
+        }
+        let mut data = [0u8; 4];
+        assert_eq!(
+            handle(Ok(VcpuExit::IoIn(layout::BENCH_PORT, &mut data))),
+            Outcome::Handled(Kind::IoIn, Target::Port(layout::BENCH_PORT))
+        );
+        assert_eq!(&data, b"nebv");
         let pio = lock(&shared.pio);
         assert_eq!(pio.marker.marks(), &[(0x41, 42)], "at the exit's time");
+        assert!(pio.unclaimed.by_key.is_empty(), "{:?}", pio.unclaimed);
         assert_eq!(shared.mmio.unclaimed().by_key.get(&0xd000_0000), Some(&1));
     }
 
@@ -1112,11 +1158,11 @@ mod tests {
         let (shared, _) = shared();
         let mut other = MAX_OTHER_EXITS - 1;
         assert_eq!(
-            handle_exit(Ok(VcpuExit::Hlt), &shared, 0, &mut other),
+            handle_exit(Ok(VcpuExit::Hlt), &shared, 0, 0, &mut other),
             Outcome::Handled(Kind::Other, Target::None)
         );
         assert_eq!(
-            handle_exit(Ok(VcpuExit::Hlt), &shared, 0, &mut other),
+            handle_exit(Ok(VcpuExit::Hlt), &shared, 0, 0, &mut other),
             Outcome::Fails("unhandled exits, last Hlt".into())
         );
     }

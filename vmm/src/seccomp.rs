@@ -20,7 +20,8 @@
 //!   device (a queue notification KVM's ioeventfd does not match, a device
 //!   activated or reset by a register write), so a vCPU thread may do the
 //!   devices' I/O too: the disks' reads, writes and syncs, the vsock
-//!   device's Unix sockets, eventfds and timer.
+//!   device's Unix sockets, eventfds and timer. A benchmark window's mark
+//!   reads every vCPU's statistics fd (`pread64`, as the disks read).
 //! - the **device** thread ([`crate::event_loop`]): the same device I/O,
 //!   and `epoll_wait`.
 //! - the **main** thread: waits for the end, kicks the vCPUs (`tgkill`),
@@ -735,6 +736,18 @@ mod tests {
             readme.contains(&table),
             "README.md's table of allowed system calls is not this one:\n{table}"
         );
+    }
+
+    /// A benchmark window's mark reads every vCPU's KVM statistics from the
+    /// marking vCPU's thread: a `pread64` on each stats fd, opened during
+    /// setup ([`crate::windows`]). Any vCPU thread may mark.
+    #[test]
+    fn a_vcpu_thread_may_read_every_vcpus_statistics() {
+        let pread = allowed(ThreadKind::Vcpu)
+            .into_iter()
+            .find(|a| a.sysno == Sysno::pread64)
+            .expect("pread64 is allowed to vCPU threads");
+        assert!(pread.when.is_empty(), "on any descriptor: {:?}", pread.when);
     }
 
     #[test]

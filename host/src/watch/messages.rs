@@ -10,7 +10,7 @@ use vmbench_proto::{
     MARKER_USERSPACE_START,
 };
 
-use vmbench_vmm::devices::marker::is_mark;
+use vmbench_vmm::devices::marker::Byte;
 
 use super::collector::Session;
 use super::{Connection, Milestone, Watch, MAX_CONNECTIONS};
@@ -56,9 +56,12 @@ impl Watch<'_> {
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
                     // Only Cloud Hypervisor's boot-marker ranges count: other
-                    // port-0x80 writes (a kernel's io_delay) are not marks.
-                    for &code in buf[..n].iter().filter(|c| is_mark(**c)) {
-                        self.on_mark(code, ts);
+                    // port-0x80 writes (a kernel's io_delay, benchmark
+                    // windows' marks) are not marks.
+                    for &code in &buf[..n] {
+                        if self.mark_stream.feed(code) == Byte::Mark {
+                            self.on_mark(code, ts);
+                        }
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

@@ -20,6 +20,7 @@ use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vmbench_vmm::devices::marker::MarkStream;
 
 use crate::backend::{Launcher, VmSpec};
 use crate::clock::now_ns;
@@ -121,6 +122,9 @@ struct Watch<'a> {
     on_progress: &'a mut dyn FnMut(&VmRecord, Milestone),
     connections: Vec<Connection>,
     marker: Option<UnixStream>,
+    /// Tells boot marks from benchmark windows' marks in the marker
+    /// stream (QEMU's debugcon forwards every byte written to port 0x80).
+    mark_stream: MarkStream,
     guest_init_ns: Option<u64>,
     guest_failure: Option<String>,
     protocol_error: Option<String>,
@@ -150,6 +154,7 @@ impl<'a> Watch<'a> {
             on_progress,
             connections: Vec::new(),
             marker: None,
+            mark_stream: MarkStream::default(),
             guest_init_ns: None,
             guest_failure: None,
             protocol_error: None,
@@ -515,6 +520,10 @@ mod tests {
                     memory: MemoryUse::default(),
                     seccomp: true,
                     emulated_kvm: None,
+                    windows: Vec::new(),
+                    windows_not_kept: 0,
+                    windows_restarted: 0,
+                    window_ends_unmatched: 0,
                 };
                 account::write(&dir, &account_written).unwrap();
                 // The same marker, forwarded later through the socket.
@@ -844,7 +853,7 @@ mod tests {
     }
 
     #[test]
-    fn boot_markers_are_timestamped_and_io_delay_noise_ignored() {
+    fn boot_markers_are_timestamped_and_io_delay_noise_and_windows_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let spec = spec(dir.path(), Duration::from_secs(10));
         let vsock = listen(&spec.vsock_uds()).unwrap();
@@ -853,8 +862,11 @@ mod tests {
         let mut child = Command::new("sleep").arg("2").spawn().unwrap();
         let writer = std::thread::spawn(move || {
             let mut s = UnixStream::connect(path).unwrap();
-            s.write_all(&[0xff, MARKER_USERSPACE_START, 0x00, 0x61])
+            // Window 0x162 (its low id byte is the switch-root mark's code)
+            // around mark 0x61: the window's bytes are no marks.
+            s.write_all(&[0xff, MARKER_USERSPACE_START, 0x00, 0xb0, 0x62, 0x01])
                 .unwrap();
+            s.write_all(&[0x61, 0xb1, 0x62, 0x01]).unwrap();
         });
         let mut record = VmRecord::new(0, dir.path());
         let mut on_progress = |_: &VmRecord, _| {};
@@ -875,6 +887,7 @@ mod tests {
             record.host_ns.init_start,
             Some(record.boot_markers[0].host_ns)
         );
+        assert_eq!(record.host_ns.switch_root, None);
     }
 
     #[test]

@@ -13,8 +13,9 @@ use crate::bounded::entry_or_other;
 use super::virtio::mmio::MmioTransport;
 use crate::layout;
 
+use super::bench_port;
 use super::i8042::I8042;
-use super::marker::BootMarker;
+use super::marker::{BootMarker, Byte, WindowStep};
 use super::serial::SerialPort;
 
 use layout::{BOOT_MARKER_PORT, I8042_COMMAND, SERIAL_BASE, SERIAL_LAST};
@@ -43,6 +44,8 @@ pub enum Request {
     None,
     /// The guest asked for a reset (i8042 pulse of the reset line).
     Reset,
+    /// A byte of a benchmark window's mark ([`crate::windows`]).
+    Window(WindowStep),
 }
 
 /// The VMM's legacy devices, by port.
@@ -70,6 +73,7 @@ impl PioBus {
                 data[0] = self.serial.read(port - SERIAL_BASE)
             }
             I8042_COMMAND if data.len() == 1 => data[0] = self.i8042.read_status(),
+            _ if bench_port::claims(port) => bench_port::read(port, data),
             _ => {
                 self.unclaimed.count(port, MAX_UNCLAIMED_PORTS);
                 data.fill(0xff);
@@ -83,12 +87,18 @@ impl PioBus {
             (SERIAL_BASE..=SERIAL_LAST, [value]) => {
                 self.serial.write(port - SERIAL_BASE, *value, now_ns)
             }
-            (BOOT_MARKER_PORT, [code]) => self.marker.write(*code, now_ns),
+            (BOOT_MARKER_PORT, [code]) => {
+                if let Byte::Window(step) = self.marker.write(*code, now_ns) {
+                    return Request::Window(step);
+                }
+            }
             (I8042_COMMAND, [command]) => {
                 if self.i8042.write_command(*command) {
                     return Request::Reset;
                 }
             }
+            // The benchmark port ignores writes, of any width.
+            _ if bench_port::claims(port) => {}
             _ => self.unclaimed.count(port, MAX_UNCLAIMED_PORTS),
         }
         Request::None
@@ -223,7 +233,44 @@ mod tests {
         bus.write(0x80, &[0x60], 42);
         assert_eq!(bus.marker.marks(), &[(0x60, 42)]);
         assert_eq!(bus.write(I8042_COMMAND, &[0xfe], 2), Request::Reset);
-        assert_eq!(bus.unclaimed, Unclaimed::default());
+        let mut data = [0u8; 4];
+        bus.read(layout::BENCH_PORT, &mut data);
+        assert_eq!(u32::from_le_bytes(data), bench_port::VALUE);
+        assert_eq!(
+            bus.write(layout::BENCH_PORT, &[1, 2, 3, 4], 3),
+            Request::None
+        );
+        assert_eq!(
+            bus.unclaimed,
+            Unclaimed::default(),
+            "the bench port is claimed"
+        );
+    }
+
+    /// A window mark's bytes are said to the caller as they come, however
+    /// other devices' accesses fall between them.
+    #[test]
+    fn window_marks_come_through_byte_by_byte() {
+        let (mut bus, out) = bus();
+        let mut data = [0u8; 4];
+        assert_eq!(
+            bus.write(0x80, &[0xb0], 1),
+            Request::Window(WindowStep::StartCode)
+        );
+        bus.write(0x3f8, b"x", 2);
+        bus.read(layout::BENCH_PORT, &mut data);
+        assert_eq!(
+            bus.write(0x80, &[0x34], 3),
+            Request::Window(WindowStep::StartLow)
+        );
+        bus.read(0x1234, &mut data);
+        assert_eq!(
+            bus.write(0x80, &[0x12], 4),
+            Request::Window(WindowStep::Start(0x1234))
+        );
+        assert_eq!(bus.write(0x80, &[0x60], 5), Request::None);
+        assert_eq!(bus.marker.marks(), &[(0x60, 5)]);
+        assert_eq!(out.lock().unwrap().as_slice(), b"x");
     }
 
     #[test]

@@ -4,6 +4,16 @@
 //! userspace's (Cloud Hypervisor's ranges, [`is_mark`]); anything else (a
 //! kernel's io_delay) is counted, not kept.
 //!
+//! # Benchmark windows
+//! The same port carries the marks of benchmark windows ([`crate::windows`]):
+//! `0xB0 lo hi` starts window `hi << 8 | lo`, `0xB1 lo hi` ends it. The two
+//! bytes after a 0xB0 or 0xB1 are its id whatever their values (a 0x60
+//! there is an id byte, not a boot mark); none of the three is a boot mark
+//! or counted as noise. [`MarkStream`] is that state machine, one per VM (the
+//! port is written under the port-I/O lock, so bytes from several vCPUs
+//! arrive in one order): a window mark written by two vCPUs at once
+//! interleaves, and a mark whose id bytes never come ends nothing.
+//!
 //! A guest may write as many marks as it likes, so the VMM keeps the first
 //! [`MAX_MARKS`] and counts the rest. Each mark is also forwarded, as one
 //! byte, to a reader of the VM's `marker.sock` (the orchestrator's
@@ -27,6 +37,98 @@ pub fn is_mark(code: u8) -> bool {
     (0x40..=0x7f).contains(&code)
 }
 
+/// A window's start code: `0xB0 lo hi`.
+pub const WINDOW_START: u8 = 0xb0;
+/// A window's end code: `0xB1 lo hi`.
+pub const WINDOW_END: u8 = 0xb1;
+
+/// What a byte written to the port is, given the bytes before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Byte {
+    /// A boot mark (0x40–0x7f, outside a window mark).
+    Mark,
+    /// Anything else outside a window mark (a kernel's io_delay): noise.
+    Other,
+    /// Part of a window mark.
+    Window(WindowStep),
+}
+
+/// How far a window mark has come with this byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowStep {
+    /// 0xB0: a start, its id to follow.
+    StartCode,
+    /// The start's low id byte.
+    StartLow,
+    /// The start's high id byte: window `id` starts.
+    Start(u16),
+    /// 0xB1: an end, its id to follow.
+    EndCode,
+    /// The end's low id byte.
+    EndLow,
+    /// The end's high id byte: window `id` ends.
+    End(u16),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Edge {
+    #[default]
+    Start,
+    End,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum State {
+    /// Between marks.
+    #[default]
+    Idle,
+    /// After 0xB0 or 0xB1: the low id byte comes next.
+    Code(Edge),
+    /// After the low id byte: the high one comes next.
+    Low(Edge, u8),
+}
+
+/// Tells boot marks, noise and window marks apart in the port's byte
+/// stream: the VMM's marker feeds it every byte written, and so can a
+/// reader of the raw stream (QEMU's debugcon, which forwards every byte).
+/// Three bytes of state; no input can make it fail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MarkStream {
+    state: State,
+}
+
+impl MarkStream {
+    pub fn feed(&mut self, byte: u8) -> Byte {
+        let (state, step) = match self.state {
+            State::Idle => match byte {
+                WINDOW_START => (State::Code(Edge::Start), WindowStep::StartCode),
+                WINDOW_END => (State::Code(Edge::End), WindowStep::EndCode),
+                _ if is_mark(byte) => return Byte::Mark,
+                _ => return Byte::Other,
+            },
+            State::Code(edge) => (
+                State::Low(edge, byte),
+                match edge {
+                    Edge::Start => WindowStep::StartLow,
+                    Edge::End => WindowStep::EndLow,
+                },
+            ),
+            State::Low(edge, low) => {
+                let id = u16::from_le_bytes([low, byte]);
+                (
+                    State::Idle,
+                    match edge {
+                        Edge::Start => WindowStep::Start(id),
+                        Edge::End => WindowStep::End(id),
+                    },
+                )
+            }
+        };
+        self.state = state;
+        Byte::Window(step)
+    }
+}
+
 /// Where marks are forwarded.
 #[derive(Default)]
 enum Sink {
@@ -41,6 +143,7 @@ enum Sink {
 /// The marks of one VM, and where they are forwarded as they happen.
 #[derive(Default)]
 pub struct BootMarker {
+    stream: MarkStream,
     marks: Vec<(u8, u64)>,
     /// Marks after the first [`MAX_MARKS`].
     not_kept: u64,
@@ -83,17 +186,23 @@ impl BootMarker {
         Self::with_sink(Box::new(NonBlocking(stream)))
     }
 
-    pub fn write(&mut self, code: u8, now_ns: u64) {
-        if !is_mark(code) {
-            self.other_writes += 1;
-            return;
+    /// Takes one byte written to the port at `now_ns`: a boot mark is kept
+    /// and forwarded, noise counted; a window mark's byte is only said.
+    pub fn write(&mut self, code: u8, now_ns: u64) -> Byte {
+        let byte = self.stream.feed(code);
+        match byte {
+            Byte::Mark => {
+                if self.marks.len() < MAX_MARKS {
+                    self.marks.push((code, now_ns));
+                } else {
+                    self.not_kept += 1;
+                }
+                self.forward(code);
+            }
+            Byte::Other => self.other_writes += 1,
+            Byte::Window(_) => {}
         }
-        if self.marks.len() < MAX_MARKS {
-            self.marks.push((code, now_ns));
-        } else {
-            self.not_kept += 1;
-        }
-        self.forward(code);
+        byte
     }
 
     fn forward(&mut self, code: u8) {
@@ -184,6 +293,148 @@ mod tests {
         assert_eq!(m.marks()[MAX_MARKS - 1].1, MAX_MARKS as u64 - 1);
         assert_eq!(m.not_kept(), 500);
         assert_eq!(m.not_forwarded(), 0, "no reader, nothing to drop");
+    }
+
+    fn steps(bytes: &[u8]) -> Vec<Byte> {
+        let mut stream = MarkStream::default();
+        bytes.iter().map(|&b| stream.feed(b)).collect()
+    }
+
+    #[test]
+    fn a_window_mark_is_three_bytes_neither_marks_nor_noise() {
+        use WindowStep::*;
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let mut m = BootMarker::with_sink(Box::new(Shared(out.clone())));
+        // Window 0x0160: its low id byte is a boot-mark code, and is no mark.
+        let written: Vec<Byte> = [0xb0, 0x60, 0x01, 0x61, 0xb1, 0x60, 0x01, 0x00]
+            .iter()
+            .enumerate()
+            .map(|(t, &b)| m.write(b, t as u64))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                Byte::Window(StartCode),
+                Byte::Window(StartLow),
+                Byte::Window(Start(0x0160)),
+                Byte::Mark,
+                Byte::Window(EndCode),
+                Byte::Window(EndLow),
+                Byte::Window(End(0x0160)),
+                Byte::Other,
+            ]
+        );
+        assert_eq!(m.marks(), &[(0x61, 3)]);
+        assert_eq!(
+            out.lock().unwrap().as_slice(),
+            &[0x61],
+            "only marks forwarded"
+        );
+        assert_eq!(m.other_writes(), 1, "the 0x00 alone");
+    }
+
+    /// An id is any two bytes, codes included; a mark cut short leaves the
+    /// stream waiting for its id, and the next bytes complete it.
+    #[test]
+    fn ids_are_any_two_bytes_and_a_cut_mark_takes_the_next_ones() {
+        use WindowStep::*;
+        assert_eq!(
+            steps(&[0xb0, 0xb0, 0xb1]),
+            [
+                Byte::Window(StartCode),
+                Byte::Window(StartLow),
+                Byte::Window(Start(0xb1b0))
+            ]
+        );
+        assert_eq!(
+            steps(&[0xb1, 0xff, 0xff, 0xb0, 0x00, 0x00]),
+            [
+                Byte::Window(EndCode),
+                Byte::Window(EndLow),
+                Byte::Window(End(0xffff)),
+                Byte::Window(StartCode),
+                Byte::Window(StartLow),
+                Byte::Window(Start(0))
+            ]
+        );
+        // 0xB0 then a boot mark and noise: they are the id, not a mark.
+        assert_eq!(
+            steps(&[0xb0, 0x60, 0x00, 0x60]),
+            [
+                Byte::Window(StartCode),
+                Byte::Window(StartLow),
+                Byte::Window(Start(0x0060)),
+                Byte::Mark
+            ]
+        );
+        // Cut after its low byte: nothing has started.
+        let cut = steps(&[0x40, 0xb0, 0x07]);
+        assert!(!cut.iter().any(|b| matches!(b, Byte::Window(Start(_)))));
+    }
+
+    /// Reads a byte stream the simple way, all at once: what a byte is
+    /// depends only on where the last window code before it was.
+    fn reference(bytes: &[u8]) -> Vec<Byte> {
+        use WindowStep::*;
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let code = bytes[i];
+            if code == WINDOW_START || code == WINDOW_END {
+                let start = code == WINDOW_START;
+                out.push(Byte::Window(if start { StartCode } else { EndCode }));
+                if let Some(&low) = bytes.get(i + 1) {
+                    out.push(Byte::Window(if start { StartLow } else { EndLow }));
+                    if let Some(&high) = bytes.get(i + 2) {
+                        let id = u16::from(low) | u16::from(high) << 8;
+                        out.push(Byte::Window(if start { Start(id) } else { End(id) }));
+                    }
+                }
+                i += 3;
+            } else {
+                out.push(if (0x40..0x80).contains(&code) {
+                    Byte::Mark
+                } else {
+                    Byte::Other
+                });
+                i += 1;
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Garbage, and window codes mixed into it, byte by byte: the state
+        /// machine classifies every byte as the all-at-once reading does,
+        /// and the marker keeps exactly the marks it finds.
+        #[test]
+        fn any_stream_is_read_as_the_simple_reading_does(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<u8>(),
+                    proptest::prelude::Just(WINDOW_START),
+                    proptest::prelude::Just(WINDOW_END),
+                ],
+                0..200,
+            )
+        ) {
+            let read = steps(&bytes);
+            proptest::prop_assert_eq!(&read, &reference(&bytes));
+            let mut m = BootMarker::default();
+            for (t, &b) in bytes.iter().enumerate() {
+                m.write(b, t as u64);
+            }
+            let marks: Vec<u8> = bytes
+                .iter()
+                .zip(&read)
+                .filter(|(_, r)| **r == Byte::Mark)
+                .map(|(b, _)| *b)
+                .collect();
+            let kept: Vec<u8> = m.marks().iter().map(|(c, _)| *c).collect();
+            proptest::prop_assert_eq!(kept, marks);
+            let noise = read.iter().filter(|r| **r == Byte::Other).count() as u64;
+            proptest::prop_assert_eq!(m.other_writes(), noise);
+        }
     }
 
     /// A reader that never reads: the socket fills, and then each mark is

@@ -4,11 +4,13 @@
 //! tested without KVM.
 //!
 //! - port I/O, behind [`bus::PioBus`]: the serial port ([`serial`]), the
-//!   i8042 controller's reset line ([`i8042`]) and the boot-marker port
-//!   ([`marker`]);
+//!   i8042 controller's reset line ([`i8042`]), the boot-marker port
+//!   ([`marker`], which also carries benchmark windows' marks) and the
+//!   benchmark port ([`bench_port`]);
 //! - MMIO, behind [`bus::MmioBus`]: the virtio-mmio transport and the
 //!   virtio-blk and virtio-vsock devices ([`virtio`]).
 
+pub mod bench_port;
 pub mod bus;
 pub mod i8042;
 pub mod marker;

@@ -1,0 +1,10 @@
+//! The virtio-blk device driven by a hostile driver's program: see
+//! `vmbench_vmm::fuzzing::block_device` for how the input is read.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vmbench_fuzz::{init, scratch, without_fd_leak};
+
+fuzz_target!(init: init(), |data: &[u8]| {
+    without_fd_leak(|| vmbench_vmm::fuzzing::block_device(scratch(), data));
+});
