@@ -18,6 +18,9 @@
 //!   [`BenchOutcome::Failed`] when it broke (it panicked, crashed, hung, or
 //!   an operation it times went wrong). Either way the agent lives on and
 //!   takes the next request.
+//! - The agent gives a benchmark its budget plus [`HANG_GRACE_MS`] (set-up,
+//!   calibration, the last sample) before it kills it and answers `Failed`;
+//!   a host waits longer than that before it gives up on the guest.
 //! - A sample is one timed run of `iterations` operations; its value is the
 //!   cost of one operation in thousandths of the unit (unit `ns`: picoseconds),
 //!   the loop's own overhead already subtracted. Every value is a time, so
@@ -41,6 +44,10 @@ pub const DEFAULT_MAX_SAMPLES: u32 = 1000;
 
 /// A benchmark's time budget when the request says 0.
 pub const DEFAULT_BUDGET_MS: u32 = 10_000;
+
+/// How long past its budget the agent lets a benchmark run (its set-up,
+/// calibration and last sample) before it kills it as hung.
+pub const HANG_GRACE_MS: u32 = 60_000;
 
 /// Host to guest: run one benchmark.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,7 +179,7 @@ pub const MICRO_BENCHES: &[BenchInfo] = &[
     ),
     info(
         "port_io_kernel",
-        "inl from port 0x4d0 (the PIC's ELCR), which KVM handles in the kernel",
+        "inb from port 0x4d0 (the PIC's ELCR), which KVM handles in the kernel",
         "I/O instruction, handled in KVM",
     ),
     info(

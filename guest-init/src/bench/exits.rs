@@ -17,7 +17,9 @@ use super::{require_vm, Env, SetupError, Workload};
 /// The port our VMM answers in userspace (`layout::BENCH_PORT`).
 pub const USER_PORT: u16 = 0x0EE0;
 
-/// The PIC's ELCR: KVM's in-kernel irqchip answers it.
+/// The PIC's ELCR: KVM's in-kernel irqchip answers it. It is 2 bytes wide
+/// there (0x4d0–0x4d1), so it is read a byte at a time, as kvm-unit-tests
+/// does: a 4-byte read would not be KVM's and would go to userspace.
 pub const KERNEL_PORT: u16 = 0x4d0;
 
 /// What a virtio-mmio device's MagicValue register reads: "virt".
@@ -56,20 +58,36 @@ impl Workload for Cpuid {
     }
 }
 
-/// `port_io_user`: a 32-bit read of port 0x0EE0.
+/// `port_io_user`: a 32-bit read (`inl`) of port 0x0EE0.
 pub fn port_io_user(env: &Env) -> Result<Box<dyn Workload>, SetupError> {
     require_vm(env, "port 0x0EE0 is the VMM's")?;
-    PortRead::open(USER_PORT)
+    PortRead::open(USER_PORT, Width::Long)
 }
 
-/// `port_io_kernel`: a 32-bit read of port 0x4d0.
+/// `port_io_kernel`: an 8-bit read (`inb`) of port 0x4d0.
 pub fn port_io_kernel(env: &Env) -> Result<Box<dyn Workload>, SetupError> {
     require_vm(env, "port 0x4d0 is the VM's interrupt controller")?;
-    PortRead::open(KERNEL_PORT)
+    PortRead::open(KERNEL_PORT, Width::Byte)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Width {
+    Byte,
+    Long,
+}
+
+impl Width {
+    fn bytes(self) -> u32 {
+        match self {
+            Width::Byte => 1,
+            Width::Long => 4,
+        }
+    }
 }
 
 struct PortRead {
     port: u16,
+    width: Width,
     /// What the first read gave (the VMM's answer).
     value: u32,
 }
@@ -77,41 +95,70 @@ struct PortRead {
 #[inline(always)]
 fn inl(port: u16) -> u32 {
     let value: u32;
-    // SAFETY: the caller has this port through ioperm; a port read changes
-    // no memory of ours.
+    // SAFETY: the caller has these 4 ports through ioperm; a port read
+    // changes no memory of ours.
     unsafe {
         std::arch::asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags));
     }
     value
 }
 
+#[inline(always)]
+fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: the caller has this port through ioperm; a port read changes
+    // no memory of ours.
+    unsafe {
+        std::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags));
+    }
+    value
+}
+
 impl PortRead {
-    fn open(port: u16) -> Result<Box<dyn Workload>, SetupError> {
+    fn open(port: u16, width: Width) -> Result<Box<dyn Workload>, SetupError> {
+        let bytes = libc::c_ulong::from(width.bytes());
         // SAFETY: ioperm changes only this process's I/O permission bitmap.
-        if unsafe { libc::ioperm(libc::c_ulong::from(port), 4, 1) } != 0 {
+        if unsafe { libc::ioperm(libc::c_ulong::from(port), bytes, 1) } != 0 {
             return Err(SetupError::Unavailable(format!(
                 "ioperm for port {port:#x}: {}",
                 std::io::Error::last_os_error()
             )));
         }
-        Ok(Box::new(PortRead {
+        let mut read = PortRead {
             port,
-            value: inl(port),
-        }))
+            width,
+            value: 0,
+        };
+        read.value = read.read();
+        Ok(Box::new(read))
+    }
+
+    #[inline(always)]
+    fn read(&self) -> u32 {
+        match self.width {
+            Width::Byte => u32::from(inb(self.port)),
+            Width::Long => inl(self.port),
+        }
     }
 }
 
 impl Workload for PortRead {
     fn run(&mut self, iterations: u64) -> Result<u64, String> {
         let port = self.port;
-        Ok(time_loop(iterations, || {
-            black_box(inl(port));
-        }))
+        Ok(match self.width {
+            Width::Byte => time_loop(iterations, || {
+                black_box(inb(port));
+            }),
+            Width::Long => time_loop(iterations, || {
+                black_box(inl(port));
+            }),
+        })
     }
 
     fn extra(&self) -> Vec<(String, u64)> {
         vec![
             ("port".to_string(), u64::from(self.port)),
+            ("width_bytes".to_string(), u64::from(self.width.bytes())),
             ("value".to_string(), u64::from(self.value)),
         ]
     }

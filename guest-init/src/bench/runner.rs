@@ -21,7 +21,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{pipe2, Pid};
-use vmbench_proto::bench::DEFAULT_BUDGET_MS;
+use vmbench_proto::bench::{DEFAULT_BUDGET_MS, HANG_GRACE_MS};
 use vmbench_proto::{
     decode_body, encode_frame, micro_bench, BenchOutcome, BenchRequest, FrameDecoder, MICRO_BENCHES,
 };
@@ -29,8 +29,8 @@ use vmbench_proto::{
 use super::{setup_of, timing, Env};
 
 /// How long past its budget a benchmark may run (its set-up, calibration
-/// and last sample) before it counts as hung.
-pub const GRACE_MS: u64 = 60_000;
+/// and last sample) before it counts as hung: the protocol's.
+pub const GRACE_MS: u64 = HANG_GRACE_MS as u64;
 
 /// Runs the benchmark `request` names, in a runner process; whatever
 /// happens to the runner, the outcome says it.

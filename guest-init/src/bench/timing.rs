@@ -5,6 +5,9 @@ use vmbench_proto::bench::{DEFAULT_BUDGET_MS, DEFAULT_MAX_SAMPLES, MAX_SAMPLES_L
 use vmbench_proto::{BenchRequest, Samples};
 use vmbench_sampling::{measure, per_op_milli, Bench, Config};
 
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+
 use super::Workload;
 use crate::clock::{clocksource, monotonic_raw_ns};
 
@@ -54,9 +57,27 @@ impl Bench for Timed<'_> {
 
     fn window_end(&mut self) {
         if let Some(id) = self.window {
+            // The VMM takes every vCPU's statistics at the end mark: the
+            // thread must not move to another vCPU within it.
+            let allowed = pin_to_this_cpu();
             crate::marker::window_end(id);
+            if let Some(allowed) = allowed {
+                let _ = sched_setaffinity(Pid::from_raw(0), &allowed);
+            }
         }
     }
+}
+
+/// Pins this thread to the CPU it runs on; returns the CPUs it was allowed
+/// before, to restore, or `None` if nothing changed.
+fn pin_to_this_cpu() -> Option<CpuSet> {
+    let allowed = sched_getaffinity(Pid::from_raw(0)).ok()?;
+    // SAFETY: sched_getcpu only reads which CPU this thread is on.
+    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).ok()?;
+    let mut one = CpuSet::new();
+    one.set(cpu).ok()?;
+    sched_setaffinity(Pid::from_raw(0), &one).ok()?;
+    Some(allowed)
 }
 
 /// Calibrates and samples `workload` as `request` asks; marks the window
