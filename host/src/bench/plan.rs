@@ -22,12 +22,13 @@ pub const MAX_BUDGET_MS: u32 = 600_000;
 pub const MAX_SAMPLES: u32 = 1000;
 /// How long past its budget a benchmark may go before it counts as hung:
 /// calibration, a last sample, its result's way to the host. The agent
-/// kills a benchmark's runner process 60 s past its budget and reports
-/// that benchmark failed (`guest-init/src/bench/runner.rs`), so the host
-/// waits longer: only a guest that hangs as a whole reaches this. The
+/// kills a benchmark's runner process `HANG_GRACE_MS` (60 s) past its
+/// budget and reports that benchmark failed, so the host waits 30 s
+/// longer: only a guest that hangs as a whole reaches this. The
 /// vmexit guest has a watchdog of its own and says nothing until a
 /// benchmark ends, so a line that does not come within this is a hang.
-pub const AGENT_GRACE: Duration = Duration::from_secs(90);
+pub const AGENT_GRACE: Duration =
+    Duration::from_millis(vmbench_proto::bench::HANG_GRACE_MS as u64 + 30_000);
 pub const VMEXIT_GRACE: Duration = Duration::from_secs(30);
 /// The vmexit guest's vCPUs: `ipi_cross` needs two.
 pub const VMEXIT_VCPUS: u32 = 2;
