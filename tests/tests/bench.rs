@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use vmbench_e2e::boot::BootTest;
 use vmbench_e2e::{
-    assert_follows_its_document, dump, one_line_error, results, skip_unless_ci, vmbench_bin,
+    assert_follows_its_document, dump, in_ci, one_line_error, results, skip_unless_ci, vmbench_bin,
     workspace,
 };
 
@@ -148,7 +148,9 @@ fn list_names_every_benchmark_with_what_it_measures_and_its_exit() {
     let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
     for name in names {
         assert!(
-            readme.contains(&format!("| `{name}` |")),
+            readme
+                .lines()
+                .any(|l| l.starts_with("| ") && l.contains(&format!("`{name}`"))),
             "README has no table row for {name}"
         );
     }
@@ -438,6 +440,15 @@ fn the_micro_suite_runs_under_qemu() {
     for (i, b) in benchmarks.iter().enumerate() {
         if b["name"] == "hypercall" {
             assert_eq!(b["status"], "unavailable", "{b}");
+            continue;
+        }
+        // The shared kernel cache may hold a kernel built before the
+        // fragment that gives it /dev/mem; CI builds this tree's.
+        let stale_kernel = b["why"]
+            .as_str()
+            .is_some_and(|why| why.contains("CONFIG_DEVMEM"));
+        if b["name"] == "mmio_user" && stale_kernel && !in_ci() {
+            println!("note: mmio_user unavailable: the cached kernel lacks CONFIG_DEVMEM (kernel-config/build.sh rebuilds it)");
             continue;
         }
         assert_eq!(b["status"], "ok", "{b}");

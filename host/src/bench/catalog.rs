@@ -250,6 +250,36 @@ mod tests {
         assert!(all().all(|b| b.unit == "ns" || b.unit == "cycles"));
     }
 
+    /// The vmexit table says what the guest itself says: its names, in its
+    /// order, with its descriptions (`vmexit-guest/src/lib.rs`,
+    /// `BENCHMARKS`, read as text: the guest is a crate of its own workspace).
+    #[test]
+    fn the_vmexit_table_is_the_guests() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../vmexit-guest/src/lib.rs");
+        let text = std::fs::read_to_string(&path).expect("the vmexit guest's source");
+        let quoted = |line: &str, key: &str| -> Option<String> {
+            let rest = line.trim().strip_prefix(key)?.trim().strip_prefix('"')?;
+            Some(rest.strip_suffix("\",")?.to_string())
+        };
+        let names: Vec<String> = text.lines().filter_map(|l| quoted(l, "name:")).collect();
+        let operations: Vec<String> = text
+            .lines()
+            .filter_map(|l| quoted(l, "operation:"))
+            .collect();
+        let ours: Vec<(String, String)> = VMEXIT
+            .iter()
+            .map(|b| (b.name.to_string(), b.measures.to_string()))
+            .collect();
+        let theirs: Vec<(String, String)> = names.into_iter().zip(operations).collect();
+        assert_eq!(
+            ours,
+            theirs,
+            "host/src/bench/catalog.rs VMEXIT against {}",
+            path.display()
+        );
+    }
+
     #[test]
     fn the_list_has_a_line_per_benchmark() {
         let list = list();

@@ -190,7 +190,10 @@ pub fn output(results: &RunResults, shown: Shown) -> String {
             .filter(|n| catalog::find(n).is_some_and(|b| b.suite == *suite))
             .collect();
         let _ = writeln!(out, "== {} suite: {}", suite.name(), suite.about());
+        // The backends that ran the suite, with their records; a backend
+        // that could not run it says why in a line of its own.
         let mut pooled: Vec<BTreeMap<&str, Pooled<'_>>> = Vec::new();
+        let mut ran: Vec<usize> = Vec::new();
         for (i, backend) in backends.iter().enumerate() {
             let vms = vms_of(results, *suite, backend);
             let mut by_name: BTreeMap<&str, Pooled<'_>> = BTreeMap::new();
@@ -205,6 +208,7 @@ pub fn output(results: &RunResults, shown: Shown) -> String {
                 .find(|n| n.suite == *suite && n.backend == *backend)
             {
                 let _ = writeln!(out, "{}: not run: {}", label(i), skipped.why);
+                continue;
             } else {
                 let ok = vms.iter().filter(|v| v.status.as_str() == "ok").count();
                 let what = if *suite == Suite::Inter { "pair" } else { "VM" };
@@ -222,16 +226,21 @@ pub fn output(results: &RunResults, shown: Shown) -> String {
                 }
             }
             pooled.push(by_name);
+            ran.push(i);
         }
-        out.push_str(&side_by_side(
-            *suite,
-            &names,
-            &backends,
-            &(0..backends.len()).map(label).collect::<Vec<_>>(),
-            &pooled,
-        ));
-        if *suite == Suite::Inter {
-            out.push_str(&relay_note(results, &backends));
+        if !ran.is_empty() {
+            let ran_backends: Vec<&str> = ran.iter().map(|&i| backends[i]).collect();
+            out.push_str(&side_by_side(
+                *suite,
+                &names,
+                &ran_backends,
+                &ran.iter().map(|&i| label(i)).collect::<Vec<_>>(),
+                &pooled,
+            ));
+        }
+        if *suite == Suite::Inter && !ran.is_empty() {
+            let ran_backends: Vec<&str> = ran.iter().map(|&i| backends[i]).collect();
+            out.push_str(&relay_note(results, &ran_backends));
         }
         out.push('\n');
     }
