@@ -1,7 +1,8 @@
 //! `vmbench ab`: two variants of a boot, A and B, measured in one run with
 //! their rounds interleaved in ABBA order (A B, B A, A B, …), so that drift
 //! on a noisy host — a neighbour's job, a CPU warming up — falls on both
-//! alike. Each variant is an ordinary `vmbench boot` run (its own inputs,
+//! alike (with benchmarks, `vmbench bench`'s batches are interleaved the
+//! same way). Each variant is an ordinary `vmbench boot` run (its own inputs,
 //! backends and results.json, in `<out>/A` and `<out>/B`); the comparison
 //! of their samples is [`crate::compare`]'s.
 
@@ -46,6 +47,17 @@ pub fn order(round: u32) -> [usize; 2] {
     }
 }
 
+/// Whether two variants boot the same batches in a round: without
+/// benchmarks a round is one batch; with them, one per suite and backend,
+/// so both must run benchmarks of the same suites on the same backends.
+fn same_batches(a: &BootConfig, b: &BootConfig) -> bool {
+    match (&a.bench, &b.bench) {
+        (None, None) => true,
+        (Some(pa), Some(pb)) => pa.suites == pb.suites && a.backends == b.backends,
+        _ => false,
+    }
+}
+
 /// Sets both variants up (every check of both before any VM starts), then
 /// boots their rounds interleaved.
 pub fn run(config: &AbConfig, stop: Arc<Stop>) -> pipeline::Result<AbOutcome> {
@@ -53,7 +65,7 @@ pub fn run(config: &AbConfig, stop: Arc<Stop>) -> pipeline::Result<AbOutcome> {
     let mut b = config.b.clone();
     a.out = Some(config.out.join("A"));
     b.out = Some(config.out.join("B"));
-    if a.runs != b.runs || a.warmup != b.warmup {
+    if a.runs != b.runs || a.warmup != b.warmup || !same_batches(&a, &b) {
         return Err(pipeline::Error::UnevenVariants);
     }
     let run_a = pipeline::set_up(&a, Some("A"), Arc::clone(&stop))?;
@@ -65,6 +77,13 @@ pub fn run(config: &AbConfig, stop: Arc<Stop>) -> pipeline::Result<AbOutcome> {
             return Err(e);
         }
     };
+    // With benchmarks, a round is several batches: both variants must
+    // have the same (a variant that changes the backends or suites does not).
+    if run_a.rounds() != run_b.rounds() {
+        run_a.abandon();
+        run_b.abandon();
+        return Err(pipeline::Error::UnevenVariants);
+    }
     let mut runs = [run_a, run_b];
     let mut measured = [
         pipeline::aggregate::Measured::default(),

@@ -56,6 +56,8 @@ enum Command {
 struct VariantArgs {
     #[command(flatten)]
     boot: BootArgs,
+    #[command(flatten)]
+    plan: PlanArgs,
     /// Accepted among the common options, used by `ab` itself.
     #[command(flatten)]
     _verdict: VerdictArgs,
@@ -66,6 +68,10 @@ struct AbArgs {
     /// The boot options both variants share (as for `vmbench boot`).
     #[command(flatten)]
     boot: BootArgs,
+    /// With --suite or --bench, both variants run these benchmarks (as
+    /// `vmbench bench` does) and are judged on them too.
+    #[command(flatten)]
+    plan: PlanArgs,
     /// Variant A's own boot options, on top of the common ones, e.g.
     /// --a '--kernel old/vmlinux' (a shell-quoted string).
     #[arg(
@@ -340,16 +346,15 @@ enum SuiteArg {
     Vmexit,
 }
 
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// Print every benchmark, what it measures and which exit it exercises, and exit.
-    #[arg(long)]
-    list: bool,
+/// What `vmbench bench` (and `vmbench ab` with benchmarks) measures.
+#[derive(clap::Args, Clone)]
+struct PlanArgs {
     /// Which suite: micro (the agent in a Linux guest), inter (two Linux
     /// guests through the host's relay), vmexit (a freestanding guest at
-    /// CPL0, 2 vCPUs) or all.
-    #[arg(long, value_enum, default_value = "all")]
-    suite: SuiteArg,
+    /// CPL0, 2 vCPUs) or all. Default: all (`vmbench ab`: none, unless
+    /// --bench names some).
+    #[arg(long, value_enum)]
+    suite: Option<SuiteArg>,
     /// Only these benchmarks (comma-separated, or repeated).
     #[arg(long = "bench", value_name = "NAME[,NAME…]", value_delimiter = ',')]
     bench: Vec<String>,
@@ -357,13 +362,6 @@ struct BenchArgs {
     /// holds 10 samples, rather than every peak (virtbench's --rough).
     #[arg(long)]
     rough: bool,
-    /// Also print each benchmark's peaks: value and share of the samples.
-    #[arg(long)]
-    distribution: bool,
-    /// Append every per-run value to FILE (CSV: run id, backend, vm,
-    /// benchmark, unit, value, …; a header when the file is new).
-    #[arg(long, value_name = "FILE")]
-    csv: Option<PathBuf>,
     /// Seconds each benchmark may spend calibrating and sampling (default:
     /// 10 for the agent's, 2 for the vmexit guest's); past it and a grace
     /// (90 s, the vmexit guest's 30 s), it hung its guest. 0.1 to 600.
@@ -376,6 +374,50 @@ struct BenchArgs {
     /// Test aid: tells the agent to hang in this benchmark.
     #[arg(long, hide = true, value_name = "NAME")]
     hang_in: Option<String>,
+}
+
+impl PlanArgs {
+    /// Whether any benchmark is asked for (`vmbench ab`).
+    fn asked(&self) -> bool {
+        self.suite.is_some() || !self.bench.is_empty()
+    }
+
+    fn plan(&self) -> anyhow::Result<vmbench::bench::plan::Plan> {
+        use vmbench::bench::catalog::Suite;
+        let suite = match self.suite {
+            None | Some(SuiteArg::All) => None,
+            Some(SuiteArg::Micro) => Some(Suite::Micro),
+            Some(SuiteArg::Inter) => Some(Suite::Inter),
+            Some(SuiteArg::Vmexit) => Some(Suite::Vmexit),
+        };
+        let mut plan = vmbench::bench::plan::Plan::choose(suite, &self.bench)?;
+        plan.rough = self.rough;
+        plan.budget_ms = self.budget_s.map(|seconds| (seconds * 1e3).round() as u32);
+        plan.vmexit_guest.clone_from(&self.vmexit_guest);
+        if let Some(name) = &self.hang_in {
+            if vmbench::bench::catalog::find(name).is_none() {
+                anyhow::bail!("--hang-in {name}: no such benchmark");
+            }
+        }
+        plan.hang_in.clone_from(&self.hang_in);
+        Ok(plan)
+    }
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Print every benchmark, what it measures and which exit it exercises, and exit.
+    #[arg(long)]
+    list: bool,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Also print each benchmark's peaks: value and share of the samples.
+    #[arg(long)]
+    distribution: bool,
+    /// Append every per-run value to FILE (CSV: run id, backend, vm,
+    /// benchmark, unit, value, …; a header when the file is new).
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
     /// VMs booted at once per suite and backend (pairs for the inter
     /// suite), each running the suite's benchmarks: 1 to 1024.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(options::MAX_VMS)))]
@@ -712,27 +754,11 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    use vmbench::bench::catalog::Suite;
     if args.list {
         print!("{}", vmbench::bench::catalog::list());
         return Ok(ExitCode::SUCCESS);
     }
-    let suite = match args.suite {
-        SuiteArg::All => None,
-        SuiteArg::Micro => Some(Suite::Micro),
-        SuiteArg::Inter => Some(Suite::Inter),
-        SuiteArg::Vmexit => Some(Suite::Vmexit),
-    };
-    let mut plan = vmbench::bench::plan::Plan::choose(suite, &args.bench)?;
-    plan.rough = args.rough;
-    plan.budget_ms = args.budget_s.map(|seconds| (seconds * 1e3).round() as u32);
-    plan.vmexit_guest = args.vmexit_guest;
-    if let Some(name) = &args.hang_in {
-        if vmbench::bench::catalog::find(name).is_none() {
-            anyhow::bail!("--hang-in {name}: no such benchmark");
-        }
-    }
-    plan.hang_in = args.hang_in;
+    let plan = args.plan.plan()?;
     let tags = record::parse_tags(&args.store.tags).map_err(anyhow::Error::msg)?;
     let config = BootConfig {
         vms: args.vms,
@@ -821,7 +847,15 @@ fn ab(args: AbArgs) -> anyhow::Result<ExitCode> {
                 let said = vmbench_vmm::cli::usage_error_line(&e.to_string());
                 anyhow::anyhow!("--{name} {options:?}: {said}")
             })?;
-        Ok(boot_config(parsed.boot))
+        let plan = if parsed.plan.asked() {
+            Some(parsed.plan.plan()?)
+        } else {
+            None
+        };
+        Ok(BootConfig {
+            bench: plan,
+            ..boot_config(parsed.boot)
+        })
     };
     let config = vmbench::ab::AbConfig {
         a: variant("a", &args.a)?,

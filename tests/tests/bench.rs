@@ -602,3 +602,73 @@ fn a_benchmark_that_hangs_its_guest_is_its_failure() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("  fork: failed ("), "{text}");
 }
+
+/// `vmbench ab` with benchmarks: both variants run them, interleaved, and
+/// the verdicts judge them at the benchmarks' noise band; variants whose
+/// batches differ are refused before anything starts.
+#[test]
+fn ab_judges_benchmarks_too() {
+    let test_name = "ab_judges_benchmarks_too";
+    let Some(test) = BootTest::start(test_name) else {
+        return;
+    };
+    if !have_vmexit_guest(test_name) {
+        return;
+    }
+    let store = test.dir().join("results.db");
+    let ab = |out: &Path, b: &str| {
+        Command::new(vmbench_bin())
+            .args([
+                "ab",
+                "--suite",
+                "vmexit",
+                "--bench",
+                "cpuid,wbinvd",
+                "--backend",
+                "qemu",
+                "--runs",
+                "2",
+                "--rough",
+                "--budget-s",
+                "0.3",
+                "--format",
+                "json",
+                "--no-store",
+                "--b",
+                b,
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .env("VMBENCH_STORE", &store)
+            .env("VMBENCH_VMEXIT_GUEST", vmexit_guest())
+            .output()
+            .unwrap()
+    };
+    let out = ab(&test.dir().join("ab"), "--bench wbinvd,cpuid");
+    assert!(out.status.success(), "{}", dump(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = &stdout[stdout.find('{').unwrap()..];
+    let verdicts: Value = serde_json::from_str(json).unwrap();
+    let cpuid = verdicts["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "bench.cpuid")
+        .unwrap_or_else(|| panic!("{verdicts}"));
+    assert_eq!(
+        (cpuid["n_a"].as_u64(), cpuid["n_b"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(cpuid["noise_band"], 0.02);
+    let b = results(&test.dir().join("ab").join("B"));
+    assert_eq!(
+        b["bench"]["benchmarks"],
+        serde_json::json!(["cpuid", "wbinvd"])
+    );
+    // B runs a suite more than A: its rounds are not A's.
+    let uneven_dir = test.dir().join("uneven");
+    let uneven = ab(&uneven_dir, "--suite all --bench cpuid,syscall");
+    let line = one_line_error(&uneven, 2);
+    assert!(line.contains("must boot the same rounds"), "{line}");
+    assert!(!uneven_dir.join("A/results.json").exists());
+}

@@ -126,7 +126,7 @@ pub enum Error {
     },
     #[error("{vms} VMs at once need up to {needed} open files, more than the {limit} this process may open (raise `ulimit -n`, or boot fewer --vms)")]
     TooFewFiles { vms: u64, needed: u64, limit: u64 },
-    #[error("--a and --b must boot the same rounds: one variant changes --runs or --warmup")]
+    #[error("--a and --b must boot the same rounds: one variant changes --runs or --warmup (or, with benchmarks, --backend, --suite or --bench)")]
     UnevenVariants,
     #[error("--accel kvm: KVM cannot run guests here: {0}")]
     NoKvm(String),
@@ -145,6 +145,8 @@ pub enum Error {
     },
     #[error("--rootfs: {0}")]
     Rootfs(vmbench_rootfs::Error),
+    #[error("--rootfs: benchmarks run in the agent's initramfs (and the vmexit guest), not on a root disk")]
+    BenchWithRootfs,
     #[error("--no-initramfs needs --rootfs: without an initramfs the guest's init comes from the root disk")]
     NoInitramfsWithoutRootfs,
     #[error("Cannot create the overlay for vm-{id}: {source}")]

@@ -136,6 +136,9 @@ pub fn check_with(config: &BootConfig, open_files: impl FnOnce(u64) -> u64) -> R
             limit,
         });
     }
+    if config.bench.is_some() && config.rootfs.is_some() {
+        return Err(Error::BenchWithRootfs);
+    }
     if config.no_initramfs && config.rootfs.is_none() {
         return Err(Error::NoInitramfsWithoutRootfs);
     }

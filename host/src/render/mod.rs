@@ -94,7 +94,11 @@ pub fn ab_output(config: &AbConfig, outcome: &AbOutcome) -> String {
             description.as_str()
         };
         let _ = writeln!(out, "== variant {name}: {description}");
-        out.push_str(&boot_tables::boot_tables(&run.results));
+        if run.results.bench.is_some() {
+            out.push_str(&bench::output(&run.results, bench::Shown::default()));
+        } else {
+            out.push_str(&boot_tables::boot_tables(&run.results));
+        }
         out.push('\n');
     }
     let _ = writeln!(
