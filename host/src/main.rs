@@ -1222,7 +1222,11 @@ mod tests {
             (vec!["boot", "--mem-mib", "63"], "invalid value '63' for '--mem-mib <MEM_MIB>': 63 is not in 64..=262144"),
             (vec!["compare", "a", "b", "--alpha", "1"], "invalid value '1' for '--alpha <ALPHA>': must be more than 0 and less than 1"),
             (vec!["runs", "--last", "0"], "invalid value '0' for '--last <N>': must be a whole number, at least 1"),
-            (vec!["runs", "--kind", "bot"], "invalid value 'bot' for '--kind <KIND>' [possible values: boot, ab, import]"),
+            (vec!["runs", "--kind", "bot"], "invalid value 'bot' for '--kind <KIND>' [possible values: boot, ab, bench, import]"),
+            (vec!["bench", "--budget-s", "0.01"], "invalid value '0.01' for '--budget-s <S>': must be from 0.1 to 600 seconds"),
+            (vec!["bench", "--port", "4294967294"], "invalid value '4294967294' for '--port <PORT>': 4294967294 is not in 1..=4294967293"),
+            (vec!["bench", "--suite", "nano"], "invalid value 'nano' for '--suite <SUITE>' [possible values: all, micro, inter, vmexit]"),
+            (vec!["bench", "--vms", "0"], "invalid value '0' for '--vms <VMS>': 0 is not in 1..=1024"),
         ] {
             let words: Vec<String> = words.into_iter().map(String::from).collect();
             let error = parse(&words).err().unwrap_or_else(|| panic!("{words:?} parsed"));
