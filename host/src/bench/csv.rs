@@ -61,3 +61,79 @@ pub fn append(path: &Path, run_id: &str, results: &RunResults) -> std::io::Resul
     file.write_all(text.as_bytes())?;
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::catalog::Suite;
+    use crate::bench::outcome::{Outcome, Samples};
+    use crate::bench::record::{BenchmarkRecord, Status};
+    use crate::results::VmRecord;
+
+    fn results() -> RunResults {
+        let mut r: RunResults = serde_json::from_value(serde_json::json!({
+            "schema_version": 4, "started_at": "2025-01-01T00:00:00Z", "finished": true,
+            "environment": {
+                "backend": "qemu", "accel": "tcg", "kvm": "", "kvm_detail": "",
+                "host_cpu": "", "host_cpu_info": {"model_name": "", "vendor": "", "family": "", "model": "", "logical_cpus": 1},
+                "host_kernel": "", "guest_kernel": "", "guest_kernel_sha256": "", "guest_kernel_format": "",
+                "initramfs": "", "initramfs_sha256": "", "vmbench_version": "", "vmm_version": "",
+                "vhost_device_vsock_version": "", "kernel_cmdline": "", "mem_mib": 1, "vcpus": 1, "timeout_s": 1.0
+            },
+            "vms": []
+        }))
+        .unwrap();
+        let mut vm = VmRecord::new(3, std::path::Path::new("/x"));
+        vm.backend = "qemu".into();
+        vm.accel = "tcg,odd".into();
+        vm.round = 1;
+        vm.benchmarks = vec![
+            BenchmarkRecord::from_outcome(
+                "syscall",
+                Suite::Micro,
+                Outcome::Done(Samples {
+                    unit: "ns".into(),
+                    clock: "CLOCK_MONOTONIC_RAW/tsc".into(),
+                    iterations: 1,
+                    overhead_milli: 0,
+                    calibration_runs: 1,
+                    values: vec![85_300, 90_001],
+                    stop: "peaks".into(),
+                    window: 1,
+                    ops_in_window: 2,
+                    extra: vec![],
+                }),
+            ),
+            BenchmarkRecord::not_measured(
+                "hypercall",
+                Suite::Micro,
+                Status::Unavailable,
+                "#UD".into(),
+            ),
+        ];
+        r.vms.push(vm);
+        r
+    }
+
+    #[test]
+    fn every_value_is_a_row_and_the_header_comes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("values.csv");
+        assert_eq!(append(&path, "run-1", &results()).unwrap(), 2);
+        assert_eq!(append(&path, "run-2", &results()).unwrap(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines[0], HEADER);
+        assert_eq!(
+            lines[1],
+            "run-1,2025-01-01T00:00:00Z,qemu,\"tcg,odd\",3,1,micro,syscall,ns,0,85.3"
+        );
+        assert_eq!(
+            lines[2],
+            "run-1,2025-01-01T00:00:00Z,qemu,\"tcg,odd\",3,1,micro,syscall,ns,1,90.001"
+        );
+        assert!(lines[3].starts_with("run-2,"));
+        assert_eq!(field("a\"b"), "\"a\"\"b\"");
+    }
+}
