@@ -18,10 +18,20 @@
 //! time`), wait for `Ack`, and reboot (with `reboot=t` a triple fault, which
 //! ends the VM).
 //!
+//! **Bench mode** (`vmbench.bench=1` on the kernel command line, either
+//! role): after the report the agent waits for the host's orders instead of
+//! its `Ack`, runs each benchmark asked for (`bench`) and answers with its
+//! result, until the `Ack`.
+//!
+//! **Outside a VM** (`--bench NAME`): runs micro benchmarks and prints
+//! their results, for testing; `--bench-exec-exit` exits at once (what the
+//! `exec` benchmark runs).
+//!
 //! The agent must never panic (a dying PID 1 is a kernel panic) and must
 //! always end the VM, so every step that can fail is reported on the console
 //! as one `vmbench-init: key=value …` line and the agent goes on to power off.
 
+mod bench;
 mod clock;
 mod console;
 mod marker;
@@ -37,8 +47,17 @@ use std::process::ExitCode;
 use vmbench_proto::GuestMarks;
 
 fn main() -> ExitCode {
+    let first = std::env::args_os().nth(1);
+    // Before anything else: the exec benchmark times this.
+    if first.as_deref() == Some(std::ffi::OsStr::new(bench::EXEC_MARKER_ARG)) {
+        return ExitCode::SUCCESS;
+    }
     let start_ns = clock::boottime_ns();
-    let service = std::env::args().nth(1).as_deref() == Some("--systemd-service");
+    if first.as_deref() == Some(std::ffi::OsStr::new("--bench")) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return bench::cli::main(&args);
+    }
+    let service = first.as_deref() == Some(std::ffi::OsStr::new("--systemd-service"));
     if !service && std::process::id() != 1 {
         // Mounting over /proc and rebooting are only right for PID 1 of a guest.
         eprintln!("vmbench-init: error=not_pid1 pid={} (this is a guest's /init, or run it as a systemd service with --systemd-service; it does not run on a host)", std::process::id());
@@ -105,6 +124,9 @@ fn as_pid1(init_ns: u64) {
             if !conversation.ready(false) {
                 return;
             }
+            if settings.bench {
+                return bench::serve(&mut conversation, &settings);
+            }
         }
     }
     conversation.wait_ack();
@@ -150,7 +172,12 @@ fn as_service(service_start_ns: u64) {
     }
     let mut report = systemd::gather();
     report.system_state = state;
-    if conversation.systemd(report) {
+    if !conversation.systemd(report) {
+        return;
+    }
+    if settings.bench {
+        bench::serve(&mut conversation, &settings);
+    } else {
         conversation.wait_ack();
     }
 }

@@ -39,3 +39,21 @@ pub fn write(code: u8) {
         std::arch::asm!("out dx, al", in("dx") vmbench_proto::BOOT_MARKER_PORT, in("al") code, options(nomem, nostack, preserves_flags));
     }
 }
+
+/// Marks the start of benchmark window `id`: the VMM attributes the exits
+/// that follow to it (see `vmbench_proto::bench`).
+pub fn window_start(id: u16) {
+    window(vmbench_proto::MARKER_WINDOW_START, id);
+}
+
+/// Marks the end of benchmark window `id`.
+pub fn window_end(id: u16) {
+    window(vmbench_proto::MARKER_WINDOW_END, id);
+}
+
+fn window(code: u8, id: u16) {
+    let [low, high] = id.to_le_bytes();
+    write(code);
+    write(low);
+    write(high);
+}

@@ -1,6 +1,8 @@
 //! The report to the host: connect over vsock, send `Hello`, then `Ready`
 //! (and, for a systemd guest, its `Systemd` report) or `Failed`, and wait for
-//! `Ack`. Every failure is one console line; the caller powers off either way.
+//! `Ack` — or, in bench mode, for the host's orders (`RunBench`, answered
+//! with `Bench`, until `Ack`). Every failure is one console line; the caller
+//! powers off either way.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -10,8 +12,8 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
 use vmbench_proto::{
-    decode_body, encode_frame, FrameDecoder, GuestMarks, GuestMessage, Hello, HostMessage,
-    SystemdReport, HOST_CID, PROTO_VERSION,
+    decode_body, encode_frame, BenchResult, FrameDecoder, GuestMarks, GuestMessage, Hello,
+    HostMessage, SystemdReport, HOST_CID, PROTO_VERSION,
 };
 
 use crate::clock::boottime_ns;
@@ -39,6 +41,8 @@ pub fn settings() -> Settings {
 pub struct Conversation {
     stream: File,
     settings: Settings,
+    /// The host's bytes not yet taken as messages.
+    decoder: FrameDecoder,
     pub marks: GuestMarks,
 }
 
@@ -65,6 +69,7 @@ impl Conversation {
         let mut conversation = Conversation {
             stream: File::from(socket),
             settings: settings.clone(),
+            decoder: FrameDecoder::new(),
             marks,
         };
         let hello = Hello {
@@ -100,7 +105,7 @@ impl Conversation {
         crate::marker::write(vmbench_proto::MARKER_USERSPACE_READY);
         self.marks.ready_ns = boottime_ns();
         self.marks.systemd_follows = systemd_follows;
-        self.marks.clocksource = clocksource();
+        self.marks.clocksource = crate::clock::clocksource();
         let marks = self.marks.clone();
         self.send("ready", &GuestMessage::Ready(marks))
     }
@@ -118,14 +123,81 @@ impl Conversation {
         );
     }
 
+    /// A benchmark's result, the answer to a `RunBench`.
+    pub fn bench(&mut self, result: BenchResult) -> bool {
+        self.send("bench", &GuestMessage::Bench(result))
+    }
+
     /// Waits (bounded) for the host to say it has the report.
     pub fn wait_ack(&mut self) {
-        match wait_ack(&mut self.stream, self.settings.ack_timeout_ms) {
-            Ok(()) => console::line(&[
-                ("event", "reported"),
-                ("vm_id", &self.settings.vm_id.to_string()),
-            ]),
+        let timeout_ms = self.settings.ack_timeout_ms;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let got = self.receive(Some(deadline)).and_then(|message| match message {
+            Some(HostMessage::Ack) => Ok(()),
+            Some(HostMessage::RunBench(request)) => Err(format!(
+                "the host asked for benchmark {:?}, but this guest was not booted with vmbench.bench=1",
+                request.name
+            )),
+            None => Err(format!("no Ack from the host within {timeout_ms} ms")),
+        });
+        match got {
+            Ok(()) => self.reported(),
             Err(e) => console::line(&[("warn", "no_ack"), ("detail", &e)]),
+        }
+    }
+
+    /// The host has the whole report and lets the guest go.
+    pub fn reported(&self) {
+        console::line(&[
+            ("event", "reported"),
+            ("vm_id", &self.settings.vm_id.to_string()),
+        ]);
+    }
+
+    /// Waits, as long as it takes, for the host's next message (bench mode).
+    /// Children that end meanwhile are reaped: PID 1 inherits every orphan.
+    pub fn next_order(&mut self) -> Result<HostMessage, String> {
+        self.receive(None)?
+            .ok_or_else(|| "no message and no deadline".to_string())
+    }
+
+    /// The next message from the host, `None` once `deadline` passes; an
+    /// error when the stream breaks or brings garbage.
+    fn receive(&mut self, deadline: Option<Instant>) -> Result<Option<HostMessage>, String> {
+        let mut buf = [0u8; 256];
+        loop {
+            if let Some(body) = self.decoder.next_body().map_err(|e| e.to_string())? {
+                return decode_body::<HostMessage>(&body)
+                    .map(Some)
+                    .map_err(|e| e.to_string());
+            }
+            // Without a deadline, wake now and then to reap.
+            let wait = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    left
+                }
+                None => {
+                    crate::power::reap_children();
+                    Duration::from_secs(1)
+                }
+            };
+            let wait_ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(wait_ms)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e.desc().to_string()),
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err("the host closed the connection".to_string()),
+                Ok(n) => self.decoder.push(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
         }
     }
 }
@@ -174,36 +246,6 @@ fn connect_host(settings: &Settings) -> Result<(OwnedFd, u32), ConnectFailure> {
     }
 }
 
-fn wait_ack(stream: &mut File, timeout_ms: u64) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-    let mut decoder = FrameDecoder::new();
-    let mut buf = [0u8; 256];
-    loop {
-        if let Some(body) = decoder.next_body().map_err(|e| e.to_string())? {
-            return match decode_body::<HostMessage>(&body).map_err(|e| e.to_string())? {
-                HostMessage::Ack => Ok(()),
-            };
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("no Ack from the host within {timeout_ms} ms"));
-        }
-        let left_ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(left_ms)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Ok(_) => {}
-            Err(e) => return Err(e.desc().to_string()),
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => return Err("host closed the connection before Ack".to_string()),
-            Ok(n) => decoder.push(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-}
-
 fn mem_total_kib() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     parse_mem_total_kib(&meminfo)
@@ -212,14 +254,6 @@ fn mem_total_kib() -> Option<u64> {
 fn parse_mem_total_kib(meminfo: &str) -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The kernel's current clocksource (`tsc`, `kvm-clock`, `jiffies`, …),
-/// or empty when sysfs does not say.
-fn clocksource() -> String {
-    std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

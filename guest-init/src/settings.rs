@@ -24,6 +24,9 @@ pub struct Settings {
     pub root_wait_ms: u64,
     /// `vmbench.root_init=`: what to exec on a systemd root disk.
     pub root_init: String,
+    /// `vmbench.bench=1`: after the report, wait for the host's benchmark
+    /// orders until its `Ack`, however long that takes.
+    pub bench: bool,
 }
 
 impl Default for Settings {
@@ -38,6 +41,7 @@ impl Default for Settings {
             root_ro: false,
             root_wait_ms: 10_000,
             root_init: "/sbin/init".to_string(),
+            bench: false,
         }
     }
 }
@@ -75,17 +79,8 @@ pub fn parse(cmdline: &str) -> (Settings, Vec<Problem>) {
                 settings.root_fstype = value.to_string();
                 true
             }
-            "root_ro" => match value {
-                "1" => {
-                    settings.root_ro = true;
-                    true
-                }
-                "0" => {
-                    settings.root_ro = false;
-                    true
-                }
-                _ => false,
-            },
+            "root_ro" => flag(value).map(|v| settings.root_ro = v).is_some(),
+            "bench" => flag(value).map(|v| settings.bench = v).is_some(),
             "root_wait_ms" => value.parse().map(|v| settings.root_wait_ms = v).is_ok(),
             "root_init" if value.starts_with('/') => {
                 settings.root_init = value.to_string();
@@ -101,6 +96,15 @@ pub fn parse(cmdline: &str) -> (Settings, Vec<Problem>) {
         }
     }
     (settings, problems)
+}
+
+/// `1` or `0`.
+fn flag(value: &str) -> Option<bool> {
+    match value {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +139,16 @@ mod tests {
         let (s, problems) = parse("vmbench.root=vda vmbench.root_ro=yes");
         assert_eq!(s.root, None, "a device is a path");
         assert_eq!(problems.len(), 2);
+    }
+
+    #[test]
+    fn bench_mode() {
+        assert!(!parse("console=ttyS0").0.bench);
+        assert!(parse("vmbench.bench=1").0.bench);
+        assert!(!parse("vmbench.bench=1 vmbench.bench=0").0.bench);
+        let (s, problems) = parse("vmbench.bench=yes");
+        assert!(!s.bench);
+        assert_eq!(problems.len(), 1);
     }
 
     #[test]

@@ -17,6 +17,12 @@
 //!   once it has the whole report; the guest waits for it (bounded) before
 //!   powering off, so the report is known to have left the VM before the VM
 //!   ends. A guest that fails sends [`GuestMessage::Failed`] instead.
+//! - Benchmarks (version 4): a guest booted with `vmbench.bench=1` waits
+//!   after its report for the host's orders instead of a bounded wait for
+//!   `Ack`: [`HostMessage::RunBench`] runs one benchmark, answered by one
+//!   [`GuestMessage::Bench`]; `Ack` still powers the guest off. The
+//!   [`bench`] module's primer says what a result holds and how the agent
+//!   marks the window the VMM attributes exits to.
 //! - Versions: `Hello` is variant 0 of [`GuestMessage`] and its first field is
 //!   [`PROTO_VERSION`]; those two facts never change, so a host can read the
 //!   version of any guest and name both versions when they differ
@@ -25,13 +31,17 @@
 //! postcard was chosen over bincode (unmaintained) for its documented, stable
 //! wire format.
 
+pub mod bench;
 mod frame;
 
+pub use bench::{
+    micro_bench, BenchInfo, BenchOutcome, BenchRequest, BenchResult, Samples, MICRO_BENCHES,
+};
 pub use frame::{decode_body, encode_frame, FrameDecoder, FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this crate speaks. Bump on any change to a message.
-pub const PROTO_VERSION: u32 = 3;
+pub const PROTO_VERSION: u32 = 4;
 
 /// The vsock port the guest connects to unless `vmbench.port=` says otherwise.
 pub const DEFAULT_PORT: u32 = 1234;
@@ -56,6 +66,14 @@ pub const MARKER_SWITCH_ROOT: u8 = 0x62;
 
 /// Boot-marker code the agent writes when systemd starts it as a service.
 pub const MARKER_SERVICE_START: u8 = 0x63;
+
+/// Written to the boot-marker port before the two bytes (low, high) of a
+/// benchmark window's id: the window starts. Not a boot mark, nor are the
+/// id bytes that follow it.
+pub const MARKER_WINDOW_START: u8 = 0xB0;
+
+/// Written before the same two id bytes: the window ends.
+pub const MARKER_WINDOW_END: u8 = 0xB1;
 
 /// The first message of every connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,13 +196,18 @@ pub enum GuestMessage {
     Failed { what: String },
     /// A systemd guest's own account, after a `Ready` that announced it.
     Systemd(SystemdReport),
+    /// The answer to a [`HostMessage::RunBench`].
+    Bench(BenchResult),
 }
 
 /// Host to guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMessage {
     /// The host has recorded the guest's report; the guest may power off.
     Ack,
+    /// Run one benchmark and answer with [`GuestMessage::Bench`] (only a
+    /// guest booted with `vmbench.bench=1` waits for this).
+    RunBench(BenchRequest),
 }
 
 /// What can go wrong reading or writing the protocol.
@@ -351,10 +374,169 @@ mod tests {
 
     #[test]
     fn host_messages_round_trip() {
-        let frame = encode_frame(&HostMessage::Ack).unwrap();
+        let run = HostMessage::RunBench(BenchRequest {
+            name: "syscall".into(),
+            rough: true,
+            max_samples: 200,
+            budget_ms: 5_000,
+            window: 0x1234,
+        });
+        for message in [HostMessage::Ack, run] {
+            let frame = encode_frame(&message).unwrap();
+            assert_eq!(
+                decode_body::<HostMessage>(body_of(&frame)).unwrap(),
+                message
+            );
+        }
+    }
+
+    fn done() -> BenchResult {
+        BenchResult {
+            name: "blk_read_bw".into(),
+            outcome: BenchOutcome::Done(Samples {
+                unit: "ns".into(),
+                clock: "CLOCK_MONOTONIC_RAW/tsc".into(),
+                iterations: 64,
+                overhead_milli: 1_500,
+                calibration_runs: 8,
+                values: vec![812_000_000, 790_000_123, u64::MAX, 0],
+                stop: "peaks".into(),
+                window: 7,
+                ops_in_window: 256,
+                extra: vec![("block_bytes".into(), 1 << 20)],
+            }),
+        }
+    }
+
+    #[test]
+    fn bench_results_round_trip() {
+        let unavailable = BenchResult {
+            name: "hypercall".into(),
+            outcome: BenchOutcome::Unavailable {
+                why: "VMCALL raises #UD".into(),
+            },
+        };
+        let failed = BenchResult {
+            name: "fork".into(),
+            outcome: BenchOutcome::Failed {
+                why: "killed by SIGSEGV".into(),
+            },
+        };
+        for result in [done(), unavailable, failed] {
+            let frame = encode_frame(&GuestMessage::Bench(result.clone())).unwrap();
+            assert_eq!(
+                decode_body::<GuestMessage>(body_of(&frame)).unwrap(),
+                GuestMessage::Bench(result)
+            );
+        }
+    }
+
+    #[test]
+    fn variants_keep_their_wire_numbers() {
+        // Older variants keep their numbers: a version 3 Ready or Ack still
+        // reads the same; the new ones come last.
+        assert_eq!(postcard::to_stdvec(&HostMessage::Ack).unwrap(), [0]);
+        let run = HostMessage::RunBench(BenchRequest {
+            name: String::new(),
+            rough: false,
+            max_samples: 0,
+            budget_ms: 0,
+            window: 0,
+        });
+        assert_eq!(postcard::to_stdvec(&run).unwrap()[0], 1);
         assert_eq!(
-            decode_body::<HostMessage>(body_of(&frame)).unwrap(),
-            HostMessage::Ack
+            postcard::to_stdvec(&GuestMessage::Bench(done())).unwrap()[0],
+            4
         );
+    }
+
+    #[test]
+    fn the_largest_result_fits_in_a_frame() {
+        let mut result = done();
+        if let BenchOutcome::Done(samples) = &mut result.outcome {
+            samples.values = vec![u64::MAX; bench::MAX_SAMPLES_LIMIT as usize];
+        }
+        encode_frame(&GuestMessage::Bench(result)).unwrap();
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::body_of;
+
+        fn outcome() -> impl Strategy<Value = BenchOutcome> {
+            let samples = (
+                ".{0,8}",
+                ".{0,30}",
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u64>(), 0..100),
+                ".{0,12}",
+                any::<u16>(),
+                any::<u64>(),
+                proptest::collection::vec((".{0,12}", any::<u64>()), 0..4),
+            )
+                .prop_map(
+                    |(
+                        unit,
+                        clock,
+                        iterations,
+                        overhead_milli,
+                        calibration_runs,
+                        values,
+                        stop,
+                        window,
+                        ops_in_window,
+                        extra,
+                    )| {
+                        BenchOutcome::Done(Samples {
+                            unit,
+                            clock,
+                            iterations,
+                            overhead_milli,
+                            calibration_runs,
+                            values,
+                            stop,
+                            window,
+                            ops_in_window,
+                            extra,
+                        })
+                    },
+                );
+            prop_oneof![
+                samples,
+                ".{0,40}".prop_map(|why| BenchOutcome::Unavailable { why }),
+                ".{0,40}".prop_map(|why| BenchOutcome::Failed { why }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_bench_result_round_trips(name in ".{0,20}", outcome in outcome()) {
+                let message = GuestMessage::Bench(BenchResult { name, outcome });
+                let frame = encode_frame(&message).unwrap();
+                prop_assert_eq!(decode_body::<GuestMessage>(body_of(&frame)).unwrap(), message);
+            }
+
+            #[test]
+            fn any_bench_request_round_trips(
+                name in ".{0,20}",
+                rough in any::<bool>(),
+                max_samples in any::<u32>(),
+                budget_ms in any::<u32>(),
+                window in any::<u16>(),
+            ) {
+                let message = HostMessage::RunBench(BenchRequest { name, rough, max_samples, budget_ms, window });
+                let frame = encode_frame(&message).unwrap();
+                prop_assert_eq!(decode_body::<HostMessage>(body_of(&frame)).unwrap(), message);
+            }
+
+            #[test]
+            fn arbitrary_host_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = decode_body::<HostMessage>(&bytes);
+            }
+        }
     }
 }

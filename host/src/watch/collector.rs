@@ -4,7 +4,10 @@
 //! messages out, or the protocol error that makes the VM `protocol_error`. The
 //! guest is untrusted, so every way it can misbehave (garbage, an oversized or
 //! truncated frame, a wrong version, a message before `Hello`, a second `Hello`
-//! or `Ready`) is an error for that VM only.
+//! or `Ready`, a benchmark result the host did not ask for) is an error for
+//! that VM only.
+
+use std::collections::VecDeque;
 
 use vmbench_proto::{decode_body, decode_hello, FrameDecoder, GuestMessage};
 
@@ -18,6 +21,9 @@ pub enum Error {
     SecondHello,
     #[error("Guest sent a second Ready")]
     SecondReady,
+    #[error("Guest sent a result for benchmark {name:?}, which the host did not ask for{}",
+        .asked.as_ref().map(|a| format!(" (it asked for {a:?})")).unwrap_or_default())]
+    UnaskedBench { name: String, asked: Option<String> },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -28,6 +34,9 @@ pub struct Session {
     decoder: FrameDecoder,
     said_hello: bool,
     said_ready: bool,
+    /// Benchmarks asked for and not yet answered, oldest first: the guest
+    /// answers them in order.
+    asked: VecDeque<String>,
 }
 
 fn name(message: &GuestMessage) -> &'static str {
@@ -36,12 +45,19 @@ fn name(message: &GuestMessage) -> &'static str {
         GuestMessage::Ready(_) => "Ready",
         GuestMessage::Failed { .. } => "Failed",
         GuestMessage::Systemd(_) => "Systemd",
+        GuestMessage::Bench(_) => "Bench",
     }
 }
 
 impl Session {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The host has sent `RunBench` for `name`: one `Bench` of that name may
+    /// come back, after those asked for before it.
+    pub fn asked_for_bench(&mut self, name: &str) {
+        self.asked.push_back(name.to_string());
     }
 
     /// Takes bytes from the connection; returns the whole messages they complete.
@@ -55,6 +71,15 @@ impl Session {
                     GuestMessage::Hello(_) => return Err(Error::SecondHello),
                     GuestMessage::Ready(_) if self.said_ready => return Err(Error::SecondReady),
                     GuestMessage::Ready(_) => self.said_ready = true,
+                    GuestMessage::Bench(ref result) => {
+                        if self.asked.front() != Some(&result.name) {
+                            return Err(Error::UnaskedBench {
+                                name: result.name.clone(),
+                                asked: self.asked.front().cloned(),
+                            });
+                        }
+                        self.asked.pop_front();
+                    }
                     _ => {}
                 }
                 message
@@ -83,7 +108,9 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use vmbench_proto::{encode_frame, GuestMarks, Hello, PROTO_VERSION};
+    use vmbench_proto::{
+        encode_frame, BenchOutcome, BenchResult, GuestMarks, Hello, PROTO_VERSION,
+    };
 
     use super::*;
 
@@ -186,6 +213,67 @@ mod tests {
         assert_eq!(session.feed(&stream).unwrap().len(), 2);
         let err = session.feed(&encode_frame(&ready()).unwrap()).unwrap_err();
         assert_eq!(err, Error::SecondReady);
+    }
+
+    fn bench(name: &str) -> GuestMessage {
+        GuestMessage::Bench(BenchResult {
+            name: name.into(),
+            outcome: BenchOutcome::Unavailable { why: "test".into() },
+        })
+    }
+
+    fn hello_ready() -> Vec<u8> {
+        [hello(PROTO_VERSION), ready()]
+            .iter()
+            .flat_map(|m| encode_frame(m).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_bench_result_nobody_asked_for_is_refused() {
+        let mut session = Session::new();
+        session.feed(&hello_ready()).unwrap();
+        let err = session
+            .feed(&encode_frame(&bench("syscall")).unwrap())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::UnaskedBench {
+                name: "syscall".into(),
+                asked: None
+            }
+        );
+        assert!(err.to_string().contains("did not ask for"), "{err}");
+    }
+
+    #[test]
+    fn bench_results_come_back_in_the_order_asked() {
+        let mut session = Session::new();
+        session.feed(&hello_ready()).unwrap();
+        session.asked_for_bench("fork");
+        session.asked_for_bench("exec");
+        let err = session.feed(&encode_frame(&bench("exec")).unwrap());
+        assert!(
+            matches!(err, Err(Error::UnaskedBench { ref asked, .. }) if asked.as_deref() == Some("fork")),
+            "{err:?}"
+        );
+        let mut session = Session::new();
+        session.feed(&hello_ready()).unwrap();
+        session.asked_for_bench("fork");
+        session.asked_for_bench("exec");
+        let both: Vec<u8> = [bench("fork"), bench("exec")]
+            .iter()
+            .flat_map(|m| encode_frame(m).unwrap())
+            .collect();
+        assert_eq!(
+            session.feed(&both).unwrap(),
+            vec![bench("fork"), bench("exec")]
+        );
+        // Each request gets one answer.
+        let err = session
+            .feed(&encode_frame(&bench("exec")).unwrap())
+            .unwrap_err();
+        assert!(matches!(err, Error::UnaskedBench { .. }), "{err:?}");
     }
 
     proptest::proptest! {

@@ -165,6 +165,16 @@ impl Watch<'_> {
             GuestMessage::Failed { what } => {
                 self.guest_failure.get_or_insert(what);
             }
+            // The session refuses a result the watch did not ask for, and
+            // `vmbench boot` asks for none: this is only reached if that
+            // check is ever lost, and must not pass silently then either.
+            GuestMessage::Bench(result) => {
+                self.connections[index].open = false;
+                self.protocol_error.get_or_insert(format!(
+                    "Guest sent a result for benchmark {:?}, which the host did not ask for",
+                    result.name
+                ));
+            }
         }
     }
 
