@@ -2,7 +2,8 @@
 # Installs and builds everything vmbench needs, skipping what is already there:
 # apt packages (QEMU, kernel source and build tools, PostgreSQL for the results
 # store's tests), vhost-device-vsock, the guest kernel (cached in
-# ~/.cache/vmbench), the static guest agent and vmbench.
+# ~/.cache/vmbench), the static guest agent, the freestanding guests (the vsock
+# test guest, the vmexit suite's guest) and vmbench.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -51,6 +52,8 @@ say "building the static guest agent"
 scripts/build-agent.sh
 say "building the vsock test guest"
 scripts/build-test-guest.sh
+say "building the vmexit guest"
+scripts/build-vmexit-guest.sh
 say "building vmbench"
 cargo build --release --quiet -p vmbench
 say "ready: target/release/vmbench (and the VMM alone, target/release/vmbench-vmm)"

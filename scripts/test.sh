@@ -9,17 +9,23 @@ scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-# The vsock test guest is its own workspace (built for bare metal); its
+# The freestanding guests (the vsock test guest, the vmexit guest) and the
+# crate they share are workspaces of their own (built for bare metal); their
 # logic is unit-tested on the host.
-guest=(--manifest-path tests/vsock-guest/Cargo.toml)
-cargo fmt "${guest[@]}" -- --check
+guests=(tests/vsock-guest vmexit-guest freestanding)
+for g in "${guests[@]}"; do
+  cargo fmt --manifest-path "$g/Cargo.toml" -- --check
+  CARGO_TARGET_DIR="target/$(basename "$g")-host" \
+    cargo clippy --manifest-path "$g/Cargo.toml" --all-targets --quiet -- -D warnings
+done
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
-CARGO_TARGET_DIR=target/vsock-guest-host cargo clippy "${guest[@]}" --all-targets --quiet -- -D warnings
 cargo build --workspace --bins --quiet
 status=0
 (
   rc=0
-  CARGO_TARGET_DIR=target/vsock-guest-host cargo test "${guest[@]}" 2>&1 || rc=1
+  for g in "${guests[@]}"; do
+    CARGO_TARGET_DIR="target/$(basename "$g")-host" cargo test --manifest-path "$g/Cargo.toml" 2>&1 || rc=1
+  done
   # --show-output: a passing test that skipped says so (libtest hides its stdout otherwise).
   # --no-fail-fast: one failing test binary does not hide the others.
   cargo test --workspace --no-fail-fast -- --show-output 2>&1 || rc=1

@@ -1,7 +1,8 @@
 //! Helpers for vmbench's end-to-end tests: find the real binaries, decide
 //! whether a test can run here, and read results.json; `boot` runs `vmbench
 //! boot`, `vmm` runs `vmbench vmm`, `vsock` is the host's side of the vsock
-//! test guest, `micro` the host's side of the agent's bench mode.
+//! test guest, `micro` the host's side of the agent's bench mode, `vmexit`
+//! reads the vmexit guest's report, `elf` checks a freestanding guest's ELF.
 //!
 //! A test that needs something this machine lacks prints `SKIPPED: <reason>`
 //! and returns; under CI (`CI=true`) a missing package or kernel is a failure
@@ -12,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod boot;
+pub mod elf;
 pub mod micro;
+pub mod vmexit;
 pub mod vmm;
 pub mod vsock;
 

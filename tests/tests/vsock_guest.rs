@@ -19,12 +19,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use vmbench_e2e::elf::{assert_no_sse, assert_static_at_1_mib_with_both_entries};
 use vmbench_e2e::vmm::{vmm_command, vmm_json};
 use vmbench_e2e::vsock::{
     built_vsock_guest, connect_and_echo, expect_done, expect_error, find_program, guest_lines,
     patterned_bytes, serve_guest_connection, vsock_guest_bin, wait_for_path, Check, KillOnDrop,
 };
-use vmbench_e2e::{dump, have_kvm, skip_unless_ci};
+use vmbench_e2e::{have_kvm, skip_unless_ci};
 
 const GUEST_CID: u32 = 3;
 /// The VMM's start to its exit. The guest itself needs well under a second
@@ -441,141 +442,20 @@ fn both_entries_run_under_vmbench_vmm() {
     }
 }
 
-/// What an ELF says about itself, as far as these tests care.
-struct ElfFacts {
-    e_type: u16,
-    entry: u64,
-    /// (p_type, p_paddr, p_offset, p_filesz)
-    segments: Vec<(u32, u64, u64, u64)>,
-    /// Symbol name to value.
-    symbols: Vec<(String, u64)>,
-}
-
-fn le(bytes: &[u8], at: usize, len: usize) -> u64 {
-    bytes[at..at + len]
-        .iter()
-        .rev()
-        .fold(0, |value, &b| value << 8 | u64::from(b))
-}
-
-fn read_elf(bytes: &[u8]) -> ElfFacts {
-    assert_eq!(
-        &bytes[..6],
-        b"\x7fELF\x02\x01",
-        "a 64-bit little-endian ELF"
-    );
-    let (phoff, phnum) = (le(bytes, 32, 8) as usize, le(bytes, 56, 2) as usize);
-    let segments = (0..phnum)
-        .map(|i| {
-            let p = phoff + i * 56;
-            let p_type = le(bytes, p, 4) as u32;
-            (
-                p_type,
-                le(bytes, p + 24, 8),
-                le(bytes, p + 8, 8),
-                le(bytes, p + 32, 8),
-            )
-        })
-        .collect();
-    let (shoff, shnum) = (le(bytes, 40, 8) as usize, le(bytes, 60, 2) as usize);
-    let section = |i: usize| {
-        let s = shoff + i * 64;
-        // (sh_type, sh_offset, sh_size, sh_link)
-        (
-            le(bytes, s + 4, 4),
-            le(bytes, s + 24, 8) as usize,
-            le(bytes, s + 32, 8) as usize,
-            le(bytes, s + 40, 4) as usize,
-        )
-    };
-    let mut symbols = Vec::new();
-    for i in 0..shnum {
-        let (sh_type, offset, size, link) = section(i);
-        if sh_type != 2 {
-            continue; // SHT_SYMTAB only
-        }
-        let (_, strings, ..) = section(link);
-        for sym in (offset..offset + size).step_by(24) {
-            let name_at = strings + le(bytes, sym, 4) as usize;
-            let name_len = bytes[name_at..].iter().position(|&b| b == 0).unwrap();
-            let name = String::from_utf8_lossy(&bytes[name_at..name_at + name_len]);
-            symbols.push((name.into_owned(), le(bytes, sym + 8, 8)));
-        }
-    }
-    ElfFacts {
-        e_type: le(bytes, 16, 2) as u16,
-        entry: le(bytes, 24, 8),
-        segments,
-        symbols,
-    }
-}
-
 #[test]
 fn guest_elf_is_one_static_segment_at_1_mib_with_both_entries() {
     let test = "guest_elf_is_one_static_segment_at_1_mib_with_both_entries";
     let Some(guest) = built_vsock_guest(test) else {
         return;
     };
-    let bytes = std::fs::read(&guest).unwrap();
-    let elf = read_elf(&bytes);
-    assert_eq!(elf.e_type, 2, "ET_EXEC: linked at fixed addresses, not PIE");
-    let symbol = |name: &str| {
-        elf.symbols
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("no symbol {name}"))
-            .1
-    };
-    assert_eq!(elf.entry, symbol("linux_start"));
-    let loads: Vec<_> = elf.segments.iter().filter(|s| s.0 == 1).collect();
-    assert_eq!(loads.len(), 1, "one PT_LOAD");
-    assert_eq!(loads[0].1, 0x10_0000, "loaded at 1 MiB");
-    for forbidden in [2, 3] {
-        assert!(
-            elf.segments.iter().all(|s| s.0 != forbidden),
-            "PT_DYNAMIC or PT_INTERP present"
-        );
-    }
-    let notes: Vec<_> = elf.segments.iter().filter(|s| s.0 == 4).collect();
-    assert_eq!(notes.len(), 1, "one PT_NOTE");
-    let (_, _, offset, size) = *notes[0];
-    let note = &bytes[offset as usize..(offset + size) as usize];
-    // namesz 4, descsz 8, type 18 (XEN_ELFNOTE_PHYS32_ENTRY), "Xen\0", entry.
-    assert_eq!(le(note, 0, 4), 4);
-    assert_eq!(le(note, 4, 4), 8);
-    assert_eq!(le(note, 8, 4), 18);
-    assert_eq!(&note[12..16], b"Xen\0");
-    assert_eq!(le(note, 16, 8), symbol("pvh_start"));
+    assert_static_at_1_mib_with_both_entries(&guest);
 }
 
-/// KVM's instruction emulator, which runs every guest instruction on hosts
-/// with nested KVM, cannot execute most SSE instructions; the build turns
-/// SSE off. This catches a build that lost the flag even where KVM is native.
 #[test]
 fn guest_code_uses_no_sse_registers() {
     let test = "guest_code_uses_no_sse_registers";
     let Some(guest) = built_vsock_guest(test) else {
         return;
     };
-    let Some(objdump) = find_program("objdump") else {
-        skip_unless_ci(test, "objdump (binutils) is not installed");
-        return;
-    };
-    let out = Command::new(objdump)
-        .arg("-d")
-        .arg(&guest)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", dump(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let sse: Vec<&str> = text.lines().filter(|l| l.contains("%xmm")).collect();
-    assert!(
-        sse.is_empty(),
-        "SSE instructions in the guest:\n{}",
-        sse.join("\n")
-    );
-    assert!(
-        text.contains("<pvh_start>:"),
-        "objdump saw no code:\n{text}"
-    );
+    assert_no_sse(test, &guest);
 }

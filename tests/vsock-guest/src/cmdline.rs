@@ -1,9 +1,7 @@
 //! The guest's command line: space-separated `key=value` words.
 //!
-//! - `virtio_mmio.device=<size>@<base>:<irq>[:<id>]`, as QEMU microvm
-//!   (`512@0xfeb00e00:12`) and vmbench's VMM (`4K@0xd0000000:5`) write it,
-//!   parsed like Linux does: size and base are decimal or `0x` hex, the size
-//!   may end in K, M or G.
+//! - `virtio_mmio.device=<size>@<base>:<irq>[:<id>]` (as
+//!   `freestanding::cmdline` parses it);
 //! - `vsockguest.connect=<port>`, `vsockguest.listen=<port>` (decimal u32),
 //!   `vsockguest.message=<token>` (any bytes but spaces),
 //!   `vsockguest.wait_ticks=<ticks>` (how long one wait may last, in TSC
@@ -11,20 +9,14 @@
 //!
 //! Other words are ignored; a bad value for one of ours is an error.
 
-use core::fmt;
+use freestanding::cmdline::{parse_device, parse_number, parse_u32, words};
+pub use freestanding::cmdline::{MmioDevice, Printable};
 
 use crate::{Error, Result};
 
 pub const MAX_DEVICES: usize = 8;
 /// The message and its newline must fit in one packet.
 pub const MAX_MESSAGE_BYTES: usize = 1024;
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct MmioDevice {
-    pub base: u64,
-    pub size: u64,
-    pub irq: u32,
-}
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Config<'a> {
@@ -45,14 +37,7 @@ impl Config<'_> {
 
 pub fn parse(cmdline: &[u8]) -> Result<Config<'_>> {
     let mut config = Config::default();
-    for word in cmdline
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|w| !w.is_empty())
-    {
-        let Some(eq) = word.iter().position(|&b| b == b'=') else {
-            continue;
-        };
-        let (key, value) = (&word[..eq], &word[eq + 1..]);
+    for (key, value) in words(cmdline) {
         match key {
             b"virtio_mmio.device" => {
                 let device = parse_device(value).ok_or(Error::BadParam {
@@ -95,73 +80,6 @@ pub fn parse(cmdline: &[u8]) -> Result<Config<'_>> {
         }
     }
     Ok(config)
-}
-
-/// `<size>@<base>:<irq>[:<id>]`.
-fn parse_device(value: &[u8]) -> Option<MmioDevice> {
-    let at = value.iter().position(|&b| b == b'@')?;
-    let size = parse_size(&value[..at])?;
-    let mut rest = value[at + 1..].split(|&b| b == b':');
-    let base = parse_number(rest.next()?)?;
-    let irq = parse_u32(rest.next()?)?;
-    if let Some(id) = rest.next() {
-        parse_u32(id)?;
-    }
-    if rest.next().is_some() || size == 0 || base.checked_add(size).is_none() {
-        return None;
-    }
-    Some(MmioDevice { base, size, irq })
-}
-
-/// A number with an optional K, M or G suffix (Linux's memparse).
-fn parse_size(text: &[u8]) -> Option<u64> {
-    let (digits, shift) = match text.last()? {
-        b'k' | b'K' => (&text[..text.len() - 1], 10),
-        b'm' | b'M' => (&text[..text.len() - 1], 20),
-        b'g' | b'G' => (&text[..text.len() - 1], 30),
-        _ => (text, 0),
-    };
-    let n = parse_number(digits)?;
-    n.checked_mul(1 << shift)
-}
-
-/// Decimal, or hexadecimal after `0x`.
-fn parse_number(text: &[u8]) -> Option<u64> {
-    let (digits, radix) = match text {
-        [b'0', b'x' | b'X', hex @ ..] => (hex, 16),
-        _ => (text, 10),
-    };
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &b| {
-        let digit = char::from(b).to_digit(radix)?;
-        n.checked_mul(u64::from(radix))?
-            .checked_add(u64::from(digit))
-    })
-}
-
-fn parse_u32(text: &[u8]) -> Option<u32> {
-    if text.starts_with(b"0x") || text.starts_with(b"0X") {
-        return None;
-    }
-    u32::try_from(parse_number(text)?).ok()
-}
-
-/// Shows bytes as text, non-printable ones as `\xNN`.
-pub struct Printable<'a>(pub &'a [u8]);
-
-impl fmt::Display for Printable<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for &b in self.0 {
-            if b == b' ' || b.is_ascii_graphic() {
-                write!(f, "{}", char::from(b))?;
-            } else {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -233,24 +151,6 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_bases() {
-        assert_eq!(parse_size(b"512"), Some(512));
-        assert_eq!(parse_size(b"4K"), Some(4096));
-        assert_eq!(parse_size(b"4k"), Some(4096));
-        assert_eq!(parse_size(b"0x1000"), Some(4096));
-        assert_eq!(parse_size(b"2M"), Some(2 << 20));
-        assert_eq!(parse_size(b"1G"), Some(1 << 30));
-        assert_eq!(parse_size(b"K"), None);
-        assert_eq!(parse_size(b""), None);
-        assert_eq!(parse_size(b"0x"), None);
-        assert_eq!(parse_size(b"12q"), None);
-        assert_eq!(parse_size(b"99999999999999999999"), None);
-        assert_eq!(parse_size(b"0xffffffffffffffffG"), None);
-        assert_eq!(parse_number(b"0XFEB00000"), Some(0xfeb0_0000));
-        assert_eq!(parse_number(b"4096"), Some(4096));
-    }
-
-    #[test]
     fn bad_devices_are_errors() {
         for bad in [
             &b"virtio_mmio.device=512"[..],
@@ -314,10 +214,5 @@ mod tests {
         assert_eq!(config.listen, Some(2));
         assert!(config.devices().is_empty());
         assert_eq!(parse(b"").unwrap(), Config::default());
-    }
-
-    #[test]
-    fn printable() {
-        assert_eq!(Printable(b"a=b c\x01\n").to_string(), "a=b c\\x01\\x0a");
     }
 }

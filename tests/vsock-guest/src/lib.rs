@@ -27,22 +27,21 @@
 
 #![cfg_attr(not(test), no_std)]
 
-pub mod boot;
 pub mod clock;
 pub mod cmdline;
 pub mod connection;
 pub mod credit;
 pub mod echo_ring;
-pub mod machine;
 pub mod packet;
 pub mod queue;
-pub mod serial;
 pub mod virtio_mmio;
 pub mod vsock;
 #[cfg(test)]
 mod xorshift;
 
 use core::fmt;
+
+pub use freestanding::{boot, machine, serial};
 
 use connection::{Addr, Summary};
 use echo_ring::EchoRing;
@@ -55,13 +54,8 @@ pub const LOCAL_PORT: u32 = 49152;
 /// Everything that can stop the guest, printed as `error=<code> [details]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
-    BadStartInfo {
-        magic: u32,
-    },
-    Unmapped {
-        addr: u64,
-    },
-    CmdlineTooLong,
+    /// The command line or an address (freestanding::boot's checks).
+    Boot(boot::Error),
     BadParam {
         name: &'static str,
     },
@@ -100,12 +94,16 @@ pub enum Error {
 
 pub type Result<T> = core::result::Result<T, Error>;
 
+impl From<boot::Error> for Error {
+    fn from(e: boot::Error) -> Error {
+        Error::Boot(e)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::BadStartInfo { magic } => write!(f, "bad_pvh_start_info magic={magic:#x}"),
-            Error::Unmapped { addr } => write!(f, "unmapped addr={addr:#x}"),
-            Error::CmdlineTooLong => write!(f, "cmdline_too_long"),
+            Error::Boot(e) => e.fmt(f),
             Error::BadParam { name } => write!(f, "bad_param name={name}"),
             Error::TooManyDevices => write!(f, "too_many_virtio_mmio_devices"),
             Error::BadMmioWindow { base, size } => {
@@ -155,7 +153,7 @@ static mut MEMORY: Memory = Memory {
 };
 
 /// The guest's whole life after its entry code: never returns.
-pub fn run(entry: Entry, cmdline: Result<&[u8]>) -> ! {
+pub fn run(entry: Entry, cmdline: boot::Result<&[u8]>) -> ! {
     say!(
         "start entry={}",
         match entry {
@@ -163,7 +161,7 @@ pub fn run(entry: Entry, cmdline: Result<&[u8]>) -> ! {
             Entry::Linux => "linux",
         }
     );
-    match cmdline.and_then(main) {
+    match cmdline.map_err(Error::from).and_then(main) {
         Ok(()) => say!("done"),
         Err(e) => say!("error={e}"),
     }

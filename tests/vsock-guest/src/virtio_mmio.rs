@@ -296,9 +296,9 @@ mod tests {
         let unmapped = unsafe { Transport::new(0x1_0000_0000, 0x200) };
         assert_eq!(
             unmapped.err(),
-            Some(Error::Unmapped {
+            Some(Error::Boot(crate::boot::Error::Unmapped {
                 addr: 0x1_0000_0000
-            })
+            }))
         );
     }
 }

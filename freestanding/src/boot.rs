@@ -8,7 +8,30 @@
 //!
 //! Either way the line is a NUL-terminated string at a physical address.
 
-use crate::{Error, Result};
+use core::fmt;
+
+/// Why the command line could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// The PVH start info's magic is wrong: not a PVH boot.
+    BadStartInfo { magic: u32 },
+    /// An address outside the identity-mapped first 4 GiB (or 0).
+    Unmapped { addr: u64 },
+    /// No NUL within [`MAX_CMDLINE_BYTES`].
+    CmdlineTooLong,
+}
+
+pub type Result<T> = core::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadStartInfo { magic } => write!(f, "bad_pvh_start_info magic={magic:#x}"),
+            Error::Unmapped { addr } => write!(f, "unmapped addr={addr:#x}"),
+            Error::CmdlineTooLong => write!(f, "cmdline_too_long"),
+        }
+    }
+}
 
 pub const PVH_MAGIC: u32 = 0x336e_c578;
 const PVH_CMDLINE_PADDR: u64 = 24;
