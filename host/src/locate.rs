@@ -49,14 +49,43 @@ pub fn workspace_dir() -> Option<PathBuf> {
     dir.join("Cargo.toml").is_file().then_some(dir)
 }
 
-/// The guest kernel kernel-config/build.sh built last.
+/// The guest kernel: the one kernel-config/build.sh built from this
+/// binary's own fragments ([`FRAGMENTS_SHA256`]) if the cache holds it,
+/// else the one it built last (`kernel/current`). Several work trees (or
+/// a CI run beside a developer's tree) share one cache, and `current` is
+/// whichever built last; a binary finds its own kernel regardless.
 pub fn default_kernel() -> Result<PathBuf> {
-    let path = cache_dir()?.join("kernel/current/vmlinux");
-    if path.is_file() {
-        Ok(path)
+    let kernels = cache_dir()?.join("kernel");
+    default_kernel_in(&kernels, FRAGMENTS_SHA256)
+}
+
+fn default_kernel_in(kernels: &Path, fragments_sha256: &str) -> Result<PathBuf> {
+    let current = kernels.join("current/vmlinux");
+    let ours = |path: &Path| {
+        path.is_file()
+            && kernel_inputs(path).is_some_and(|i| i.fragments_sha256 == fragments_sha256)
+    };
+    if ours(&current) {
+        return Ok(current);
+    }
+    // Another key built from the same fragments (a different source is
+    // possible: the newest build wins).
+    let newest = std::fs::read_dir(kernels)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name() != "current")
+        .map(|e| e.path().join("vmlinux"))
+        .filter(|p| ours(p))
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok());
+    if let Some(path) = newest {
+        return Ok(path);
+    }
+    if current.is_file() {
+        Ok(current)
     } else {
         Err(Error::NoKernel {
-            looked: path.display().to_string(),
+            looked: current.display().to_string(),
         })
     }
 }
@@ -218,6 +247,43 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "`surely-not-a-program-vmbench` not found on PATH; install it with `apt-get install x`"
+        );
+    }
+
+    #[test]
+    fn the_kernel_of_our_own_fragments_is_preferred_to_the_last_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path();
+        let build = |key: &str, fragments: &str| {
+            std::fs::create_dir_all(k.join(key)).unwrap();
+            std::fs::write(k.join(key).join("vmlinux"), "elf").unwrap();
+            std::fs::write(
+                k.join(key).join("inputs"),
+                format!("source=debian:linux-source-6.1=6.1.1\nfragments_sha256={fragments}\n"),
+            )
+            .unwrap();
+        };
+        assert!(matches!(
+            default_kernel_in(k, "ours"),
+            Err(Error::NoKernel { .. })
+        ));
+        build("aaaa", "theirs");
+        std::os::unix::fs::symlink("aaaa", k.join("current")).unwrap();
+        // Only theirs: the last built, as before (the inputs check warns).
+        assert_eq!(
+            default_kernel_in(k, "ours").unwrap(),
+            k.join("current/vmlinux")
+        );
+        build("bbbb", "ours");
+        assert_eq!(
+            default_kernel_in(k, "ours").unwrap(),
+            k.join("bbbb/vmlinux")
+        );
+        std::fs::remove_file(k.join("current")).unwrap();
+        std::os::unix::fs::symlink("bbbb", k.join("current")).unwrap();
+        assert_eq!(
+            default_kernel_in(k, "ours").unwrap(),
+            k.join("current/vmlinux")
         );
     }
 

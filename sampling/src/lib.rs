@@ -10,10 +10,10 @@
 //! - **Calibration** ([`calibrate`]): first the fixed cost of one timed run
 //!   with no operation in it (reading the clock, the call): the *overhead*,
 //!   the smallest of [`OVERHEAD_RUNS`] runs of 0 operations. Then, from one
-//!   operation, the count doubles until one run takes at least
+//!   operation, the count doubles until a run takes at least
 //!   [`OVERHEAD_FACTOR`] times the overhead *and* at least the configured
 //!   minimum run time, so the overhead is noise and the clock's resolution
-//!   too.
+//!   too — twice in a row, so that one slow run does not settle it.
 //! - **A sample** is one run at the calibrated count; its *value* is the
 //!   cost of one operation in thousandths of the unit (picoseconds,
 //!   milli-cycles), the overhead subtracted (saturating at 0), so that
@@ -168,7 +168,13 @@ pub fn calibrate<B: Bench>(bench: &mut B, config: &Config) -> Result<Calibration
     loop {
         let ticks = bench.run(iterations)?;
         runs += 1;
-        if ticks >= long_enough {
+        // A run long enough is run once more: one slow run (an interrupt,
+        // a cold cache) must not settle the count; the faster of the two
+        // must be long enough too.
+        if ticks >= long_enough && {
+            runs += 1;
+            bench.run(iterations)? >= long_enough
+        } {
             return Ok(Calibration {
                 iterations,
                 overhead_ticks,
@@ -203,6 +209,9 @@ pub fn measure<B: Bench>(bench: &mut B, config: &Config) -> Result<Measurement, 
     let calibration = calibrate(bench, config)?;
     let max_samples = usize::try_from(config.max_samples.max(1)).unwrap_or(usize::MAX);
     let mut values = Vec::new();
+    // The values sorted as they come (one insertion each), for the
+    // stopping rule, which then allocates nothing per sample.
+    let mut sorted: Vec<u64> = Vec::new();
     bench.window_start();
     let stop = loop {
         let ticks = match bench.run(calibration.iterations) {
@@ -212,12 +221,10 @@ pub fn measure<B: Bench>(bench: &mut B, config: &Config) -> Result<Measurement, 
                 return Err(e);
             }
         };
-        values.push(per_op_milli(
-            ticks,
-            calibration.overhead_ticks,
-            calibration.iterations,
-        ));
-        if values.len() >= MIN_SAMPLES && enough(&values, config.rough) {
+        let value = per_op_milli(ticks, calibration.overhead_ticks, calibration.iterations);
+        values.push(value);
+        sorted.insert(sorted.partition_point(|&v| v <= value), value);
+        if values.len() >= MIN_SAMPLES && enough_sorted(&sorted, config.rough) {
             break Stop::Peaks;
         }
         if values.len() >= max_samples {
@@ -257,13 +264,11 @@ fn bin_width(start: u64) -> u64 {
     (start / 100).max(1)
 }
 
-/// Every peak of `values`, tiny ones included, in increasing order.
-pub fn all_peaks(values: &[u64]) -> Vec<Peak> {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    let mut peaks = Vec::new();
+/// Calls `f` with each peak of `sorted` (ascending), tiny ones included,
+/// as the slice of its values; allocates nothing.
+fn for_each_peak(sorted: &[u64], mut f: impl FnMut(&[u64])) {
     let Some(&first) = sorted.first() else {
-        return peaks;
+        return;
     };
     // The end of the current bin (its start is where the previous ended),
     // and where the current peak began.
@@ -279,13 +284,21 @@ pub fn all_peaks(values: &[u64]) -> Vec<Peak> {
             continue;
         }
         // At least one empty bin: the peak ends; find v's bin.
-        peaks.push(peak_of(&sorted[peak_from..i]));
+        f(&sorted[peak_from..i]);
         peak_from = i;
         while v >= end && end < u64::MAX {
             end = end.saturating_add(bin_width(end));
         }
     }
-    peaks.push(peak_of(&sorted[peak_from..]));
+    f(&sorted[peak_from..]);
+}
+
+/// Every peak of `values`, tiny ones included, in increasing order.
+pub fn all_peaks(values: &[u64]) -> Vec<Peak> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let mut peaks = Vec::new();
+    for_each_peak(&sorted, |p| peaks.push(peak_of(p)));
     peaks
 }
 
@@ -309,16 +322,22 @@ pub fn peaks(values: &[u64]) -> Vec<Peak> {
 /// Whether sampling may stop: every peak holds [`PEAK_SAMPLES`] samples
 /// (`rough`: any one does). No peak that is not tiny: not yet.
 pub fn enough(values: &[u64], rough: bool) -> bool {
-    let peaks = peaks(values);
-    if peaks.is_empty() {
-        return false;
-    }
-    let known = |p: &Peak| p.count >= PEAK_SAMPLES;
-    if rough {
-        peaks.iter().any(known)
-    } else {
-        peaks.iter().all(known)
-    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    enough_sorted(&sorted, rough)
+}
+
+/// [`enough`] for values already sorted, without allocating.
+pub fn enough_sorted(sorted: &[u64], rough: bool) -> bool {
+    let min = min_peak_samples(sorted.len());
+    let (mut kept, mut known) = (0usize, 0usize);
+    for_each_peak(sorted, |p| {
+        if p.len() >= min {
+            kept += 1;
+            known += usize::from(p.len() >= PEAK_SAMPLES);
+        }
+    });
+    kept > 0 && if rough { known > 0 } else { known == kept }
 }
 
 /// Median, minimum and maximum of a benchmark's values.

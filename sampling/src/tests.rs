@@ -74,7 +74,11 @@ fn calibration_doubles_until_a_run_is_a_hundred_times_the_overhead() {
     let cal = calibrate(&mut fake(50, |_| 3), &config(1000)).unwrap();
     assert_eq!(cal.overhead_ticks, 50);
     assert_eq!(cal.iterations, 2048);
-    assert_eq!(cal.runs, OVERHEAD_RUNS + 12, "1, 2, 4 … 2048");
+    assert_eq!(
+        cal.runs,
+        OVERHEAD_RUNS + 13,
+        "1, 2, 4 … 2048, and 2048 again"
+    );
     assert!(!cal.cut_short);
     // A minimum run time longer than that wins.
     let cal = calibrate(&mut fake(50, |_| 3), &config(100_000)).unwrap();
@@ -82,6 +86,23 @@ fn calibration_doubles_until_a_run_is_a_hundred_times_the_overhead() {
         cal.iterations, 65536,
         "50 + 3 × 32768 < 100 000 ≤ 50 + 3 × 65536"
     );
+}
+
+#[test]
+fn one_slow_run_does_not_settle_the_count() {
+    // The 8th timed run (after 5 of the overhead: 4 operations) is a
+    // thousand times slower, long enough on its own.
+    let mut calls = 0;
+    let mut slow = fake(50, move |_| {
+        calls += 1;
+        if calls == 8 {
+            3000
+        } else {
+            3
+        }
+    });
+    let cal = calibrate(&mut slow, &config(1000)).unwrap();
+    assert_eq!(cal.iterations, 2048, "the slow run at 4 was not confirmed");
 }
 
 #[test]

@@ -33,7 +33,8 @@ const GUEST_CID: u32 = 3;
 /// The scratch disk: as `vmbench bench` will attach it.
 pub const SCRATCH_BYTES: u64 = 64 << 20;
 pub const SCRATCH_SERIAL: &str = "vmbench-scratch";
-/// Guest memory: the memory benchmarks' 64 MiB and 16 MiB buffers, twice.
+/// Guest memory: room for the memory benchmarks' buffers (64 MiB for the
+/// chases, 16 MiB for the copy-on-write faults), twice.
 const MEM_MIB: u32 = 256;
 /// Booting to `Ready` under TCG takes about a second.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -54,10 +55,7 @@ impl Inputs {
     pub fn find(test: &str) -> Option<Inputs> {
         let qemu = find_program("qemu-system-x86_64");
         let vhost = find_program("vhost-device-vsock");
-        let cache = std::env::var_os("VMBENCH_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/vmbench")));
-        let kernel = cache.map(|c| c.join("kernel/current/vmlinux"));
+        let kernel = this_trees_kernel();
         let missing = match (&qemu, &vhost, &kernel) {
             (None, _, _) => {
                 Some("qemu-system-x86_64 is not installed (scripts/setup.sh)".to_string())
@@ -65,11 +63,7 @@ impl Inputs {
             (_, None, _) => {
                 Some("vhost-device-vsock is not installed (scripts/setup.sh)".to_string())
             }
-            (_, _, Some(k)) if !k.is_file() => Some(format!(
-                "no guest kernel at {} (kernel-config/build.sh)",
-                k.display()
-            )),
-            (_, _, None) => Some("neither $VMBENCH_CACHE nor $HOME is set".to_string()),
+            (_, _, Err(e)) => Some(e.clone()),
             _ if !agent_bin().is_file() => Some(format!(
                 "the static agent {} is not built (scripts/build-agent.sh)",
                 agent_bin().display()
@@ -86,6 +80,27 @@ impl Inputs {
             kernel: kernel.unwrap(),
         })
     }
+}
+
+/// The kernel built from this tree's config fragments (`kernel-config/
+/// build.sh --print-path`), not whichever one the cache's `current` points
+/// at: the micro suite needs this tree's options (`/dev/mem`).
+fn this_trees_kernel() -> Check<PathBuf> {
+    let script = crate::workspace().join("kernel-config/build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--print-path")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() || !path.is_file() {
+        return Err(format!(
+            "no guest kernel built from this tree's fragments at {} (kernel-config/build.sh) {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(path)
 }
 
 /// What the benchmarks' peer on `vmbench.port + 1` saw: one entry per

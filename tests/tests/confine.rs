@@ -6,8 +6,6 @@
 use std::ffi::CString;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use vmbench_e2e::vmm::{vmm_command, vmm_json};
@@ -152,14 +150,12 @@ fn have_qemu_img(what: &str) -> bool {
     ok
 }
 
-/// Watches a FIFO for anyone opening it to read. An `open(O_RDONLY)` of a
-/// FIFO blocks until a writer comes, so a VMM that tried would still be in
-/// that open when we look; our `open(O_WRONLY|O_NONBLOCK)` succeeds exactly
-/// when a reader is there (else ENXIO), and releases it.
+/// Watches a FIFO for anyone opening it, through inotify: `IN_OPEN` is
+/// reported for every open of the file, however short (the image crate
+/// opens chain files `O_NONBLOCK`, so a refused FIFO is open for
+/// microseconds, too briefly for any polling).
 struct FifoWatch {
-    opened: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    inotify: std::os::fd::OwnedFd,
 }
 
 impl FifoWatch {
@@ -172,35 +168,49 @@ impl FifoWatch {
     }
 
     fn start_existing(path: &Path) -> FifoWatch {
+        use std::os::fd::FromRawFd;
         let c_path = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        let opened = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (o, s) = (opened.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                // SAFETY: open(2) with a NUL-terminated path.
-                let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK) };
-                if fd >= 0 {
-                    o.store(true, Ordering::SeqCst);
-                    // SAFETY: our descriptor.
-                    unsafe { libc::close(fd) };
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-        FifoWatch {
-            opened,
-            stop,
-            thread: Some(thread),
-        }
+        // SAFETY: inotify_init1(2) takes flags only.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(
+            fd >= 0,
+            "inotify_init1: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a descriptor we just made and own from here on.
+        let inotify = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: our inotify descriptor and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(fd, c_path.as_ptr(), libc::IN_OPEN) };
+        assert!(
+            wd >= 0,
+            "inotify_add_watch: {}",
+            std::io::Error::last_os_error()
+        );
+        FifoWatch { inotify }
     }
 
-    /// Whether anyone opened it, after one more look.
-    fn finish(mut self) -> bool {
-        std::thread::sleep(Duration::from_millis(20));
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().unwrap();
-        self.opened.load(Ordering::SeqCst)
+    /// Whether anyone opened it since the watch started.
+    fn finish(self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 4096];
+        let mut opened = false;
+        loop {
+            // SAFETY: read(2) into a buffer we own, of its length.
+            let n =
+                unsafe { libc::read(self.inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            // Every event is at least the fixed header; the mask is its second u32.
+            let mut at = 0usize;
+            while at + 16 <= n as usize {
+                let mask = u32::from_ne_bytes(buf[at + 4..at + 8].try_into().unwrap());
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap());
+                opened |= mask & libc::IN_OPEN != 0;
+                at += 16 + len as usize;
+            }
+        }
+        opened
     }
 }
 

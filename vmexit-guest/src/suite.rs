@@ -24,9 +24,9 @@ const WARM_UP_RUNS: u32 = 3;
 /// How long a benchmark's first operation may take before the watchdog
 /// ends it.
 const PROBE_WATCHDOG_MS: u64 = 2000;
-/// Past its budget, how long a measurement may run before the watchdog
-/// ends it: calibration's last run and the first sample may each take
-/// about as long as the budget, and the report waits on the serial port.
+/// How long a measurement may run past three times its budget before the
+/// watchdog ends it (calibration's last run and the first sample may each
+/// take about as long as all the budget).
 const MEASURE_WATCHDOG_MS: u64 = 2000;
 
 /// Calibration never goes past 2^32 operations per run (the design's cap).

@@ -164,12 +164,12 @@ pub const MICRO_BENCHES: &[BenchInfo] = &[
     ),
     info(
         "mem_linear",
-        "one step of a pointer chase through 64 MiB, one page after the next",
+        "one step of a pointer chase, one page after the next, through twice the largest cache (64 MiB to 1 GiB)",
         "none (EPT/NPT violations only on first touch, done before timing)",
     ),
     info(
         "mem_random",
-        "one step of a pointer chase through 64 MiB, pages in random order",
+        "one step of a pointer chase, pages in random order, through twice the largest cache (64 MiB to 1 GiB)",
         "none once the memory is backed; each TLB miss is a two-dimensional page walk",
     ),
     info(

@@ -23,8 +23,63 @@ use super::{Env, SetupError, Workload};
 
 const PAGE_BYTES: usize = 4096;
 
-/// Larger than any CPU's last-level cache a guest is likely to have.
-const TOUCH_BYTES: usize = 64 << 20;
+/// The chases' buffer at least: larger than most last-level caches.
+const MIN_TOUCH_BYTES: usize = 64 << 20;
+/// And at most, however large the cache the CPU claims.
+const MAX_TOUCH_BYTES: usize = 1 << 30;
+
+/// The chases' buffer: twice the largest cache the CPU reports (so that
+/// the pages do not stay cached), at least [`MIN_TOUCH_BYTES`], at most
+/// [`MAX_TOUCH_BYTES`] and half the memory available. Also returns the
+/// cache size it went by (0: none reported).
+fn touch_bytes() -> (usize, u64) {
+    let cache_bytes =
+        largest_cache_bytes(std::path::Path::new("/sys/devices/system/cpu/cpu0/cache"));
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| mem_available_bytes(&m))
+        .unwrap_or(u64::MAX);
+    let wanted = usize::try_from(cache_bytes.saturating_mul(2))
+        .unwrap_or(usize::MAX)
+        .clamp(MIN_TOUCH_BYTES, MAX_TOUCH_BYTES);
+    let room = usize::try_from(available / 2).unwrap_or(usize::MAX);
+    let bytes = wanted.min(room.max(MIN_TOUCH_BYTES / 4)) & !((1 << 20) - 1);
+    (bytes, cache_bytes)
+}
+
+/// The size of the largest cache (the highest level) under a sysfs cache
+/// directory (`index*/level`, `index*/size` as `491520K`); 0 if none.
+fn largest_cache_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("index"))
+        .filter_map(|e| {
+            let level: u32 = read(e.path().join("level")).trim().parse().ok()?;
+            let size = read(e.path().join("size"));
+            let size = size.trim();
+            let bytes = match size.strip_suffix('K') {
+                Some(kib) => kib.parse::<u64>().ok()? << 10,
+                None => match size.strip_suffix('M') {
+                    Some(mib) => mib.parse::<u64>().ok()? << 20,
+                    None => size.parse().ok()?,
+                },
+            };
+            Some((level, bytes))
+        })
+        .max()
+        .map_or(0, |(_, bytes)| bytes)
+}
+
+/// MemAvailable from /proc/meminfo, in bytes.
+fn mem_available_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
 
 /// Pages `cow_fault` can fault per run (16 MiB).
 const COW_PAGES: usize = 4096;
@@ -121,18 +176,20 @@ impl Drop for Mapping {
 
 /// `mem_linear`: one page after another.
 pub fn mem_linear(_env: &Env) -> Result<Box<dyn Workload>, SetupError> {
-    let buffer = Mapping::populated(TOUCH_BYTES)?;
+    let (bytes, cache_bytes) = touch_bytes();
+    let buffer = Mapping::populated(bytes)?;
     let order: Vec<u32> = (0..buffer.pages() as u32).collect();
-    Ok(Box::new(Chase::new(buffer, &order)))
+    Ok(Box::new(Chase::new(buffer, &order, cache_bytes)))
 }
 
 /// `mem_random`: the pages in a random order (the same every time: a fixed
 /// seed).
 pub fn mem_random(_env: &Env) -> Result<Box<dyn Workload>, SetupError> {
-    let buffer = Mapping::populated(TOUCH_BYTES)?;
+    let (bytes, cache_bytes) = touch_bytes();
+    let buffer = Mapping::populated(bytes)?;
     let mut order: Vec<u32> = (0..buffer.pages() as u32).collect();
     shuffle(&mut order, 0x9E37_79B9_7F4A_7C15);
-    Ok(Box::new(Chase::new(buffer, &order)))
+    Ok(Box::new(Chase::new(buffer, &order, cache_bytes)))
 }
 
 /// Fisher–Yates with xorshift64*: any order with no locality will do.
@@ -154,11 +211,13 @@ struct Chase {
     buffer: Mapping,
     /// The page the chase is at.
     at: u32,
+    /// The largest cache the CPU reported.
+    cache_bytes: u64,
 }
 
 impl Chase {
     /// Links each page of `order` to the next, the last to the first.
-    fn new(buffer: Mapping, order: &[u32]) -> Chase {
+    fn new(buffer: Mapping, order: &[u32], cache_bytes: u64) -> Chase {
         for (i, &page) in order.iter().enumerate() {
             let next = order[(i + 1) % order.len()];
             buffer.set_link(page as usize, next);
@@ -166,6 +225,7 @@ impl Chase {
         Chase {
             at: order.first().copied().unwrap_or(0),
             buffer,
+            cache_bytes,
         }
     }
 }
@@ -180,7 +240,10 @@ impl Workload for Chase {
     }
 
     fn extra(&self) -> Vec<(String, u64)> {
-        vec![("buffer_bytes".to_string(), self.buffer.len as u64)]
+        vec![
+            ("buffer_bytes".to_string(), self.buffer.len as u64),
+            ("cache_bytes".to_string(), self.cache_bytes),
+        ]
     }
 }
 
@@ -336,7 +399,7 @@ mod tests {
         let buffer = Mapping::populated(64 * PAGE_BYTES).unwrap();
         let mut order: Vec<u32> = (0..64).collect();
         shuffle(&mut order, 7);
-        let chase = Chase::new(buffer, &order);
+        let chase = Chase::new(buffer, &order, 0);
         let mut at = chase.at;
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..64 {
@@ -344,6 +407,33 @@ mod tests {
             at = chase.buffer.step(at as usize);
         }
         assert_eq!(at, chase.at);
+    }
+
+    #[test]
+    fn caches_and_memory_are_read() {
+        let dir = tempfile_dir();
+        for (index, level, size) in [(0, "1", "48K"), (2, "2", "2048K"), (3, "3", "32M")] {
+            let sub = dir.join(format!("index{index}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            std::fs::write(sub.join("level"), format!("{level}\n")).unwrap();
+            std::fs::write(sub.join("size"), format!("{size}\n")).unwrap();
+        }
+        assert_eq!(largest_cache_bytes(&dir), 32 << 20);
+        assert_eq!(largest_cache_bytes(&dir.join("nowhere")), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            mem_available_bytes("MemTotal: 9 kB\nMemAvailable:     1024 kB\n"),
+            Some(1 << 20)
+        );
+        let (bytes, _) = touch_bytes();
+        assert!((MIN_TOUCH_BYTES / 4..=MAX_TOUCH_BYTES).contains(&bytes));
+        assert_eq!(bytes % (1 << 20), 0);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmbench-cache-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

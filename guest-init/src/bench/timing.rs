@@ -88,6 +88,10 @@ pub fn sample(
     in_vm: bool,
 ) -> Result<Samples, String> {
     let config = config(request, workload.max_iterations());
+    // One operation first, untimed: its one-time costs (a partner process's
+    // first run, first faults on fresh pages, a cold cache) would otherwise
+    // make calibration's first run look long enough and stop it at 1.
+    workload.run(1)?;
     let mut timed = Timed {
         workload,
         window: in_vm.then_some(request.window),

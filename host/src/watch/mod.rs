@@ -373,6 +373,13 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_agent_and_the_vmm_agree_on_the_window_codes() {
+        use vmbench_vmm::devices::marker::{WINDOW_END, WINDOW_START};
+        assert_eq!(vmbench_proto::MARKER_WINDOW_START, WINDOW_START);
+        assert_eq!(vmbench_proto::MARKER_WINDOW_END, WINDOW_END);
+    }
+
     /// The watch loop only asks a launcher for names, messages and how to stop.
     fn fake_launcher() -> Launcher {
         Launcher::Qemu(crate::backend::qemu::Qemu {
