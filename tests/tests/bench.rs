@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use vmbench_e2e::boot::BootTest;
 use vmbench_e2e::{
-    assert_follows_its_document, dump, in_ci, one_line_error, results, skip_unless_ci, vmbench_bin,
+    assert_follows_its_document, dump, one_line_error, results, skip_unless_ci, vmbench_bin,
     workspace,
 };
 
@@ -440,15 +440,6 @@ fn the_micro_suite_runs_under_qemu() {
     for (i, b) in benchmarks.iter().enumerate() {
         if b["name"] == "hypercall" {
             assert_eq!(b["status"], "unavailable", "{b}");
-            continue;
-        }
-        // The shared kernel cache may hold a kernel built before the
-        // fragment that gives it /dev/mem; CI builds this tree's.
-        let stale_kernel = b["why"]
-            .as_str()
-            .is_some_and(|why| why.contains("CONFIG_DEVMEM"));
-        if b["name"] == "mmio_user" && stale_kernel && !in_ci() {
-            println!("note: mmio_user unavailable: the cached kernel lacks CONFIG_DEVMEM (kernel-config/build.sh rebuilds it)");
             continue;
         }
         assert_eq!(b["status"], "ok", "{b}");
