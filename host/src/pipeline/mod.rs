@@ -214,7 +214,12 @@ pub fn set_up(config: &BootConfig, label: Option<&str>, stop: Arc<Stop>) -> Resu
     inputs::check_entry(&inputs, &backends, config)?;
     let run = prepare::prepare(config, timeout, &inputs, &backends, &stop)?;
     write(&run.results_path, &run.results)?;
-    progress.starting(&run.results.environment, run.results.vms.len(), &run.out);
+    progress.starting(
+        &run.results.environment,
+        run.results.bench.as_ref(),
+        run.results.vms.len(),
+        &run.out,
+    );
     Ok(SetUp {
         progress,
         backends,

@@ -28,15 +28,35 @@ impl Progress {
     }
 
     /// What the run is about to boot, and where its results go.
-    pub fn starting(&self, env: &Environment, total_vms: usize, out: &Path) {
+    pub fn starting(
+        &self,
+        env: &Environment,
+        bench: Option<&crate::bench::BenchRun>,
+        total_vms: usize,
+        out: &Path,
+    ) {
+        let what = match bench {
+            None => "booting".to_string(),
+            Some(b) => {
+                let suites: Vec<&str> = b.suites.iter().map(|s| s.name()).collect();
+                format!("benchmarking ({} suite)", suites.join(", "))
+            }
+        };
+        let vcpus = match bench {
+            Some(b) if b.suites.contains(&crate::bench::catalog::Suite::Vmexit) => format!(
+                "{} vCPU, the vmexit guest {}",
+                env.vcpus,
+                crate::bench::plan::VMEXIT_VCPUS
+            ),
+            _ => format!("{} vCPU", env.vcpus),
+        };
         self.line(&format!(
-            "vmbench: booting {} VM{} ({} backend, {}, {} MiB, {} vCPU) into {}",
+            "vmbench: {what}: {} VM{} ({} backend, {}, {} MiB, {vcpus}) into {}",
             total_vms,
             if total_vms == 1 { "" } else { "s" },
             env.backend.replace(',', " and "),
             env.accel.replace(',', " and "),
             env.mem_mib,
-            env.vcpus,
             out.display()
         ));
     }
