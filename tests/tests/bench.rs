@@ -122,9 +122,14 @@ fn list_names_every_benchmark_with_what_it_measures_and_its_exit() {
     for suite in ["vmexit suite:", "micro suite:", "inter suite:"] {
         assert!(text.contains(suite), "{text}");
     }
+    // A benchmark's line is indented two spaces; what the figures mean
+    // comes after each suite's benchmarks, under its own heading.
+    let is_bench = |l: &&str| {
+        l.starts_with("  ") && !l.starts_with("   ") && !l.contains("what the figures mean")
+    };
     let names: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("  "))
+        .filter(is_bench)
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(names.len(), 16 + 18 + 3, "{text}");
@@ -138,7 +143,15 @@ fn list_names_every_benchmark_with_what_it_measures_and_its_exit() {
     ] {
         assert!(names.contains(&must), "{must}: {text}");
     }
-    for line in text.lines().filter(|l| l.starts_with("  ")) {
+    assert_eq!(
+        text.matches("  what the figures mean:").count(),
+        3,
+        "{text}"
+    );
+    for accel in ["    native KVM: ", "    kvm-emulated: ", "    tcg: "] {
+        assert_eq!(text.matches(accel).count(), 3, "{accel}: {text}");
+    }
+    for line in text.lines().filter(is_bench) {
         assert!(
             line.contains(" per op: ") && line.contains("; exit: "),
             "{line}"

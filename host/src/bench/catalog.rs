@@ -48,6 +48,30 @@ impl Suite {
     }
 }
 
+impl Suite {
+    /// What the suite's figures mean on native KVM, on a KVM that emulates
+    /// guest code and under TCG (the README says the same at length).
+    pub fn meaning(self) -> [(&'static str, &'static str); 3] {
+        match self {
+            Suite::Vmexit => [
+                ("native KVM", "each exit's real cost; inl_from_vmm − inl_from_kernel is the round trip to the VMM's userspace"),
+                ("kvm-emulated", "KVM's instruction emulator's cost: only the trip to the VMM's userspace stands out"),
+                ("tcg", "QEMU's translated code: nothing exits; for orderings and QEMU builds"),
+            ],
+            Suite::Micro => [
+                ("native KVM", "guest operations at hardware speed, with their exits; port_io_user − port_io_kernel is the trip to the VMM"),
+                ("kvm-emulated", "not run: Linux userspace cannot run there"),
+                ("tcg", "QEMU's translated code: orderings (syscall < fork < exec), not exit costs"),
+            ],
+            Suite::Inter => [
+                ("native KVM", "two guests' vsock paths with vmbench's relay between them"),
+                ("kvm-emulated", "not run: Linux userspace cannot run there"),
+                ("tcg", "QEMU's emulation of both guests and vhost-device-vsock, with the relay"),
+            ],
+        }
+    }
+}
+
 /// One benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Benchmark {
@@ -227,6 +251,10 @@ pub fn list() -> String {
                 "  {:<width$}  {} per op: {}; exit: {}",
                 b.name, b.unit, b.measures, b.exit
             );
+        }
+        let _ = writeln!(out, "  what the figures mean:");
+        for (accel, meaning) in suite.meaning() {
+            let _ = writeln!(out, "    {accel}: {meaning}");
         }
         out.push('\n');
     }
