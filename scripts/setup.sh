@@ -10,7 +10,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 say() { echo "setup: $*" >&2; }
 
 packages=(qemu-system-x86 qemu-utils linux-source-6.1 build-essential flex bison bc
-          libelf-dev libssl-dev cpio xz-utils e2fsprogs debootstrap postgresql)
+          libelf-dev libssl-dev cpio xz-utils e2fsprogs debootstrap postgresql
+          chromium)  # chromium: the HTML report's browser test (headless)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
