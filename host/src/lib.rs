@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod render;
+pub mod report;
 pub mod results;
 pub mod rootfs_command;
 pub mod stats;

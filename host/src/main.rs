@@ -41,6 +41,9 @@ enum Command {
     Export(QueryArgs),
     /// Record a results.json (a run made elsewhere or before) in the store.
     Import(ImportArgs),
+    /// Draw a finished run: a Chrome trace (Perfetto, chrome://tracing), the
+    /// boot-timeline chart as SVG, or one self-contained HTML page.
+    Report(ReportArgs),
     /// Say what this host can run, and how to fix what is missing.
     Doctor,
     /// Build guest images.
@@ -136,6 +139,20 @@ struct CompareArgs {
     #[command(flatten)]
     verdict: VerdictArgs,
     /// The results store (default as for `vmbench boot`).
+    #[arg(long, value_name = "PATH|URL")]
+    store: Option<String>,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("outputs").required(true).multiple(true)))]
+struct ReportArgs {
+    /// The run: its directory (results.json, or an A/B run's A/ and B/), a
+    /// results.json file, or a run id in the store (its first characters).
+    run: String,
+    /// Write the run as a Chrome trace-event JSON file.
+    #[arg(long, value_name = "FILE", group = "outputs")]
+    trace: Option<PathBuf>,
+    /// The results store a run id is looked up in (default as for `vmbench boot`).
     #[arg(long, value_name = "PATH|URL")]
     store: Option<String>,
 }
@@ -944,6 +961,18 @@ fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     Ok(args.verdict.exit(&verdicts, ExitCode::SUCCESS))
 }
 
+fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    use vmbench::report;
+    let location = record::location(args.store.as_deref());
+    let loaded = report::Report::load(&args.run, location.as_ref())?;
+    if let Some(path) = &args.trace {
+        let text = serde_json::to_string(&report::trace::trace(&loaded))?;
+        report::write(path, &text)?;
+        println!("trace: {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let (location, query) = query(&args.query)?;
     print!(
@@ -1090,6 +1119,7 @@ fn main() -> ExitCode {
         Command::History(args) => history(args),
         Command::Export(args) => export(args),
         Command::Import(args) => import(args),
+        Command::Report(args) => report(args),
         Command::Doctor => Ok(doctor()),
         Command::Rootfs(command) => rootfs(command),
         Command::Vmm(args) => Ok(vmbench_vmm::cli::run(args)),

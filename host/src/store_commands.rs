@@ -52,7 +52,7 @@ pub fn parse_where(filters: &[String]) -> Result<Vec<(String, String)>> {
 }
 
 /// A run id given by its first characters, as `git` takes a commit's.
-fn full_id(store: &mut Store, given: &str) -> Result<String> {
+pub(crate) fn full_id(store: &mut Store, given: &str) -> Result<String> {
     let all = store.runs(&RunQuery::default())?;
     let matching: Vec<&str> = all
         .iter()
