@@ -152,6 +152,9 @@ struct ReportArgs {
     /// Write the run as a Chrome trace-event JSON file.
     #[arg(long, value_name = "FILE", group = "outputs")]
     trace: Option<PathBuf>,
+    /// Write the boot-timeline chart alone as a self-contained SVG file.
+    #[arg(long, value_name = "FILE", group = "outputs")]
+    svg: Option<PathBuf>,
     /// The results store a run id is looked up in (default as for `vmbench boot`).
     #[arg(long, value_name = "PATH|URL")]
     store: Option<String>,
@@ -969,6 +972,10 @@ fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
         let text = serde_json::to_string(&report::trace::trace(&loaded))?;
         report::write(path, &text)?;
         println!("trace: {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        report::write(path, &report::svg::timeline(&loaded))?;
+        println!("svg: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
