@@ -155,6 +155,10 @@ struct ReportArgs {
     /// Write the boot-timeline chart alone as a self-contained SVG file.
     #[arg(long, value_name = "FILE", group = "outputs")]
     svg: Option<PathBuf>,
+    /// Write one self-contained HTML page (inline SVG and CSS, no scripts,
+    /// nothing fetched): timeline, systemd units, benchmarks, A/B verdicts.
+    #[arg(long, value_name = "FILE", group = "outputs")]
+    html: Option<PathBuf>,
     /// The results store a run id is looked up in (default as for `vmbench boot`).
     #[arg(long, value_name = "PATH|URL")]
     store: Option<String>,
@@ -976,6 +980,10 @@ fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.svg {
         report::write(path, &report::svg::timeline(&loaded))?;
         println!("svg: {}", path.display());
+    }
+    if let Some(path) = &args.html {
+        report::write(path, &report::html::page(&loaded))?;
+        println!("html: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
