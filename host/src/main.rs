@@ -199,6 +199,7 @@ impl VerdictArgs {
         vmbench::compare::Judge {
             alpha: self.alpha,
             noise_band: self.noise,
+            noise_bands: BTreeMap::new(),
         }
     }
 
