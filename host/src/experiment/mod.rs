@@ -620,3 +620,135 @@ fn verdict(at: &Locator<'_>, raw: &file::Verdict) -> Result<VerdictSettings> {
         gate: raw.gate.iter().map(|g| g.get_ref().clone()).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[[variant]]\nname = \"a\"\n";
+
+    fn error(text: &str) -> String {
+        let e = parse("x.toml", text).expect_err("refused");
+        let line = e.to_string();
+        assert!(!line.contains('\n'), "one line: {line}");
+        line
+    }
+
+    #[test]
+    fn every_example_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "{seen} examples in {}", dir.display());
+    }
+
+    #[test]
+    fn bad_files_are_refused_in_one_line_naming_line_and_key() {
+        for (text, expected) in [
+            (
+                "runs = 2\nvmz = 1\n[[variant]]\nname = \"a\"\n",
+                "x.toml:2: vmz: unknown field `vmz`",
+            ),
+            (
+                "runs = \"two\"\n[[variant]]\nname = \"a\"\n",
+                "x.toml:1: runs: invalid type: string \"two\", expected u32",
+            ),
+            (
+                "[boot]\nmem_mib = 63\n[[variant]]\nname = \"a\"\n",
+                "x.toml:2: mem_mib: 63 is not in 64..=262144",
+            ),
+            (
+                "vms = 0\n[[variant]]\nname = \"a\"\n",
+                "x.toml:1: vms: 0 is not in 1..=1024",
+            ),
+            (
+                "runs = -1\n[[variant]]\nname = \"a\"\n",
+                "x.toml:1: runs: invalid value: integer `-1`, expected u32",
+            ),
+            (
+                "[[variant]]\nname = \"a\"\n[[variant]]\nname = \"a\"\n",
+                "x.toml:4: variant.name: \"a\": another variant has this name",
+            ),
+            (
+                "[verdict]\nalpha = 1.0\n[[variant]]\nname = \"a\"\n",
+                "x.toml:2: verdict.alpha: 1: must be more than 0 and less than 1",
+            ),
+            (
+                "[[variant]]\nname = \"a\"\nbackend = \"xen\"\n",
+                "x.toml:3: variant.backend: a backend (\"auto\", \"kvm\", \"qemu\") or a list of them",
+            ),
+            (
+                "profilers = [\"host\", \"perf\"]\n[[variant]]\nname = \"a\"\n",
+                "x.toml:1: profilers: no profiler \"perf\": the profilers are exits, kvm-stats, host, perf-kvm, initcalls, guest-stat",
+            ),
+            (
+                "[[variant]]\nname = \"a\"\ntimeout_s = 1e20\n",
+                "x.toml:3: timeout_s: 100000000000000000000: must be from 0.001 to 86400 seconds",
+            ),
+            (
+                "[bench]\nnames = [\"nosuch\"]\n[[variant]]\nname = \"a\"\n",
+                "x.toml:2: bench.names: ",
+            ),
+            (
+                "[[variant]]\nname = \"a\"\nkeep = true\n",
+                "x.toml:3: keep: needs a rootfs",
+            ),
+            ("runs = 2\n", "x.toml: no [[variant]]: an experiment needs at least one"),
+            (
+                "[[variant]]\nname = \"a\"\n[[variant]]\nkernel = \"k\"\n",
+                "x.toml:3: variant.name: variant 2 has no name: with several, each needs one",
+            ),
+            ("runs = \n", "x.toml:1: runs: "),
+        ] {
+            let line = error(text);
+            assert!(line.starts_with(expected), "{text:?}:\n got {line}\nwant {expected}");
+        }
+    }
+
+    #[test]
+    fn variants_inherit_boot_and_override_it() {
+        let text = "runs = 3\nwarmup = 1\n[boot]\nbackend = \"qemu\"\nmem_mib = 128\nappend = [\"quiet\"]\n\
+                    [[variant]]\nname = \"one\"\n[[variant]]\nname = \"two\"\nvcpus = 2\nmem_mib = 512\n\
+                    [verdict]\nnoise_by_metric = { \"phase.total\" = 0.1 }\ngate = [\"all\"]\n";
+        let e = parse("x.toml", text).unwrap();
+        let [one, two] = e.variants.as_slice() else {
+            panic!("{:?}", e.variants)
+        };
+        assert_eq!((one.config.mem_mib, one.config.vcpus), (128, 1));
+        assert_eq!((two.config.mem_mib, two.config.vcpus), (512, 2));
+        assert_eq!(two.config.backends, vec![BackendChoice::Qemu]);
+        assert_eq!(two.config.append, vec!["quiet".to_string()]);
+        assert_eq!((two.config.runs, two.config.warmup), (3, 1));
+        assert_eq!(e.verdict.judge.noise_bands["phase.total"], 0.1);
+        let Shape::Pairs(pairs) = e.shape() else {
+            panic!("two variants are an A/B run")
+        };
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].out, e.out);
+    }
+
+    #[test]
+    fn three_variants_are_two_pairs_against_the_first() {
+        let text = "out = \"o\"\n[[variant]]\nname = \"a\"\n[[variant]]\nname = \"b\"\n[[variant]]\nname = \"c\"\n";
+        let e = parse("x.toml", text).unwrap();
+        let Shape::Pairs(pairs) = e.shape() else {
+            panic!("pairs")
+        };
+        let outs: Vec<PathBuf> = pairs.iter().map(|p| p.out.clone()).collect();
+        assert_eq!(outs, [PathBuf::from("o/a-vs-b"), PathBuf::from("o/a-vs-c")]);
+        assert_eq!(pairs[1].b_description, "c");
+    }
+
+    #[test]
+    fn one_variant_is_a_single_run_with_the_experiment_tag() {
+        let e = parse("x.toml", &format!("name = \"exp\"\n{MINIMAL}")).unwrap();
+        assert!(matches!(e.shape(), Shape::Single(_)));
+        assert_eq!(e.store.tags["experiment"], "exp");
+    }
+}
