@@ -473,12 +473,28 @@ fn boot_config(
             own.$field.as_ref().or(common.$field.as_ref())
         };
     }
+    // The key as the file has it: the variant's own, or [boot]'s.
+    macro_rules! key {
+        ($field:ident) => {
+            if own.$field.is_some() {
+                concat!("variant.", stringify!($field))
+            } else {
+                concat!("boot.", stringify!($field))
+            }
+        };
+    }
     let mem_mib = match pick!(mem_mib) {
-        Some(v) => within(at, "mem_mib", v, options::MIN_MEM_MIB, options::MAX_MEM_MIB)?,
+        Some(v) => within(
+            at,
+            key!(mem_mib),
+            v,
+            options::MIN_MEM_MIB,
+            options::MAX_MEM_MIB,
+        )?,
         None => 256,
     };
     let vcpus = match pick!(vcpus) {
-        Some(v) => within(at, "vcpus", v, 1, options::MAX_VCPUS)?,
+        Some(v) => within(at, key!(vcpus), v, 1, options::MAX_VCPUS)?,
         None => 1,
     };
     // A bench run's endpoints are on the port after the report port.
@@ -488,14 +504,14 @@ fn boot_config(
         options::MAX_PORT
     };
     let port = match pick!(port) {
-        Some(v) => within(at, "port", v, 1, max_port)?,
+        Some(v) => within(at, key!(port), v, 1, max_port)?,
         None => vmbench_proto::DEFAULT_PORT,
     };
     let timeout_s = match pick!(timeout_s) {
         Some(v) => {
             let seconds = *v.get_ref();
             options::timeout_in_range(seconds).map_err(|range| {
-                at.spanned(v, "timeout_s", format!("{seconds}: must be {range}"))
+                at.spanned(v, key!(timeout_s), format!("{seconds}: must be {range}"))
             })?;
             Some(seconds)
         }
@@ -519,19 +535,19 @@ fn boot_config(
     // The combinations clap refuses on the command line.
     if let Some(flag) = no_initramfs.filter(|f| *f.get_ref()) {
         if rootfs.is_none() {
-            return Err(at.spanned(flag, "no_initramfs", "needs a rootfs".into()));
+            return Err(at.spanned(flag, key!(no_initramfs), "needs a rootfs".into()));
         }
         if initramfs.is_some() || agent.is_some() {
             return Err(at.spanned(
                 flag,
-                "no_initramfs",
+                key!(no_initramfs),
                 "cannot go with initramfs or agent".into(),
             ));
         }
     }
     if let Some(flag) = keep.filter(|f| *f.get_ref()) {
         if rootfs.is_none() {
-            return Err(at.spanned(flag, "keep", "needs a rootfs".into()));
+            return Err(at.spanned(flag, key!(keep), "needs a rootfs".into()));
         }
     }
     if initramfs.is_some() && agent.is_some() {
@@ -661,7 +677,7 @@ mod tests {
             ),
             (
                 "[boot]\nmem_mib = 63\n[[variant]]\nname = \"a\"\n",
-                "x.toml:2: mem_mib: 63 is not in 64..=262144",
+                "x.toml:2: boot.mem_mib: 63 is not in 64..=262144",
             ),
             (
                 "vms = 0\n[[variant]]\nname = \"a\"\n",
@@ -689,7 +705,7 @@ mod tests {
             ),
             (
                 "[[variant]]\nname = \"a\"\ntimeout_s = 1e20\n",
-                "x.toml:3: timeout_s: 100000000000000000000: must be from 0.001 to 86400 seconds",
+                "x.toml:3: variant.timeout_s: 100000000000000000000: must be from 0.001 to 86400 seconds",
             ),
             (
                 "[bench]\nnames = [\"nosuch\"]\n[[variant]]\nname = \"a\"\n",
@@ -697,7 +713,7 @@ mod tests {
             ),
             (
                 "[[variant]]\nname = \"a\"\nkeep = true\n",
-                "x.toml:3: keep: needs a rootfs",
+                "x.toml:3: variant.keep: needs a rootfs",
             ),
             ("runs = 2\n", "x.toml: no [[variant]]: an experiment needs at least one"),
             (
