@@ -15,13 +15,16 @@ use crate::metrics::{self, Direction};
 use crate::results::{RunResults, VmStatus};
 
 /// How to judge.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Judge {
     /// The corrected p-value below which a change is significant.
     pub alpha: f64,
     /// Relative change not worth acting on, for every metric (`--noise`);
     /// none: each metric's own ([`noise_band_of`]).
     pub noise_band: Option<f64>,
+    /// Bands of named metrics, over `noise_band` (an experiment file's
+    /// `noise_by_metric`).
+    pub noise_bands: BTreeMap<String, f64>,
 }
 
 impl Default for Judge {
@@ -29,6 +32,7 @@ impl Default for Judge {
         Judge {
             alpha: CompareConfig::default().alpha,
             noise_band: None,
+            noise_bands: BTreeMap::new(),
         }
     }
 }
@@ -156,7 +160,12 @@ pub fn compare(baseline: &Side, candidate: &Side, judge: Judge) -> vmbench_stats
                 Direction::LowerIsBetter => vmbench_stats::Direction::LowerIsBetter,
                 Direction::HigherIsBetter => vmbench_stats::Direction::HigherIsBetter,
             },
-            noise_band: judge.noise_band.unwrap_or_else(|| noise_band_of(def)),
+            noise_band: judge
+                .noise_bands
+                .get(&def.name)
+                .copied()
+                .or(judge.noise_band)
+                .unwrap_or_else(|| noise_band_of(def)),
         })
         .collect();
     let config = CompareConfig {

@@ -15,6 +15,8 @@
 //!   guest's own account; [`vmm_account`] keeps the kvm backend's;
 //! - [`results`] is results.json; [`stats`] summarises samples;
 //!   [`render`] prints tables from results alone;
+//! - [`experiment`] is `vmbench run`: an experiment file mapped onto
+//!   the same configurations `boot`, `bench` and `ab` build;
 //! - [`environment`] records how a result was produced; [`doctor`] says what
 //!   this host can run; [`rootfs_command`] is `vmbench rootfs`.
 //!
@@ -30,6 +32,7 @@ pub mod compare;
 pub mod doctor;
 pub mod environment;
 pub mod error_line;
+pub mod experiment;
 pub mod inputs;
 pub mod interrupt;
 pub mod locate;
