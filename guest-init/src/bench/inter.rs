@@ -28,8 +28,8 @@ use std::os::fd::AsFd;
 
 use vmbench_proto::{BenchOutcome, BenchRequest, Samples};
 
-use super::timing::{sample, time_fallible};
-use super::vsock::{connect_host, BW_BLOCK_BYTES, MODE_RELAY};
+use super::timing::sample;
+use super::vsock::{connect_host, PingPong, BW_BLOCK_BYTES, MODE_RELAY};
 use super::{Env, SetupError, Workload};
 
 /// The inter suite's benchmarks.
@@ -81,7 +81,10 @@ fn measure(request: &BenchRequest, env: &Env) -> BenchOutcome {
     let workload: Result<Box<dyn Workload>, SetupError> =
         join_relay(env, &request.name).and_then(|stream| {
             Ok(match request.name.as_str() {
-                "inter_vsock_rtt" => Box::new(PingPong { stream }) as Box<dyn Workload>,
+                "inter_vsock_rtt" => Box::new(PingPong {
+                    stream,
+                    far_end: "the peer",
+                }) as Box<dyn Workload>,
                 "inter_vsock_bw" => Box::new(Stream::write(stream)),
                 _ => Box::new(Stream::sendfile(stream)?),
             })
@@ -94,28 +97,6 @@ fn measure(request: &BenchRequest, env: &Env) -> BenchOutcome {
     match sample(workload.as_mut(), request, env.in_vm) {
         Ok(samples) => BenchOutcome::Done(samples),
         Err(why) => BenchOutcome::Failed { why },
-    }
-}
-
-/// `inter_vsock_rtt`: a byte to the peer and back.
-struct PingPong {
-    stream: File,
-}
-
-impl Workload for PingPong {
-    fn run(&mut self, iterations: u64) -> Result<u64, String> {
-        let stream = &mut self.stream;
-        time_fallible(iterations, || {
-            let mut byte = [0x5a];
-            stream
-                .write_all(&byte)
-                .map_err(|e| format!("write to the peer: {e}"))?;
-            match stream.read(&mut byte) {
-                Ok(1) => Ok(()),
-                Ok(_) => Err("the peer's side closed".to_string()),
-                Err(e) => Err(format!("read from the peer: {e}")),
-            }
-        })
     }
 }
 

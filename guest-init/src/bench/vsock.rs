@@ -47,33 +47,37 @@ pub(super) fn connect_host(env: &Env, mode: u8) -> Result<File, SetupError> {
 
 /// `vsock_rtt`: one byte to the host's echo and back.
 pub fn rtt(env: &Env) -> Result<Box<dyn Workload>, SetupError> {
-    Ok(Box::new(Echo {
+    Ok(Box::new(PingPong {
         stream: connect_host(env, MODE_ECHO)?,
+        far_end: "the host's echo",
     }))
 }
 
-struct Echo {
-    stream: File,
+/// A byte to the far end and back, per operation: `vsock_rtt` (the host
+/// echoes) and `inter_vsock_rtt` (the other guest does, through the relay).
+pub(super) struct PingPong {
+    pub stream: File,
+    /// Who answers, for the errors.
+    pub far_end: &'static str,
 }
 
-impl Workload for Echo {
+impl Workload for PingPong {
     fn run(&mut self, iterations: u64) -> Result<u64, String> {
-        let stream = &mut self.stream;
+        let (stream, far_end) = (&mut self.stream, self.far_end);
         time_fallible(iterations, || {
             let mut byte = [0x5a];
             stream
                 .write_all(&byte)
-                .map_err(|e| format!("write to the host's echo: {e}"))?;
+                .map_err(|e| format!("write to {far_end}: {e}"))?;
             match stream.read(&mut byte) {
                 Ok(1) => Ok(()),
-                Ok(_) => Err("the host's echo closed the connection".to_string()),
-                Err(e) => Err(format!("read from the host's echo: {e}")),
+                Ok(_) => Err(format!("{far_end} closed the connection")),
+                Err(e) => Err(format!("read from {far_end}: {e}")),
             }
         })
     }
 }
 
-/// `vsock_bw`: 64 KiB blocks written to the host's sink.
 pub fn bw(env: &Env) -> Result<Box<dyn Workload>, SetupError> {
     Ok(Box::new(Sink {
         stream: connect_host(env, MODE_SINK)?,
