@@ -197,18 +197,7 @@ mod tests {
     use crate::results::VmRecord;
 
     fn run(totals: &[f64]) -> RunResults {
-        let mut results: RunResults = serde_json::from_value(serde_json::json!({
-            "schema_version": 2, "started_at": "", "finished": true,
-            "environment": {
-                "backend": "qemu", "accel": "tcg", "kvm": "", "kvm_detail": "",
-                "host_cpu": "", "host_cpu_info": {"model_name": "", "vendor": "", "family": "", "model": "", "logical_cpus": 1},
-                "host_kernel": "", "guest_kernel": "", "guest_kernel_sha256": "", "guest_kernel_format": "",
-                "initramfs": "", "initramfs_sha256": "", "vmbench_version": "", "vmm_version": "",
-                "vhost_device_vsock_version": "", "kernel_cmdline": "", "mem_mib": 1, "vcpus": 1, "timeout_s": 1.0
-            },
-            "vms": []
-        }))
-        .unwrap();
+        let mut results = crate::results::test_results();
         for (id, total) in totals.iter().enumerate() {
             let mut vm = VmRecord::new(id as u32, Path::new("/x"));
             vm.status = VmStatus::Ok;

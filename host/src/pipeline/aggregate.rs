@@ -253,14 +253,7 @@ mod tests {
             interrupted: false,
             interrupted_by: None,
             bench: None,
-            environment: serde_json::from_value(serde_json::json!({
-                "backend": "qemu", "accel": "tcg", "kvm": "", "kvm_detail": "",
-                "host_cpu": "", "host_cpu_info": {"model_name": "", "vendor": "", "family": "", "model": "", "logical_cpus": 1},
-                "host_kernel": "", "guest_kernel": "", "guest_kernel_sha256": "", "guest_kernel_format": "",
-                "initramfs": "", "initramfs_sha256": "", "vmbench_version": "", "vmm_version": "",
-                "vhost_device_vsock_version": "", "kernel_cmdline": "", "mem_mib": 1, "vcpus": 1, "timeout_s": 1.0
-            }))
-            .unwrap(),
+            environment: crate::results::test_results().environment,
             vms,
             aggregate: None,
             aggregate_by_backend: None,

@@ -446,18 +446,9 @@ mod tests {
     use crate::bench::{BenchRun, SuiteNotRun};
 
     fn results() -> RunResults {
-        let mut r: RunResults = serde_json::from_value(serde_json::json!({
-            "schema_version": 4, "started_at": "2025-01-01T00:00:00Z", "finished": true,
-            "environment": {
-                "backend": "kvm,qemu", "accel": "kvm-emulated,tcg", "kvm": "", "kvm_detail": "",
-                "host_cpu": "", "host_cpu_info": {"model_name": "", "vendor": "", "family": "", "model": "", "logical_cpus": 1},
-                "host_kernel": "", "guest_kernel": "", "guest_kernel_sha256": "", "guest_kernel_format": "",
-                "initramfs": "", "initramfs_sha256": "", "vmbench_version": "", "vmm_version": "",
-                "vhost_device_vsock_version": "", "kernel_cmdline": "", "mem_mib": 1, "vcpus": 1, "timeout_s": 1.0
-            },
-            "vms": []
-        }))
-        .unwrap();
+        let mut r = crate::results::test_results();
+        r.environment.backend = "kvm,qemu".into();
+        r.environment.accel = "kvm-emulated,tcg".into();
         r.bench = Some(BenchRun {
             suites: vec![Suite::Vmexit, Suite::Micro],
             benchmarks: vec![

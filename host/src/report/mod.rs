@@ -399,18 +399,10 @@ pub(crate) mod fixture {
                 })
             })
             .collect();
-        serde_json::from_value(serde_json::json!({
-            "schema_version": 4, "started_at": "2025-01-01T00:00:00Z", "finished": true,
-            "environment": {
-                "backend": "qemu", "accel": "tcg", "kvm": "", "kvm_detail": "",
-                "host_cpu": "", "host_cpu_info": {"model_name": "", "vendor": "", "family": "", "model": "", "logical_cpus": 1},
-                "host_kernel": "", "guest_kernel": "", "guest_kernel_sha256": "", "guest_kernel_format": "",
-                "initramfs": "", "initramfs_sha256": "", "vmbench_version": "", "vmm_version": "",
-                "vhost_device_vsock_version": "", "kernel_cmdline": "", "mem_mib": 1, "vcpus": 1, "timeout_s": 1.0
-            },
-            "vms": vms
-        }))
-        .expect("fixture parses")
+        let mut results = crate::results::test_results();
+        results.vms =
+            serde_json::from_value(serde_json::Value::Array(vms)).expect("fixture parses");
+        results
     }
 }
 
