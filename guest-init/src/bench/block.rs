@@ -5,13 +5,10 @@
 //! Reads only: the disk is never written.
 
 use std::fs::File;
-use std::num::NonZeroUsize;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 
-use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
-
+use super::memory::Mapping;
 use super::timing::time_fallible;
 use super::{require_vm, Env, SetupError, Workload};
 
@@ -102,53 +99,13 @@ fn open_scratch(env: &Env, block_bytes: usize) -> Result<(File, PathBuf, u64), S
     Ok((file, path, disk.size_bytes))
 }
 
-/// A page-aligned buffer, as O_DIRECT wants.
-struct Aligned {
-    base: NonNull<u8>,
-    len: usize,
-}
-
-impl Aligned {
-    fn new(len: usize) -> Result<Aligned, SetupError> {
-        let size =
-            NonZeroUsize::new(len).ok_or_else(|| SetupError::Failed("empty buffer".into()))?;
-        // SAFETY: a new anonymous mapping overlaps nothing of ours.
-        let base = unsafe {
-            mmap_anonymous(
-                None,
-                size,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_PRIVATE,
-            )
-        }
-        .map_err(|e| SetupError::Failed(format!("mmap: {}", e.desc())))?;
-        Ok(Aligned {
-            base: base.cast(),
-            len,
-        })
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is len bytes, ours, readable and writable, and
-        // only reachable through &mut self.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Aligned {
-    fn drop(&mut self) {
-        // SAFETY: the mapping is ours and no slice of it outlives self.
-        let _ = unsafe { munmap(self.base.cast(), self.len) };
-    }
-}
-
 /// `blk_read_bw`: 1 MiB O_DIRECT reads, in order, round the disk.
 pub fn read_bw(env: &Env) -> Result<Box<dyn Workload>, SetupError> {
     let (file, path, size_bytes) = open_scratch(env, BW_BLOCK_BYTES)?;
     Ok(Box::new(DiskRead {
         file,
         path,
-        buffer: Aligned::new(BW_BLOCK_BYTES)?,
+        buffer: Mapping::new(BW_BLOCK_BYTES)?,
         blocks: size_bytes / BW_BLOCK_BYTES as u64,
         next: Next::Sequential(0),
         size_bytes,
@@ -161,7 +118,7 @@ pub fn read_lat(env: &Env) -> Result<Box<dyn Workload>, SetupError> {
     Ok(Box::new(DiskRead {
         file,
         path,
-        buffer: Aligned::new(LAT_BLOCK_BYTES)?,
+        buffer: Mapping::new(LAT_BLOCK_BYTES)?,
         blocks: size_bytes / LAT_BLOCK_BYTES as u64,
         next: Next::Random(0x2545_F491_4F6C_DD1D),
         size_bytes,
@@ -196,7 +153,7 @@ impl Next {
 struct DiskRead {
     file: File,
     path: PathBuf,
-    buffer: Aligned,
+    buffer: Mapping,
     blocks: u64,
     next: Next,
     size_bytes: u64,
@@ -204,7 +161,7 @@ struct DiskRead {
 
 impl Workload for DiskRead {
     fn run(&mut self, iterations: u64) -> Result<u64, String> {
-        let block_bytes = self.buffer.len;
+        let block_bytes = self.buffer.len_bytes();
         let (file, path, blocks) = (&self.file, &self.path, self.blocks);
         let (buffer, next) = (&mut self.buffer, &mut self.next);
         time_fallible(iterations, || {
@@ -222,7 +179,7 @@ impl Workload for DiskRead {
 
     fn extra(&self) -> Vec<(String, u64)> {
         vec![
-            ("block_bytes".to_string(), self.buffer.len as u64),
+            ("block_bytes".to_string(), self.buffer.len_bytes() as u64),
             ("disk_bytes".to_string(), self.size_bytes),
         ]
     }

@@ -84,15 +84,16 @@ fn mem_available_bytes(meminfo: &str) -> Option<u64> {
 /// Pages `cow_fault` can fault per run (16 MiB).
 const COW_PAGES: usize = 4096;
 
-/// An anonymous private read-write mapping, unmapped on drop.
-struct Mapping {
+/// An anonymous private read-write mapping, page-aligned (as O_DIRECT
+/// wants: the block benchmarks' buffers are these too), unmapped on drop.
+pub(super) struct Mapping {
     base: NonNull<u8>,
     len: usize,
 }
 
 impl Mapping {
-    /// `len` bytes, every page written once.
-    fn populated(len: usize) -> Result<Mapping, SetupError> {
+    /// `len` bytes, as the kernel gives them.
+    pub(super) fn new(len: usize) -> Result<Mapping, SetupError> {
         let size =
             NonZeroUsize::new(len).ok_or_else(|| SetupError::Failed("empty buffer".into()))?;
         // SAFETY: a new anonymous mapping at an address the kernel picks
@@ -105,11 +106,17 @@ impl Mapping {
                 MapFlags::MAP_PRIVATE,
             )
         }
-        .map_err(|e| SetupError::Failed(format!("mmap of {} MiB: {}", len >> 20, e.desc())))?;
-        let mapping = Mapping {
+        .map_err(|e| SetupError::Failed(format!("mmap of {len} bytes: {}", e.desc())))?;
+        Ok(Mapping {
             base: base.cast(),
             len,
-        };
+        })
+    }
+
+    /// `len` bytes, every page written once.
+    fn populated(len: usize) -> Result<Mapping, SetupError> {
+        let mapping = Mapping::new(len)?;
+        let base = mapping.base.cast();
         // Not every kernel has transparent huge pages: advice it refuses
         // changes nothing.
         // SAFETY: advice on our own mapping, whole.
@@ -164,6 +171,19 @@ impl Mapping {
             let byte = self.base.as_ptr().add(page * PAGE_BYTES);
             byte.write_volatile(byte.read_volatile().wrapping_add(1));
         }
+    }
+}
+
+impl Mapping {
+    pub(super) fn len_bytes(&self) -> usize {
+        self.len
+    }
+
+    /// The whole mapping, to read into.
+    pub(super) fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is len bytes, ours, readable and writable, and
+        // only reachable through &mut self.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.len) }
     }
 }
 
